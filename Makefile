@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make demo` (install, then run the main job on the bundled
+# corpus) and `make test` (install what tests need, then run the suite). Both create .venv when missing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+KENLM_BIN := .cache/kenlm/bin
+
+.PHONY: demo test install kenlm lint clean-venv
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required)" >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+kenlm: $(KENLM_BIN)/lmplz
+
+$(KENLM_BIN)/lmplz:
+	bash tools/build_kenlm.sh $(KENLM_BIN)
+
+demo: install kenlm
+	bash tools/demo.sh
+
+test: install kenlm
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check asr tests tools
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,58 @@
+"""The run clock: active seconds since the model was created, kept across stop and resume.
+
+Time-to-accuracy is read off this clock. It counts everything a run does once the model exists
+(training, evaluation, swapping, checkpointing); feature extraction happens before and is
+reported separately. When a run stops and is resumed, the clock continues from the value saved
+with the checkpoint, and the gap between the stop and the resume is counted as ``downtime``,
+never as run time. Per-phase totals (seconds) say where the time went.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+
+class RunClock:
+    """Monotonic run time in seconds, with per-phase totals and downtime across resumes."""
+
+    def __init__(self, elapsed: float = 0.0, downtime: float = 0.0, phases: dict[str, float] | None = None):
+        self._offset = float(elapsed)
+        self._started = time.monotonic()
+        self.downtime = float(downtime)
+        self.phases: dict[str, float] = dict(phases or {})
+
+    def elapsed(self) -> float:
+        """Seconds of active run time, including earlier sessions of a resumed run."""
+        return self._offset + (time.monotonic() - self._started)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` body to ``phases[name]``."""
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - began
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint saves: run time, downtime, phases, and when it was saved."""
+        return {
+            "elapsed": self.elapsed(),
+            "downtime": self.downtime,
+            "phases": dict(self.phases),
+            "saved_wall_time": time.time(),
+        }
+
+    @classmethod
+    def resume(cls, state: dict[str, Any], now_wall_time: float | None = None) -> RunClock:
+        """Continue a saved clock; the wall time since it was saved becomes downtime."""
+        now = time.time() if now_wall_time is None else now_wall_time
+        gap = max(0.0, now - float(state.get("saved_wall_time", now)))
+        return cls(
+            elapsed=float(state.get("elapsed", 0.0)),
+            downtime=float(state.get("downtime", 0.0)) + gap,
+            phases=state.get("phases"),
+        )
