@@ -46,7 +46,7 @@ _Loader.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     """``yaml.safe_load`` that reads ``1e-4`` as a float."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    return yaml.load(text, Loader=_Loader)
 
 
 # --------------------------------------------------------------------------- stage configs
@@ -251,7 +251,8 @@ T = typing.TypeVar("T")
 def from_dict(cls: type[T], values: Any, where: str, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: {prefix or 'top level'}: expected a mapping, got {type(values).__name__}")
+        got = type(values).__name__
+        raise ConfigError(f"{where}: {prefix or 'top level'}: expected a mapping, got {got}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}

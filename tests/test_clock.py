@@ -1,0 +1,27 @@
+import time
+
+from asr.clock import RunClock
+
+
+def test_clock_counts_elapsed_and_phases():
+    clock = RunClock()
+    with clock.phase("evaluate"):
+        time.sleep(0.02)
+    assert clock.phases["evaluate"] >= 0.02
+    assert clock.elapsed() >= clock.phases["evaluate"]
+
+
+def test_resume_continues_elapsed_and_counts_the_gap_as_downtime():
+    state = {"elapsed": 100.0, "downtime": 5.0, "phases": {"train": 90.0}, "saved_wall_time": 1000.0}
+    clock = RunClock.resume(state, now_wall_time=1060.0)
+    assert 100.0 <= clock.elapsed() < 101.0
+    assert clock.downtime == 65.0
+    assert clock.phases == {"train": 90.0}
+
+
+def test_state_round_trips():
+    clock = RunClock(elapsed=42.0)
+    state = clock.state()
+    again = RunClock.resume(state, now_wall_time=state["saved_wall_time"])
+    assert again.downtime == 0.0
+    assert again.elapsed() >= 42.0
