@@ -1,0 +1,88 @@
+"""Corpus-level WER / CER / cer_maxlen against values worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from asr.metrics import EmptySetError, score
+
+# Worked by hand:
+#   "the cat sat" -> "the bat": words the=the, cat->bat (S), sat deleted (D); characters c->b (S) and
+#       " sat" deleted (4 D): 5 edits, 11 reference characters, max(7, 11) = 11.
+#   "cool" -> "col": words 1 S; characters one o deleted: 1 edit, 4 reference characters, max = 4.
+#   "ab" -> "abcd": words 1 S; characters c, d inserted: 2 edits, 2 reference characters, max = 4.
+REFERENCES = ["the cat sat", "cool", "ab"]
+HYPOTHESES = ["the bat", "col", "abcd"]
+
+
+def test_counts_and_rates_match_hand_values():
+    scores = score(REFERENCES, HYPOTHESES)
+    assert scores.utterances == 3
+    assert (scores.words.substitutions, scores.words.deletions, scores.words.insertions) == (3, 1, 0)
+    assert scores.words.hits == 1
+    assert scores.words.reference_length == 5
+    assert scores.wer == pytest.approx(100 * 4 / 5)
+    assert scores.chars.edits == 8
+    assert scores.chars.reference_length == 17
+    assert scores.cer == pytest.approx(100 * 8 / 17)
+    assert scores.max_chars == 19
+    assert scores.cer_maxlen == pytest.approx(100 * 8 / 19)
+
+
+def test_rates_are_corpus_level_not_mean_of_utterances():
+    scores = score(REFERENCES, HYPOTHESES)
+    mean_of_utterances = 100 * (5 / 11 + 1 / 4 + 2 / 4) / 3
+    assert scores.cer_maxlen != pytest.approx(mean_of_utterances)
+    assert [u.char_edits for u in scores.per_utterance] == [5, 1, 2]
+    assert [u.word_edits for u in scores.per_utterance] == [2, 1, 1]
+    assert [u.max_chars for u in scores.per_utterance] == [11, 4, 4]
+    assert sum(u.char_edits for u in scores.per_utterance) == scores.chars.edits
+
+
+def test_cer_maxlen_uses_the_longer_side():
+    only_insertions = score(["ab"], ["abcd"])
+    assert only_insertions.cer == pytest.approx(100.0)
+    assert only_insertions.cer_maxlen == pytest.approx(50.0)
+    garbage = score(["a"], ["xyzw"])
+    assert garbage.cer == pytest.approx(400.0)
+    assert garbage.cer_maxlen == pytest.approx(100.0)
+
+
+def test_perfect_and_empty_hypotheses():
+    perfect = score(["hello world", "it's"], ["hello world", "it's"])
+    assert (perfect.wer, perfect.cer, perfect.cer_maxlen) == (0.0, 0.0, 0.0)
+    silent = score(["hello world"], [""])
+    assert silent.wer == pytest.approx(100.0)
+    assert silent.words.deletions == 2
+    assert silent.cer == pytest.approx(100.0)
+    assert silent.cer_maxlen == pytest.approx(100.0)
+
+
+def test_extra_spaces_are_ignored():
+    assert score(["a  b "], [" a b"]).wer == 0.0
+
+
+def test_an_empty_reference_counts_insertions():
+    scores = score(["", "a b"], ["x", "a b"])
+    assert scores.words.insertions == 1
+    assert scores.wer == pytest.approx(50.0)
+
+
+def test_summary_is_flat():
+    summary = score(REFERENCES, HYPOTHESES).summary()
+    assert summary["substitutions"] == 3
+    assert summary["reference_words"] == 5
+    assert summary["utterances"] == 3
+    assert summary["cer_maxlen"] == pytest.approx(100 * 8 / 19)
+
+
+def test_empty_set_is_an_error():
+    with pytest.raises(EmptySetError, match="empty"):
+        score([], [])
+    with pytest.raises(EmptySetError, match="reference"):
+        score(["", " "], ["a", ""])
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        score(["a", "b"], ["a"])
