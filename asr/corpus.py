@@ -1,0 +1,224 @@
+"""Finding utterances: LibriSpeech-layout subsets or a manifest file, then a cheap header check.
+
+Two inputs give the same :class:`Candidate` records (id, audio path, raw transcript):
+
+* LibriSpeech layout: ``SUBSET/SPEAKER/CHAPTER/SPEAKER-CHAPTER-NNNN.flac`` next to
+  ``SPEAKER-CHAPTER.trans.txt`` (lines ``ID TRANSCRIPT``).
+* A manifest: CSV with a header row, or JSON lines, with ``audio`` (path relative to the
+  manifest file) and ``text``, optionally ``id`` (default: the audio path without suffix).
+
+:func:`probe` then decides, from the transcript and the audio header only (no decoding), whether
+an utterance is kept or skipped and why; the reasons are the short strings in :data:`REASONS`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import soundfile
+
+from asr import features, text
+
+AUDIO_SUFFIXES = (".flac", ".wav")
+TOO_LONG = "too long"
+TOO_SHORT = "too short"
+NOT_MONO = "not mono"
+UNREADABLE_AUDIO = "unreadable audio"
+MISSING_TRANSCRIPT = "missing transcript"
+UNMAPPABLE_TEXT = "unmappable text"
+EMPTY_TRANSCRIPT = "empty transcript"
+WRONG_SAMPLE_RATE = "wrong sample rate"
+REASONS = (
+    TOO_LONG,
+    TOO_SHORT,
+    NOT_MONO,
+    UNREADABLE_AUDIO,
+    MISSING_TRANSCRIPT,
+    UNMAPPABLE_TEXT,
+    EMPTY_TRANSCRIPT,
+    WRONG_SAMPLE_RATE,
+)
+"""Skip reasons, as counted in the manifest (``unmappable text: 'x' 'y'`` counts as ``unmappable text``)."""
+
+
+class CorpusError(Exception):
+    """Input that cannot be used at all (missing directory, unknown subset, bad manifest)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """An utterance found in the input, before any check. ``transcript`` is None when absent."""
+
+    utt_id: str
+    path: str
+    transcript: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """An utterance that passed the header checks: normalized text, header duration in seconds."""
+
+    utt_id: str
+    path: str
+    text: str
+    duration: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """An utterance left out, with its reason (one of :data:`REASONS`, possibly with detail)."""
+
+    utt_id: str
+    path: str
+    reason: str
+
+
+def reason_key(reason: str) -> str:
+    """The counted reason: ``"unmappable text: '1' '2'"`` → ``"unmappable text"``."""
+    return reason.split(":", 1)[0]
+
+
+# --------------------------------------------------------------------------- LibriSpeech layout
+
+
+def list_subsets(corpus: Path) -> list[str]:
+    """Names of the subset directories of a corpus directory, sorted."""
+    return sorted(entry.name for entry in os.scandir(corpus) if entry.is_dir())
+
+
+def check_subsets(corpus: Path, subsets: list[str]) -> None:
+    """Raise :class:`CorpusError` for a missing corpus directory or a subset it does not have."""
+    if not corpus.is_dir():
+        raise CorpusError(f"corpus directory not found: {corpus}")
+    available = list_subsets(corpus)
+    for subset in subsets:
+        if subset not in available:
+            found = ", ".join(available) or "none"
+            raise CorpusError(f"unknown subset {subset!r} in {corpus} (subsets found: {found})")
+
+
+def _read_transcripts(path: Path) -> dict[str, str]:
+    transcripts: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            utt_id, _, transcript = line.rstrip("\n").partition(" ")
+            if utt_id:
+                transcripts[utt_id] = transcript
+    return transcripts
+
+
+def librispeech_candidates(corpus: Path, subset: str) -> list[Candidate]:
+    """Every audio file of one subset with its transcript line (None when missing), sorted by id."""
+    candidates: list[Candidate] = []
+    for directory, _, files in os.walk(corpus / subset):
+        audio = sorted(name for name in files if name.endswith(AUDIO_SUFFIXES))
+        if not audio:
+            continue
+        transcripts: dict[str, str] = {}
+        for name in files:
+            if name.endswith(".trans.txt"):
+                transcripts.update(_read_transcripts(Path(directory) / name))
+        for name in audio:
+            utt_id = name.rsplit(".", 1)[0]
+            path = os.path.abspath(os.path.join(directory, name))
+            candidates.append(Candidate(utt_id, path, transcripts.get(utt_id)))
+    return sorted(candidates, key=lambda c: c.utt_id)
+
+
+# --------------------------------------------------------------------------- manifest input
+
+
+def _manifest_rows(path: Path) -> list[tuple[int, dict]]:
+    try:
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CorpusError(f"cannot read manifest {path}: {error}") from None
+    first = content.lstrip()[:1]
+    if path.suffix in (".jsonl", ".json") or first == "{":
+        rows = []
+        for number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CorpusError(f"manifest {path} line {number}: not JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise CorpusError(f"manifest {path} line {number}: expected a JSON object")
+            rows.append((number, row))
+        return rows
+    reader = csv.DictReader(content.splitlines())
+    if reader.fieldnames is None or "audio" not in reader.fieldnames:
+        raise CorpusError(
+            f"manifest {path}: CSV header must name an 'audio' column (got {reader.fieldnames})"
+        )
+    return [(number, row) for number, row in enumerate(reader, start=2)]
+
+
+def manifest_candidates(path: Path) -> list[Candidate]:
+    """Utterances listed in a CSV (with header) or JSON-lines manifest, sorted by id."""
+    path = Path(path)
+    base = path.parent
+    candidates: list[Candidate] = []
+    seen: dict[str, int] = {}
+    for number, row in _manifest_rows(path):
+        audio = row.get("audio")
+        if not isinstance(audio, str) or not audio:
+            raise CorpusError(f"manifest {path} line {number}: no 'audio' path")
+        audio_path = os.path.abspath(base / audio)
+        utt_id = str(row.get("id") or Path(audio).with_suffix("").as_posix().replace("/", "-"))
+        if utt_id in seen:
+            raise CorpusError(f"manifest {path} line {number}: duplicate id {utt_id!r} (line {seen[utt_id]})")
+        seen[utt_id] = number
+        transcript = row.get("text")
+        candidates.append(Candidate(utt_id, audio_path, None if transcript is None else str(transcript)))
+    return sorted(candidates, key=lambda c: c.utt_id)
+
+
+# --------------------------------------------------------------------------- header checks
+
+
+def probe(candidate: Candidate, max_duration: float, resample: bool) -> Planned | Skipped:
+    """Keep or skip one utterance from its transcript and audio header (no decoding).
+
+    Durations are seconds; ``too short`` means fewer than ``MIN_FRAMES`` feature frames after
+    resampling to 16 kHz. Audio at another rate is kept (to be resampled) unless ``resample`` is
+    False, then skipped as ``wrong sample rate``.
+    """
+
+    def skip(reason: str) -> Skipped:
+        return Skipped(candidate.utt_id, candidate.path, reason)
+
+    if candidate.transcript is None:
+        return skip(MISSING_TRANSCRIPT)
+    try:
+        normalized = text.normalize(candidate.transcript)
+    except text.UnmappableTextError as error:
+        return skip(f"{UNMAPPABLE_TEXT}: " + " ".join(repr(c) for c in error.characters))
+    if not normalized:
+        return skip(EMPTY_TRANSCRIPT)
+    try:
+        info = soundfile.info(candidate.path)
+    except Exception:  # libsndfile raises several types for missing, empty or garbled files
+        return skip(UNREADABLE_AUDIO)
+    if info.frames <= 0 or info.samplerate <= 0:
+        return skip(UNREADABLE_AUDIO)
+    if info.channels != 1:
+        return skip(NOT_MONO)
+    if info.samplerate != features.SAMPLE_RATE and not resample:
+        return skip(WRONG_SAMPLE_RATE)
+    duration = info.frames / info.samplerate
+    if duration > max_duration:
+        return skip(TOO_LONG)
+    if features.num_frames(round(duration * features.SAMPLE_RATE)) < features.MIN_FRAMES:
+        return skip(TOO_SHORT)
+    return Planned(candidate.utt_id, candidate.path, normalized, duration)
+
+
+def probe_many(candidates: list[Candidate], max_duration: float, resample: bool) -> list[Planned | Skipped]:
+    """:func:`probe` over a chunk of candidates (one task for a worker process)."""
+    return [probe(candidate, max_duration, resample) for candidate in candidates]

@@ -1,0 +1,593 @@
+"""``python -m asr.extract``: audio corpus → 93-dim features → TFRecord shards + ``manifest.json``.
+
+One output directory is one split. The run plans first (transcripts and audio headers only),
+sorts the kept utterances by id and cuts them into shards of ``--shard-size``; shard ``i`` is
+written by task ``i % --num-tasks``. Each shard is written under a temporary name and renamed,
+then a sidecar (``sidecars/shard-NNNNN.json``) with its statistics, so an interrupted run resumes
+where it stopped and K tasks can share one directory. Whichever run finds every shard's sidecar
+writes ``manifest.json`` (feature mean/std, counts, skipped utterances, shard list).
+Output bytes do not depend on the number of workers, tasks or interruptions.
+
+Exit status: 0 done (or this task's part done), 2 unusable input or output, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.metadata
+import itertools
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+
+import asr
+from asr import corpus, features, shards, text
+
+MANIFEST = "manifest.json"
+SIDECARS = "sidecars"
+FORMAT = "asr-shards"
+VERSION = 1
+PLAN_CHUNK = 256
+"""Candidates per header-probing task (header reads are ~0.3 ms each)."""
+
+
+class ExtractError(Exception):
+    """A problem the run cannot proceed with; printed as one line, exit status 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    """Everything one extraction run needs, built once from the command line."""
+
+    out: Path
+    """Output directory (one split)."""
+    corpus: Path | None = None
+    """LibriSpeech-layout corpus directory."""
+    subsets: tuple[str, ...] = ()
+    """Subset directories of ``corpus`` combined into this split."""
+    manifest_input: Path | None = None
+    """CSV/JSON-lines list of utterances (``audio``, ``text``, optional ``id``)."""
+    workers: int = 1
+    """Worker processes."""
+    shard_size: int = 64
+    """Planned utterances per shard (a shard is smaller when some fail to decode)."""
+    max_duration: float = 16.7
+    """Longest utterance kept, in seconds."""
+    compression: shards.Compression = "gzip"
+    compression_level: int = shards.DEFAULT_LEVEL
+    """zlib level 0-9 for gzip/zlib."""
+    compression_strategy: shards.Strategy = "huffman"
+    """zlib strategy; ``huffman`` is as small as ``default`` on float32 features and ~3.5x faster."""
+    task_index: int = 0
+    num_tasks: int = 1
+    overwrite: bool = False
+    merge_only: bool = False
+    resample: bool = True
+    """Resample audio that is not 16 kHz (soxr, high quality); otherwise skip it."""
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`ExtractError` for impossible combinations."""
+        if self.corpus is None and self.manifest_input is None:
+            raise ExtractError("give --corpus with --subsets, or --manifest-input")
+        if self.corpus is not None and not self.subsets:
+            raise ExtractError("--corpus needs --subsets (the subset directories to read)")
+        if self.workers < 1 or self.shard_size < 1 or self.num_tasks < 1:
+            raise ExtractError("--workers, --shard-size and --num-tasks must be at least 1")
+        if not 0 <= self.task_index < self.num_tasks:
+            raise ExtractError(f"--task-index {self.task_index} is not in [0, {self.num_tasks})")
+        if self.compression != "none" and not 0 <= self.compression_level <= 9:
+            raise ExtractError(f"--compression-level {self.compression_level} is not in 0..9")
+        if self.max_duration <= 0:
+            raise ExtractError(f"--max-duration {self.max_duration} must be positive")
+
+    def parameters(self) -> dict[str, Any]:
+        """What determines the bytes written; an output directory holds one set of these."""
+        compressed = self.compression != "none"
+        return {
+            "sample_rate": features.SAMPLE_RATE,
+            "window": features.WINDOW,
+            "hop": features.HOP,
+            "n_fft": features.N_FFT,
+            "n_mels": features.N_MELS,
+            "n_mfcc": features.N_MFCC,
+            "feature_dim": features.FEATURE_DIM,
+            "max_duration": self.max_duration,
+            "min_frames": features.MIN_FRAMES,
+            "shard_size": self.shard_size,
+            "compression": self.compression,
+            "compression_level": self.compression_level if compressed else None,
+            "compression_strategy": self.compression_strategy if compressed else None,
+            "resample": self.resample,
+        }
+
+    def sources(self) -> dict[str, Any]:
+        """Where the utterances come from (absolute paths)."""
+        return {
+            "corpus": str(self.corpus.resolve()) if self.corpus else None,
+            "subsets": list(self.subsets),
+            "manifest_input": str(self.manifest_input.resolve()) if self.manifest_input else None,
+        }
+
+    def shard_file(self, index: int) -> Path:
+        return self.out / f"shard-{index:05d}{shards.SUFFIXES[self.compression]}"
+
+    def sidecar_file(self, index: int) -> Path:
+        return self.out / SIDECARS / f"shard-{index:05d}.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Kept utterances sorted by id, cut into shards; skips found from headers and transcripts."""
+
+    shards: tuple[tuple[corpus.Planned, ...], ...]
+    skipped: tuple[corpus.Skipped, ...]
+    candidates: int
+    warnings: tuple[str, ...]
+    empty_subsets: int
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON to ``NAME.tmp-<pid>`` and rename it over ``NAME``."""
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def planned_digest(utterances: Sequence[corpus.Planned]) -> str:
+    """Fingerprint of a shard's planned utterances (ids, paths, texts): a changed corpus redoes it."""
+    digest = hashlib.sha256()
+    for utterance in utterances:
+        digest.update(f"{utterance.utt_id}\t{utterance.path}\t{utterance.text}\n".encode())
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of what determines the features' bytes."""
+    import scipy
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "librosa": importlib.metadata.version("librosa"),
+        "soundfile": soundfile.__version__,
+        "soxr": importlib.metadata.version("soxr"),
+        "asr": asr.__version__,
+    }
+
+
+def _log(config: ExtractConfig, message: str) -> None:
+    if not config.quiet:
+        print(f"asr.extract: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _init_worker() -> None:
+    """Worker start: leave Ctrl-C to the parent, one BLAS thread, build the Mel matrix once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(1)
+    except ImportError:  # pragma: no cover - librosa depends on it through scikit-learn
+        pass
+    features.mel_filterbank()
+
+
+def _probe_chunk(job: tuple[list[corpus.Candidate], float, bool]) -> list[corpus.Planned | corpus.Skipped]:
+    return corpus.probe_many(*job)
+
+
+def _load_audio(path: str, resample: bool) -> np.ndarray | str:
+    """Mono 16 kHz float32 samples, or the skip reason."""
+    try:
+        samples, rate = soundfile.read(path, dtype="float32", always_2d=False)
+    except Exception:  # libsndfile raises several types for a corrupt body
+        return corpus.UNREADABLE_AUDIO
+    if samples.ndim != 1:
+        return corpus.NOT_MONO
+    if rate != features.SAMPLE_RATE:
+        if not resample:
+            return corpus.WRONG_SAMPLE_RATE
+        import soxr
+
+        samples = soxr.resample(samples, rate, features.SAMPLE_RATE, quality="HQ").astype(np.float32)
+    return samples
+
+
+def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus.Planned]) -> dict:
+    """Decode, featurize and write one shard, then its sidecar; returns the sidecar."""
+    started = time.perf_counter()
+    feature_sum = np.zeros(features.FEATURE_DIM, dtype=np.float64)
+    feature_squares = np.zeros(features.FEATURE_DIM, dtype=np.float64)
+    totals = {"utterances": 0, "frames": 0, "seconds": 0.0}
+    skipped: list[dict[str, str]] = []
+
+    def records():
+        for utterance in utterances:
+            samples = _load_audio(utterance.path, config.resample)
+            if isinstance(samples, np.ndarray) and features.num_frames(len(samples)) < features.MIN_FRAMES:
+                samples = corpus.TOO_SHORT
+            if isinstance(samples, str):
+                skipped.append({"utt_id": utterance.utt_id, "path": utterance.path, "reason": samples})
+                continue
+            values = features.compute_features(samples)
+            wide = values.astype(np.float64)
+            feature_sum[:] += wide.sum(axis=0)
+            feature_squares[:] += np.square(wide).sum(axis=0)
+            seconds = len(samples) / features.SAMPLE_RATE
+            totals["utterances"] += 1
+            totals["frames"] += values.shape[0]
+            totals["seconds"] += seconds
+            yield shards.utterance_example(
+                values, text.encode(utterance.text), utterance.text, utterance.utt_id, seconds
+            )
+
+    path = config.shard_file(index)
+    size = shards.write_shard(
+        path, records(), config.compression, config.compression_level, config.compression_strategy
+    )
+    sidecar = {
+        "shard": index,
+        "file": path.name,
+        "parameters": config.parameters(),
+        "sources": config.sources(),
+        "planned": planned_digest(utterances),
+        "planned_utterances": len(utterances),
+        "bytes": size,
+        **totals,
+        "feature_sum": feature_sum.tolist(),
+        "feature_sum_squares": feature_squares.tolist(),
+        "skipped": skipped,
+        "worker_seconds": time.perf_counter() - started,
+    }
+    write_json_atomic(config.sidecar_file(index), sidecar)
+    return sidecar
+
+
+def _extract_shard_job(job: tuple[ExtractConfig, int, tuple[corpus.Planned, ...]]) -> dict:
+    return extract_shard(*job)
+
+
+# --------------------------------------------------------------------------- main side
+
+
+def check_sources(config: ExtractConfig) -> None:
+    """Raise for a missing corpus directory, an unknown subset or an unreadable manifest."""
+    if config.corpus is not None:
+        corpus.check_subsets(config.corpus, list(config.subsets))
+    if config.manifest_input is not None and not config.manifest_input.is_file():
+        raise ExtractError(f"manifest input not found: {config.manifest_input}")
+
+
+def _our_files(out: Path) -> list[Path]:
+    names = [p for p in out.glob("shard-*.tfrecord*")]
+    names += list((out / SIDECARS).glob("shard-*.json*")) if (out / SIDECARS).is_dir() else []
+    names += [p for p in out.glob(f"{MANIFEST}*")]
+    return names
+
+
+def prepare_output(config: ExtractConfig) -> None:
+    """Create the output directory; refuse one holding another parameter set unless ``--overwrite``."""
+    try:
+        (config.out / SIDECARS).mkdir(parents=True, exist_ok=True)
+        probe_file = config.out / f".write-test-{os.getpid()}"
+        probe_file.write_bytes(b"")
+        probe_file.unlink()
+    except OSError as error:
+        raise ExtractError(f"cannot write output directory {config.out}: {error.strerror}") from None
+    if config.overwrite and not config.merge_only:
+        for path in _our_files(config.out):
+            path.unlink(missing_ok=True)
+        return
+    existing = [config.out / MANIFEST, *sorted((config.out / SIDECARS).glob("shard-*.json"))]
+    for path in existing:
+        recorded = _read_json(path) if path.is_file() else None
+        if not isinstance(recorded, dict):
+            continue
+        for section, current in (("parameters", config.parameters()), ("sources", config.sources())):
+            previous = recorded.get(section, {})
+            for key in sorted(set(current) | set(previous)):
+                if current.get(key) != previous.get(key):
+                    raise ExtractError(
+                        f"{config.out} holds shards made with {key}={previous.get(key)!r}, this run has "
+                        f"{key}={current.get(key)!r}; use --overwrite to replace them or another --out"
+                    )
+        return
+
+
+def gather_candidates(config: ExtractConfig) -> tuple[list[corpus.Candidate], list[str], int]:
+    """All candidates sorted by id, warnings, and the number of subsets without audio."""
+    candidates: list[corpus.Candidate] = []
+    warnings: list[str] = []
+    empty = 0
+    if config.corpus is not None:
+        for subset in config.subsets:
+            found = corpus.librispeech_candidates(config.corpus, subset)
+            if not found:
+                empty += 1
+                warnings.append(f"subset {subset!r} in {config.corpus} has no audio files")
+            candidates += found
+    if config.manifest_input is not None:
+        candidates += corpus.manifest_candidates(config.manifest_input)
+    candidates.sort(key=lambda c: (c.utt_id, c.path))
+    for previous, current in itertools.pairwise(candidates):
+        if previous.utt_id == current.utt_id:
+            raise ExtractError(
+                f"utterance id {current.utt_id!r} appears twice: {previous.path}, {current.path}"
+            )
+    return candidates, warnings, empty
+
+
+def make_plan(config: ExtractConfig, pool) -> Plan:
+    """Probe every candidate's transcript and header (in the worker pool) and cut the kept into shards."""
+    candidates, warnings, empty = gather_candidates(config)
+    chunks = [
+        (candidates[start : start + PLAN_CHUNK], config.max_duration, config.resample)
+        for start in range(0, len(candidates), PLAN_CHUNK)
+    ]
+    kept: list[corpus.Planned] = []
+    skipped: list[corpus.Skipped] = []
+    for results in pool.imap(_probe_chunk, chunks):
+        for result in results:
+            (kept if isinstance(result, corpus.Planned) else skipped).append(result)
+    size = config.shard_size
+    shard_list = tuple(tuple(kept[start : start + size]) for start in range(0, len(kept), size))
+    return Plan(shard_list, tuple(skipped), len(candidates), tuple(warnings), empty)
+
+
+def valid_sidecar(config: ExtractConfig, plan: Plan, index: int) -> dict | None:
+    """The shard's sidecar if it and its shard file are complete and made from this plan."""
+    sidecar = _read_json(config.sidecar_file(index))
+    if not isinstance(sidecar, dict):
+        return None
+    shard_path = config.shard_file(index)
+    if (
+        sidecar.get("parameters") != config.parameters()
+        or sidecar.get("sources") != config.sources()
+        or sidecar.get("planned") != planned_digest(plan.shards[index])
+        or not shard_path.is_file()
+        or shard_path.stat().st_size != sidecar.get("bytes")
+    ):
+        return None
+    return sidecar
+
+
+def build_manifest(config: ExtractConfig, plan: Plan, sidecars: list[dict]) -> dict:
+    """The split's manifest from the plan and every shard's sidecar (no feature is re-read)."""
+    feature_sum = np.zeros(features.FEATURE_DIM, dtype=np.float64)
+    feature_squares = np.zeros(features.FEATURE_DIM, dtype=np.float64)
+    skipped = [dataclasses.asdict(s) for s in plan.skipped]
+    for sidecar in sidecars:
+        feature_sum += np.asarray(sidecar["feature_sum"], dtype=np.float64)
+        feature_squares += np.asarray(sidecar["feature_sum_squares"], dtype=np.float64)
+        skipped += sidecar["skipped"]
+    skipped.sort(key=lambda s: (s["utt_id"], s["path"]))
+    frames = sum(s["frames"] for s in sidecars)
+    seconds = sum(s["seconds"] for s in sidecars)
+    if frames:
+        mean = feature_sum / frames
+        std = np.sqrt(np.maximum(feature_squares / frames - np.square(mean), 0.0))
+    else:
+        mean, std = np.zeros(features.FEATURE_DIM), np.ones(features.FEATURE_DIM)
+    by_reason = Counter(corpus.reason_key(s["reason"]) for s in skipped)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "split": config.out.resolve().name,
+        "sources": config.sources(),
+        "parameters": config.parameters(),
+        "alphabet": list(text.SYMBOLS),
+        "versions": package_versions(),
+        "counts": {
+            "candidates": plan.candidates,
+            "kept": sum(s["utterances"] for s in sidecars),
+            "skipped": len(skipped),
+            "skipped_by_reason": dict(sorted(by_reason.items())),
+            "hours_kept": seconds / 3600,
+            "frames_kept": frames,
+            "empty_subsets": plan.empty_subsets,
+        },
+        "warnings": list(plan.warnings),
+        "skipped": skipped,
+        "feature_mean": mean.tolist(),
+        "feature_std": std.tolist(),
+        "shards": [
+            {"file": s["file"], "utterances": s["utterances"], "frames": s["frames"], "seconds": s["seconds"]}
+            for s in sidecars
+        ],
+        "extraction_seconds": sum(s["worker_seconds"] for s in sidecars),
+    }
+
+
+def merge(config: ExtractConfig, plan: Plan) -> dict | None:
+    """Write ``manifest.json`` if every shard's sidecar is present; else return None."""
+    sidecars = [valid_sidecar(config, plan, index) for index in range(len(plan.shards))]
+    if any(sidecar is None for sidecar in sidecars):
+        return None
+    for path in _our_files(config.out):  # shards of an earlier, longer plan with the same parameters
+        stem = path.name.split(".", 1)[0]
+        if stem.startswith("shard-") and int(stem[6:]) >= len(plan.shards):
+            path.unlink(missing_ok=True)
+    manifest = build_manifest(config, plan, sidecars)  # type: ignore[arg-type]
+    write_json_atomic(config.out / MANIFEST, manifest)
+    return manifest
+
+
+def _progress(config: ExtractConfig, total_seconds: float, total_utterances: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=round(total_seconds / 3600, 4),
+        unit="h",
+        desc=f"extract {config.out.name}",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
+        "[{elapsed}<{remaining}]{postfix}",
+        postfix=f"0/{total_utterances} utts",
+        disable=config.quiet,
+        file=sys.stderr,
+    )
+
+
+def _summary(config: ExtractConfig, manifest: dict, wall: float) -> None:
+    counts = manifest["counts"]
+    reasons = ", ".join(f"{reason} {n}" for reason, n in counts["skipped_by_reason"].items()) or "none"
+    audio_seconds = counts["hours_kept"] * 3600
+    _log(
+        config,
+        f"{config.out}: kept {counts['kept']} utterances ({counts['hours_kept']:.3f} h) in "
+        f"{len(manifest['shards'])} shards; skipped {counts['skipped']} ({reasons})",
+    )
+    _log(
+        config,
+        f"{wall:.1f} s wall, {audio_seconds / max(wall, 1e-9):.0f}x real time, {config.workers} workers",
+    )
+
+
+def run(config: ExtractConfig) -> int:
+    """Plan, extract this task's missing shards, merge if complete. Returns the exit status."""
+    started = time.perf_counter()
+    check_sources(config)
+    prepare_output(config)
+    context = multiprocessing.get_context("forkserver")
+    # Not asr.extract itself: each worker runs it as its main module, which must not be preloaded.
+    context.set_forkserver_preload(["asr.corpus", "asr.features", "asr.shards", "scipy.fft", "scipy.signal"])
+    pool = context.Pool(config.workers, initializer=_init_worker)
+    done = 0
+    try:
+        plan = make_plan(config, pool)
+        for warning in plan.warnings:
+            print(f"asr.extract: warning: {warning}", file=sys.stderr)
+        mine = [i for i in range(len(plan.shards)) if i % config.num_tasks == config.task_index]
+        todo = [] if config.merge_only else [i for i in mine if valid_sidecar(config, plan, i) is None]
+        for index in todo:
+            for stale in [
+                *config.out.glob(f"shard-{index:05d}.*.tmp-*"),
+                *config.out.glob(f"{SIDECARS}/shard-{index:05d}.json.tmp-*"),
+            ]:
+                stale.unlink(missing_ok=True)
+        total_seconds = sum(u.duration for i in todo for u in plan.shards[i])
+        total_utterances = sum(len(plan.shards[i]) for i in todo)
+        if len(todo) < len(mine):
+            _log(config, f"{len(mine) - len(todo)} of this task's {len(mine)} shards already complete")
+        utterances = 0
+        with _progress(config, total_seconds, total_utterances) as bar:
+            jobs = [(config, index, plan.shards[index]) for index in todo]
+            for sidecar in pool.imap_unordered(_extract_shard_job, jobs):
+                done += 1
+                utterances += sidecar["planned_utterances"]
+                bar.update(round(sum(u.duration for u in plan.shards[sidecar["shard"]]) / 3600, 4))
+                bar.set_postfix_str(f"{utterances}/{total_utterances} utts", refresh=False)
+        pool.close()
+    except KeyboardInterrupt:
+        pool.terminate()
+        print(
+            f"\nasr.extract: interrupted; {done} shards completed in this run are kept, "
+            "re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        pool.terminate()
+    manifest = merge(config, plan)
+    if manifest is None:
+        missing = sum(valid_sidecar(config, plan, i) is None for i in range(len(plan.shards)))
+        if config.merge_only:
+            raise ExtractError(
+                f"cannot merge {config.out}: {missing} of {len(plan.shards)} shards are missing"
+            )
+        _log(config, f"this task is done; {missing} shards of other tasks missing, manifest not written yet")
+        return 0
+    _summary(config, manifest, time.perf_counter() - started)
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ExtractConfig:
+    """The command line as a validated :class:`ExtractConfig`."""
+    parser = argparse.ArgumentParser(prog="asr.extract", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", type=Path, help="LibriSpeech-layout corpus directory")
+    parser.add_argument("--subsets", nargs="+", default=[], help="subset directories to combine")
+    parser.add_argument("--manifest-input", type=Path, help="CSV/JSON-lines list: audio, text[, id]")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (one split)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("--shard-size", type=int, default=64, help="utterances per shard")
+    parser.add_argument("--max-duration", type=float, default=16.7, help="longest utterance kept (s)")
+    parser.add_argument("--compression", choices=sorted(shards.SUFFIXES), default="gzip")
+    parser.add_argument("--compression-level", type=int, default=shards.DEFAULT_LEVEL, help="0-9")
+    parser.add_argument("--compression-strategy", choices=list(shards.STRATEGIES), default="huffman")
+    parser.add_argument("--task-index", type=int, default=0, help="this task's index in [0, num-tasks)")
+    parser.add_argument("--num-tasks", type=int, default=1, help="tasks sharing the output directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace output made with other settings")
+    parser.add_argument("--merge-only", action="store_true", help="only write manifest.json from sidecars")
+    parser.add_argument("--no-resample", action="store_true", help="skip audio that is not 16 kHz")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    args = parser.parse_args(argv)
+    config = ExtractConfig(
+        out=args.out,
+        corpus=args.corpus,
+        subsets=tuple(args.subsets),
+        manifest_input=args.manifest_input,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        max_duration=args.max_duration,
+        compression=args.compression,
+        compression_level=args.compression_level,
+        compression_strategy=args.compression_strategy,
+        task_index=args.task_index,
+        num_tasks=args.num_tasks,
+        overwrite=args.overwrite,
+        merge_only=args.merge_only,
+        resample=not args.no_resample,
+        quiet=args.quiet,
+    )
+    config.validate()
+    return config
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one-line errors with exit status 2, 130 on Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return run(parse_args(argv))
+    except (ExtractError, corpus.CorpusError) as error:
+        print(f"asr.extract: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nasr.extract: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    from asr.extract import main as _main  # workers must find the functions under asr.extract
+
+    sys.exit(_main())
