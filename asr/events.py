@@ -33,6 +33,7 @@ Kinds and their own fields:
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,18 +48,22 @@ class EventLog:
         self.path = Path(run_dir) / EVENT_LOG_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO | None = self.path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()  # the utilization sampler writes from its own thread
 
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"event": event, "wall_time": time.time(), **fields}
-        if self._file is not None:
-            self._file.write(json.dumps(record, separators=(",", ":"), default=_jsonable) + "\n")
-            self._file.flush()
+        line = json.dumps(record, separators=(",", ":"), default=_jsonable) + "\n"
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line)
+                self._file.flush()
         return record
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def __enter__(self) -> EventLog:
         return self

@@ -1,0 +1,163 @@
+"""Utilization sampling: a daemon thread that writes ``util`` events into the run's event log.
+
+Every ``interval_seconds`` it records the CPU use of the training process (``psutil``
+``Process.cpu_percent`` since the previous sample; 100 = one core fully busy, so a 2-core
+machine tops out at 200) and, when NVML is available (``pynvml`` from ``nvidia-ml-py`` and an
+NVIDIA driver), per GPU: ``utilization`` (percent of the sample period a kernel ran),
+``memory_used_mb`` and ``power_w`` (board power; None where the GPU does not report it). Without
+NVML, ``gpus`` is an empty list: a machine without GPUs or driver is normal, never an error.
+
+Each event carries the run clock's ``elapsed`` seconds, so utilization lines up with the other
+events and excludes downtime. How training uses it::
+
+    with UtilizationSampler(log, recipe.tta.sample_interval_seconds, clock=run_clock):
+        ...  # train; the sampler stops (and writes nothing more) when the block exits
+
+``clock`` is an :class:`asr.clock.RunClock` or any callable returning run-clock seconds.
+``position``, if given, is a callable returning ``(epoch, step)`` for the events' common
+fields. :class:`asr.events.EventLog` serializes writes from several threads.
+The cost of sampling is measured by ``tools/bench_sampler.py`` (well under 1 % of a step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+try:
+    import pynvml
+except ImportError:  # nvidia-ml-py not installed: CPU only
+    pynvml = None
+
+
+class GpuProbe:
+    """Per-GPU utilization, memory and power through NVML; ``available`` is False without it."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        self.available = False
+        if pynvml is None:
+            return
+        try:
+            pynvml.nvmlInit()
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self.available = True
+        except Exception:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...: no GPUs to sample
+            self.handles = []
+
+    def sample(self) -> list[dict[str, Any]]:
+        """One reading per GPU: index, utilization (percent), memory_used_mb, power_w."""
+        readings = []
+        for index, handle in enumerate(self.handles):
+            readings.append(
+                {
+                    "index": index,
+                    "utilization": _nvml(lambda h=handle: pynvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                    "memory_used_mb": _nvml(lambda h=handle: pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20),
+                    "power_w": _nvml(lambda h=handle: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
+                }
+            )
+        return readings
+
+    def close(self) -> None:
+        if self.available:
+            with contextlib.suppress(Exception):
+                pynvml.nvmlShutdown()
+            self.available = False
+
+
+def _nvml(read: Callable[[], float]) -> float | None:
+    try:
+        return float(read())
+    except Exception:  # NVMLError_NotSupported on some boards
+        return None
+
+
+class UtilizationSampler:
+    """Writes a ``util`` event every ``interval_seconds`` from a daemon thread until :meth:`stop`.
+
+    ``event_log``: anything with ``write(event, **fields)`` (an :class:`asr.events.EventLog`);
+    ``pid``: the process to watch (default: this one); ``clock``: a ``RunClock`` or a callable
+    returning run-clock seconds (default: seconds since :meth:`start`).
+    """
+
+    def __init__(
+        self,
+        event_log: Any,
+        interval_seconds: float = 1.0,
+        pid: int | None = None,
+        clock: Any = None,
+        position: Callable[[], tuple[int, int]] | None = None,
+    ):
+        if interval_seconds <= 0:
+            raise ValueError(f"interval_seconds must be positive, got {interval_seconds}")
+        self.event_log = event_log
+        self.interval_seconds = float(interval_seconds)
+        self.process = psutil.Process(pid if pid is not None else os.getpid())
+        self._elapsed = self._clock_function(clock)
+        self.position = position
+        self.samples_written = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._gpus: GpuProbe | None = None
+
+    def _clock_function(self, clock: Any) -> Callable[[], float]:
+        if clock is None:
+            started = time.monotonic()
+            return lambda: time.monotonic() - started
+        if hasattr(clock, "elapsed"):
+            return clock.elapsed
+        if callable(clock):
+            return clock
+        raise TypeError(f"clock must be a RunClock or a callable returning seconds, got {clock!r}")
+
+    def sample(self) -> dict[str, Any]:
+        """Take one reading now and write it as a ``util`` event; returns the event's fields."""
+        fields: dict[str, Any] = {"elapsed": float(self._elapsed())}
+        if self.position is not None:
+            fields["epoch"], fields["step"] = self.position()
+        fields["cpu_percent"] = self.process.cpu_percent(interval=None)
+        fields["gpus"] = self._gpus.sample() if self._gpus is not None else []
+        self.event_log.write("util", **fields)
+        self.samples_written += 1
+        return fields
+
+    def start(self) -> UtilizationSampler:
+        """Start sampling (the first reading comes one interval later, when CPU use is measurable)."""
+        if self._thread is not None:
+            return self
+        self._gpus = GpuProbe()
+        self.process.cpu_percent(interval=None)  # the baseline the first sample is measured against
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="utilization-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            try:
+                self.sample()
+            except (psutil.Error, ValueError, OSError):  # process gone or log closed: stop quietly
+                return
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it; no event is written after this returns."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._gpus is not None:
+            self._gpus.close()
+            self._gpus = None
+
+    def __enter__(self) -> UtilizationSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
