@@ -576,7 +576,7 @@ def _raise_interrupt(signum, frame) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one-line errors with exit status 2, 130 on Ctrl-C or SIGTERM."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return run(parse_args(argv))
     except (ExtractError, corpus.CorpusError) as error:
@@ -585,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nasr.extract: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":

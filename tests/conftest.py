@@ -1,0 +1,34 @@
+"""Shared fixtures: the bundled tiny corpus and running ``python -m`` entry points as real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CORPUS = REPO_ROOT / "data" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus() -> Path:
+    """The LibriSpeech-layout corpus in ``data/tiny`` (subsets ``train-clean`` and ``dev-clean``)."""
+    return TINY_CORPUS
+
+
+@pytest.fixture(scope="session")
+def run_module():
+    """Run ``python -m MODULE ARGS...`` from the repository root; returns the CompletedProcess."""
+
+    def run(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", module, *map(str, args)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

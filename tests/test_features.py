@@ -1,0 +1,82 @@
+"""asr.features against an independent librosa + scipy computation of the feature definition."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+import scipy.fft
+import soundfile
+import soxr
+
+from asr import features
+from asr.extract import _load_audio
+
+
+def reference_features(waveform: np.ndarray) -> np.ndarray:
+    """features.md computed in float64 with librosa.stft (no centering) and scipy's DCT."""
+    spectrum = librosa.stft(
+        waveform.astype(np.float64), n_fft=512, hop_length=160, win_length=512, window="hann", center=False
+    )
+    mel = librosa.filters.mel(sr=16000, n_fft=512, n_mels=80, fmin=0.0, fmax=8000.0).astype(np.float64)
+    log_mel = np.log(mel @ np.abs(spectrum) ** 2 + 1e-6).T
+    mfcc = scipy.fft.dct(log_mel, type=2, norm="ortho", axis=-1)[:, :13]
+    return np.concatenate([log_mel, mfcc], axis=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_waveforms(tiny_corpus):
+    paths = sorted(tiny_corpus.glob("*/*/*/*.flac"))[:6]
+    return [soundfile.read(path, dtype="float32")[0] for path in paths]
+
+
+@pytest.mark.parametrize(
+    ("samples", "frames"), [(0, 0), (511, 0), (512, 1), (671, 1), (672, 2), (16000, 97), (16000 * 16.7, 1667)]
+)
+def test_num_frames_counts_full_windows_only(samples, frames):
+    assert features.num_frames(int(samples)) == frames
+
+
+def test_constants_are_the_papers():
+    assert features.FEATURE_DIM == 93
+    assert pytest.approx(0.01) == features.FRAME_SECONDS
+    assert features.mel_filterbank().shape == (80, 257)
+
+
+def test_features_match_reference_on_tiny_audio(tiny_waveforms):
+    for waveform in tiny_waveforms:
+        ours = features.compute_features(waveform)
+        expected = reference_features(waveform)
+        assert ours.dtype == np.float32
+        assert ours.shape == (features.num_frames(len(waveform)), 93) == expected.shape
+        assert np.abs(ours - expected).max() < 1e-3
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_features_match_reference_on_noise(scale):
+    noise = (np.random.default_rng(7).uniform(-0.9, 0.9, 3 * 16000) * scale).astype(np.float32)
+    assert np.abs(features.compute_features(noise) - reference_features(noise)).max() < 1e-3
+
+
+def test_silence_is_log_of_offset_and_short_input_has_no_frames():
+    silent = features.compute_features(np.zeros(16000, dtype=np.float32))
+    np.testing.assert_allclose(silent[:, :80], np.log(np.float32(1e-6)), rtol=1e-6)
+    assert features.compute_features(np.zeros(300, dtype=np.float32)).shape == (0, 93)
+    with pytest.raises(ValueError, match="mono"):
+        features.compute_features(np.zeros((2, 1000), dtype=np.float32))
+
+
+@pytest.mark.parametrize("rate", [8000, 22050])
+def test_other_rates_are_resampled_to_16k(tmp_path, tiny_waveforms, rate):
+    original = tiny_waveforms[0]
+    at_rate = soxr.resample(original, 16000, rate).astype(np.float32)
+    path = tmp_path / f"clip-{rate}.flac"
+    soundfile.write(path, at_rate, rate)
+    stored = soundfile.read(path, dtype="float32")[0]
+
+    loaded = _load_audio(str(path), resample=True)
+    expected = librosa.resample(stored, orig_sr=rate, target_sr=16000, res_type="soxr_hq")
+    assert isinstance(loaded, np.ndarray)
+    assert abs(len(loaded) - len(original)) <= 1
+    assert np.abs(features.compute_features(loaded) - reference_features(expected)).max() < 1e-3
+    assert _load_audio(str(path), resample=False) == "wrong sample rate"
