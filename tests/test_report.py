@@ -1,0 +1,348 @@
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from asr import report
+from asr.config import Recipe, RigConfig, TrainConfig, TTAConfig, dump_recipe
+from asr.events import EVENT_LOG_NAME
+
+# Synthetic run shape, so every time below can be checked by hand: each epoch is 10 training
+# steps of STEP s (the very first step of a session takes FIRST_STEP s: graph tracing), then
+# swap_out 2 s, evaluate 6 s (the eval event is written when it ends), swap_in 2 s.
+STEP, FIRST_STEP, STEPS = 5.0, 20.0, 10
+
+
+def eval_times(epochs: int) -> list[float]:
+    """Run-clock seconds of each epoch's eval event for a run from write_run (no resume)."""
+    times, now = [], 0.0
+    for epoch in range(epochs):
+        now += (FIRST_STEP if epoch == 0 else STEP) + STEP * (STEPS - 1) + 2 + 6
+        times.append(now)
+        now += 2
+    return times
+
+
+def write_run(
+    run_dir,
+    cer,
+    wer=None,
+    name="cpu",
+    rig="laptop",
+    batch=8,
+    price=0.0,
+    power_w=None,
+    resume_after_epoch=None,
+    downtime=0.0,
+    seed=0,
+    step_scale=1.0,
+    recipe=True,
+    jitter=0.0,
+):
+    """A run directory with a plausible event log: one eval per epoch with the given CER/WER %."""
+    rng = np.random.default_rng(seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    wer = wer or [min(100.0, 2.2 * c) for c in cer]
+    if recipe:
+        values = Recipe(
+            name=name,
+            train=TrainConfig(global_batch=batch, seed=seed),
+            rig=RigConfig(name=rig, price_usd=price, depreciation_years=1.0),
+            tta=TTAConfig(),
+        )
+        (run_dir / "recipe.yaml").write_text(dump_recipe(values))
+    events, now, step = [], 0.0, 0
+    clock = [0.0]
+
+    def emit(kind, **fields):
+        events.append({"event": kind, "wall_time": 1.7e9 + clock[0], "elapsed": round(now, 6), **fields})
+
+    def util_until(end):
+        while clock[0] + 1.0 <= end:
+            clock[0] += 1.0
+            sample = {
+                "event": "util",
+                "wall_time": 0,
+                "elapsed": clock[0],
+                "cpu_percent": 150 + 10 * rng.random(),
+            }
+            gpus = (
+                []
+                if power_w is None
+                else [{"index": 0, "utilization": 90, "memory_used_mb": 900, "power_w": power_w}]
+            )
+            events.append({**sample, "gpus": gpus})
+
+    emit("run_start", recipe=name, rig=rig, replicas=1, workers=1, resumed=False, downtime=0.0)
+    first = True
+    for epoch, (c, w) in enumerate(zip(cer, wer, strict=True)):
+        for _ in range(STEPS):
+            seconds = (FIRST_STEP if first else STEP) * step_scale * (1 + jitter * abs(rng.normal()))
+            first = False
+            util_until(now + seconds)
+            now += seconds
+            step += 1
+            loss = 300 * math.exp(-step / 20) + 20 + rng.normal(0, 3)
+            emit(
+                "step",
+                epoch=epoch,
+                step=step,
+                phase="train",
+                loss=loss,
+                batch_size=batch,
+                replicas=1,
+                step_seconds=seconds,
+                elements_per_second=batch / seconds,
+                elements_per_second_per_replica=batch / seconds,
+                audio_seconds=batch * 12.0,
+            )
+        emit("epoch_end", epoch=epoch, step=step, train_seconds=STEP * STEPS)
+        for phase, seconds in (("swap_out", 2.0), ("evaluate", 6.0), ("swap_in", 2.0)):
+            util_until(now + seconds)
+            now += seconds
+            if phase == "evaluate":
+                emit(
+                    "eval",
+                    epoch=epoch,
+                    step=step,
+                    split="dev-clean",
+                    loss=50.0,
+                    wer=w,
+                    cer=c,
+                    cer_maxlen=c,
+                    utterances=79,
+                    seconds=6.0,
+                    source="swap",
+                )
+            emit("phase", epoch=epoch, step=step, phase=phase, seconds=seconds)
+        if resume_after_epoch == epoch:
+            emit("run_end", epoch=epoch, step=step, reason="signal")
+            emit(
+                "run_start",
+                epoch=epoch,
+                step=step,
+                recipe=name,
+                rig=rig,
+                replicas=1,
+                workers=1,
+                resumed=True,
+                downtime=downtime,
+            )
+            first = True
+    emit("run_end", epoch=len(cer) - 1, step=step, reason="epochs")
+    events.sort(key=lambda e: e["elapsed"])
+    (run_dir / EVENT_LOG_NAME).write_text("".join(json.dumps(e) + "\n" for e in events))
+    return run_dir
+
+
+CER_A = [40.0, 20.0, 12.0, 9.0, 8.5, 7.5, 6.9, 7.2]  # small batch: slower start, better end
+CER_B = [30.0, 11.0, 9.5, 9.0, 8.8, 8.1, 7.9, 8.0]  # large batch
+
+
+def run_report(tmp_path, runs, *extra, plots=False):
+    out = tmp_path / "out"
+    args = [str(r) for r in runs] + ["--out", str(out), *extra]
+    status = report.main(args + ([] if plots else ["--no-plots"]))
+    return status, out
+
+
+def test_tta_table_minutes_percent_of_baseline_and_na(tmp_path, capsys):
+    a = write_run(tmp_path / "small", CER_A, batch=8)
+    b = write_run(tmp_path / "large", CER_B, batch=32, step_scale=1.0)
+    status, out = run_report(tmp_path, [a, b])
+    assert status == 0
+    times = eval_times(8)  # 73, 133, 193, ... seconds
+    assert times[:3] == [73.0, 133.0, 193.0]
+    md = (out / "report.md").read_text()
+    table = md.split("## Time to accuracy in minutes (median rule")[1].split("##")[0]
+    # CER 10, median of 3: small at epoch 4 (median of 12, 9, 8.5 = 9); large not at epoch 2
+    # (median of 30, 11, 9.5 = 11) but at epoch 3 (median of 11, 9.5, 9 = 9.5)
+    small, large = times[4] / 60, times[3] / 60
+    row_small = next(
+        line for line in table.splitlines() if line.startswith("| cpu @ laptop [train.global_batch=8]")
+    )
+    row_large = next(
+        line for line in table.splitlines() if line.startswith("| cpu @ laptop [train.global_batch=32]")
+    )
+    assert f"| {small:.1f} |" in row_small and f"| {large:.1f} |" in row_large
+    percent_rows = [line for line in table.splitlines() if "% of" in line]
+    assert f"| {100 * large / small:.0f}% |" in percent_rows[1]
+    # CER 7: small reaches the median of (7.5, 6.9, 7.2) = 7.2 > 7 never -> NA; large never
+    assert row_small.split("|")[4].strip() == "NA"
+    first = md.split("(first rule")[1].split("##")[0]
+    # first rule, CER 7: small's epoch 6 (6.9)
+    assert f"| {times[6] / 60:.1f} |" in first
+    printed = capsys.readouterr().out
+    assert "Time to accuracy in minutes (median rule" in printed and "NA" in printed
+    assert "wrote" in printed
+
+
+def test_definition_throughput_and_runs_tables(tmp_path):
+    a = write_run(tmp_path / "a", CER_A, batch=8)
+    status, out = run_report(tmp_path, [a])
+    md = (out / "report.md").read_text()
+    assert status == 0
+    assert "not the downtime" in md and "feature extraction" in md and "median of the last e" in md
+    # 79 timed steps of 5 s with 8 utterances (the 20 s first step is excluded): 1.6 utt/s
+    throughput = md.split("## Training throughput")[1].split("##")[0]
+    assert "| a | 1.60 | 1.60 | 1.60 | 79 | 1 | 8 |" in throughput
+    runs = md.split("## Runs")[1].split("##")[0]
+    assert f"| {eval_times(8)[-1] / 60:.1f} | 0.0 | not recorded | 8 | epochs |" in runs
+
+
+def test_resume_with_downtime_is_excluded_from_tta_and_shown_separately(tmp_path):
+    a = write_run(tmp_path / "resumed", CER_A, resume_after_epoch=2, downtime=7200.0)
+    status, out = run_report(tmp_path, [a])
+    assert status == 0
+    md = (out / "report.md").read_text()
+    # after the resume the first step again takes FIRST_STEP: epoch 3 onward is 15 s later than eval_times
+    expected = (eval_times(8)[4] + FIRST_STEP - STEP) / 60
+    table = md.split("(median rule")[1].split("##")[0]
+    assert f"| {expected:.1f} |" in table.splitlines()[4]
+    runs = md.split("## Runs")[1].split("##")[0]
+    assert "| 2 |" in runs and "| 120.0 |" in runs  # two sessions, 7200 s of downtime
+
+
+def test_aggregation_of_repeated_runs(tmp_path):
+    assert report.aggregate([5.0, 1.0, 3.0, 100.0, 4.0]) == (4.0, 1.0, 100.0)  # mean of 3, 4, 5
+    assert report.aggregate([3.0, 1.0, 2.0, 10.0]) == (2.5, 1.0, 10.0)  # median
+    assert report.aggregate([1.0, None, 2.0]) == (2.0, 1.0, None)  # not reached = slowest
+    assert report.aggregate([None, None, 1.0]) == (None, 1.0, None)
+    assert report.aggregate([1.0, 2.0, 3.0, 4.0, None]) == (3.0, 1.0, None)
+    runs = [
+        write_run(tmp_path / f"seed{s}", CER_A, seed=s, step_scale=scale)
+        for s, scale in enumerate([1.0, 1.2, 0.8, 1.1, 1.5])
+    ]
+    status, out = run_report(tmp_path, runs)
+    assert status == 0
+    md = (out / "report.md").read_text()
+    table = md.split("(median rule")[1].split("##")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| cpu @ laptop")]
+    assert len(rows) == 1 and "n=5" in rows[0]
+    # CER 10 at epoch 4's eval: the steps scale, the 10 s of swap and eval per epoch do not
+    tta = sorted((eval_times(5)[4] - 50) * s + 50 for s in [1.0, 1.2, 0.8, 1.1, 1.5])
+    mean = sum(tta[1:-1]) / 3 / 60
+    assert f"| {mean:.1f} ({tta[0] / 60:.1f}\u2013{tta[-1] / 60:.1f}, n=5) |" in rows[0]
+
+
+def test_truncated_last_line_missing_log_and_unknown_baseline(tmp_path, capsys):
+    a = write_run(tmp_path / "killed", CER_A)
+    with (a / EVENT_LOG_NAME).open("a") as log:
+        log.write('{"event": "step", "elapsed": 9')
+    b = write_run(tmp_path / "other", CER_B, batch=32)
+    status, out = run_report(tmp_path, [a, tmp_path / "nothing-here", b], "--baseline", "sys10")
+    err = capsys.readouterr().err
+    assert status == 0
+    assert "truncated" in err and "nothing-here: no such directory, run skipped" in err
+    assert "baseline 'sys10' matches no run" in err
+    lines = [line for line in err.splitlines() if line]
+    assert all(line.startswith("asr.report: ") for line in lines)
+    md = (out / "report.md").read_text()
+    assert (
+        "baseline 'sys10' matches no run" in md
+        and "Baseline: cpu @ laptop [train.global_batch=8]. Repeated" in md
+    )
+
+
+def test_nothing_to_report_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    status, out = run_report(tmp_path, [tmp_path / "empty", tmp_path / "missing"])
+    assert status == 2 and not (out / "report.md").exists()
+    err = capsys.readouterr().err
+    assert "empty: no events.jsonl" in err and "nothing to report" in err
+
+
+def test_baseline_by_name_reorders_and_different_targets_are_noted(tmp_path, capsys):
+    a = write_run(tmp_path / "a", CER_A)
+    b = write_run(tmp_path / "b", CER_B, batch=32)
+    recipe = (b / "recipe.yaml").read_text().replace("value: 19.2", "value: 25.0")
+    (b / "recipe.yaml").write_text(recipe)
+    status, out = run_report(tmp_path, [a, b], "--baseline", "b")
+    assert status == 0
+    md = (out / "report.md").read_text()
+    assert "Baseline: cpu @ laptop [train.global_batch=32]" in md
+    assert "runs configure different targets" in md and "WER 25" in md
+    assert "different targets" in capsys.readouterr().err
+
+
+def test_cost_energy_and_final_accuracy(tmp_path):
+    a = write_run(tmp_path / "gpu", CER_A, price=8760.0, power_w=200.0)  # 1 price unit per hour
+    (a / "eval").mkdir()
+    rows = [
+        {
+            "split": "dev-clean",
+            "wer": 19.5,
+            "cer": 7.1,
+            "cer_maxlen": 7.0,
+            "beam_width": 256,
+            "utterances": 79,
+        },
+        {
+            "split": "dev-clean",
+            "wer": 18.0,
+            "cer": 6.5,
+            "cer_maxlen": 6.4,
+            "beam_width": 512,
+            "utterances": 79,
+        },
+        {
+            "split": "test-clean",
+            "wer": 20.25,
+            "cer": 7.5,
+            "cer_maxlen": 7.4,
+            "beam_width": 512,
+            "utterances": 84,
+        },
+    ]
+    (a / "eval" / "results.json").write_text(json.dumps(rows))
+    b = write_run(tmp_path / "cpu", CER_B)
+    status, out = run_report(tmp_path, [a, b])
+    assert status == 0
+    md = (out / "report.md").read_text()
+    tta_hours = eval_times(8)[4] / 3600
+    cost = md.split("## Cost to accuracy")[1].split("##")[0]
+    assert f"| gpu | 1.0000 | {tta_hours:.4f} |" in cost and "| cpu | no price |" in cost
+    # constant 200 W sampled every second from 1 s: energy to CER 10 = 200 W x (TTA - 1 s)
+    energy = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert f"| {200 * (eval_times(8)[4] - 1) / 1000:.1f} |" in energy and "| cpu |" not in energy
+    final = md.split("## Final accuracy")[1].split("##")[0]
+    assert "| gpu | 18.00 (6.50, beam 512) | 20.25 (7.50, beam 512) |" in final
+    assert "No eval/results.json" in final and "cpu" in final.split("No eval/results.json")[1]
+
+
+def test_integrate_power_by_hand():
+    times, watts = np.array([0.0, 10.0]), np.array([0.0, 100.0])
+    assert report.integrate(times, watts, 0, 10) == pytest.approx(500.0)
+    assert report.integrate(times, watts, 5, 10) == pytest.approx(375.0)  # (50 + 100) / 2 x 5 s
+    assert report.integrate(times, watts, -5, 50) == pytest.approx(500.0)  # no extrapolation
+    assert report.integrate(times[:1], watts[:1], 0, 10) == 0.0
+
+
+def test_energy_per_phase_and_epoch_add_up(tmp_path):
+    run = report.load_run(write_run(tmp_path / "gpu", CER_A[:3], power_w=100.0))
+    result = report.energy(run)
+    end = eval_times(3)[-1] + 2  # last swap_in ends; samples every whole second from 1 s
+    assert result["total"] == pytest.approx(100.0 * (math.floor(end) - 1))
+    assert result["phases"]["evaluate"] == pytest.approx(3 * 6 * 100.0)
+    assert sum(result["phases"].values()) == pytest.approx(result["total"])
+    assert sum(result["epochs"].values()) == pytest.approx(result["total"])
+    assert list(result["epochs"]) == [0, 1, 2]
+
+
+def test_plots_and_self_contained_html(tmp_path):
+    a = write_run(tmp_path / "a", CER_A, power_w=150.0)
+    b = write_run(tmp_path / "b", CER_B, batch=32)
+    status, out = run_report(tmp_path, [a, b], "--window", "60", plots=True)
+    assert status == 0
+    names = sorted(p.name for p in (out / "plots").iterdir())
+    assert names == ["accuracy.png", "loss.png", "throughput.png", "utilization.png"]
+    assert all((out / "plots" / n).read_bytes().startswith(b"\x89PNG") for n in names)
+    page = (out / "report.html").read_text()
+    sources = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", page)
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<script" not in page and "<link" not in page
+    assert "window 60\u201385 s" not in page  # axis text is inside the PNG, not the page
+    md = (out / "report.md").read_text()
+    assert all(f"(plots/{n})" in md for n in names)
