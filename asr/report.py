@@ -957,7 +957,7 @@ def plot_utilization(report: Report, figure: Any, window_start: float | None) ->
     start = default_util_window(report) if window_start is None else float(window_start)
     end = start + UTIL_WINDOW_SECONDS
     axes = figure.add_subplot(1, 1, 1)
-    drawn = False
+    drawn = shaded = False
     for run in report.runs:
         samples = [
             e for e in run.of_kind("util") if _number(e.get("elapsed")) and start <= e["elapsed"] <= end
@@ -989,10 +989,13 @@ def plot_utilization(report: Report, figure: Any, window_start: float | None) ->
         for phase, p_start, p_end in phase_spans(run):
             if phase != "checkpoint" and p_end >= start and p_start <= end:
                 axes.axvspan(max(p_start, start), min(p_end, end), color=run.color, alpha=0.1, linewidth=0)
+                shaded = True
         drawn = True
     axes.set_xlim(start, end)
     axes.set_xlabel(f"run time (seconds), window {start:.0f}\u2013{end:.0f} s")
     axes.set_ylabel("utilization (%; CPU: 100 = one core)")
+    if shaded:
+        axes.plot([], [], color="0.6", alpha=0.3, linewidth=8, label="evaluation / swap (shaded)")
     if drawn:
         axes.legend(fontsize=8)
         axes.set_ylim(bottom=0)
@@ -1097,6 +1100,15 @@ def print_tables(report: Report) -> None:
             print(table.note)
 
 
+def unique_labels(runs: list[Run]) -> None:
+    """Label runs by directory name, adding parent directories where names repeat (runs/a, other/a)."""
+    depth = 1
+    while len({run.label for run in runs}) < len(runs) and depth < 8:
+        depth += 1
+        for run in runs:
+            run.label = "/".join(run.path.resolve().parts[-depth:])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m asr.report",
@@ -1137,6 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         warn("no run could be read; nothing to report")
         return 2
+    unique_labels(runs)
     report = build_report(
         runs, args.baseline, args.price_per_hour, args.window_start, plots=not args.no_plots
     )

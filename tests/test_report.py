@@ -346,3 +346,12 @@ def test_plots_and_self_contained_html(tmp_path):
     assert "window 60\u201385 s" not in page  # axis text is inside the PNG, not the page
     md = (out / "report.md").read_text()
     assert all(f"(plots/{n})" in md for n in names)
+
+
+def test_runs_with_the_same_directory_name_keep_apart(tmp_path):
+    a = write_run(tmp_path / "machine1" / "run", CER_A)
+    b = write_run(tmp_path / "machine2" / "run", CER_B, rig="other")
+    status, out = run_report(tmp_path, [a, b])
+    assert status == 0
+    runs = (out / "report.md").read_text().split("## Runs")[1]
+    assert "| machine1/run | cpu @ laptop |" in runs and "| machine2/run | cpu @ other |" in runs
