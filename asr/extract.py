@@ -455,10 +455,18 @@ def _progress(config: ExtractConfig, total_seconds: float, total_utterances: int
     )
 
 
-def _summary(config: ExtractConfig, manifest: dict, wall: float) -> None:
+def _seconds_since_process_start() -> float:
+    """Wall seconds since this process started (interpreter start-up and imports included)."""
+    import psutil
+
+    return max(time.time() - psutil.Process().create_time(), 0.0)
+
+
+def _summary(config: ExtractConfig, manifest: dict, timing: dict) -> None:
     counts = manifest["counts"]
     reasons = ", ".join(f"{reason} {n}" for reason, n in counts["skipped_by_reason"].items()) or "none"
-    audio_seconds = counts["hours_kept"] * 3600
+    wall = timing["total_seconds"]
+    speed = timing["audio_seconds_written"] / max(wall, 1e-9)
     _log(
         config,
         f"{config.out}: kept {counts['kept']} utterances ({counts['hours_kept']:.3f} h) in "
@@ -466,20 +474,24 @@ def _summary(config: ExtractConfig, manifest: dict, wall: float) -> None:
     )
     _log(
         config,
-        f"{wall:.1f} s wall, {audio_seconds / max(wall, 1e-9):.0f}x real time, {config.workers} workers",
+        f"{timing['shards_written']} shards written in {wall:.1f} s wall ({speed:.0f}x real time with "
+        f"{config.workers} workers; start-up {timing.get('startup_seconds', 0.0):.1f} s)",
     )
 
 
 def run(config: ExtractConfig) -> int:
     """Plan, extract this task's missing shards, merge if complete. Returns the exit status."""
     started = time.perf_counter()
+    since_process_start = _seconds_since_process_start()
+    timing: dict[str, float | int] = {"imports_seconds": since_process_start}
     check_sources(config)
     prepare_output(config)
     context = multiprocessing.get_context("forkserver")
     # Not asr.extract itself: each worker runs it as its main module, which must not be preloaded.
-    context.set_forkserver_preload(["asr.corpus", "asr.features", "asr.shards", "scipy.fft", "scipy.signal"])
+    context.set_forkserver_preload(["asr.corpus", "asr.features", "asr.shards", "scipy.fft"])
     pool = context.Pool(config.workers, initializer=_init_worker)
     done = 0
+    written_seconds = 0.0
     try:
         plan = make_plan(config, pool)
         for warning in plan.warnings:
@@ -499,11 +511,15 @@ def run(config: ExtractConfig) -> int:
         utterances = 0
         with _progress(config, total_seconds, total_utterances) as bar:
             jobs = [(config, index, plan.shards[index]) for index in todo]
+            timing["startup_seconds"] = since_process_start + time.perf_counter() - started
+            extract_started = time.perf_counter()
             for sidecar in pool.imap_unordered(_extract_shard_job, jobs):
                 done += 1
+                written_seconds += sidecar["seconds"]
                 utterances += sidecar["planned_utterances"]
                 bar.update(round(sum(u.duration for u in plan.shards[sidecar["shard"]]) / 3600, 4))
                 bar.set_postfix_str(f"{utterances}/{total_utterances} utts", refresh=False)
+            timing["extract_seconds"] = time.perf_counter() - extract_started
         pool.close()
     except KeyboardInterrupt:
         pool.terminate()
@@ -516,6 +532,13 @@ def run(config: ExtractConfig) -> int:
     finally:
         pool.terminate()
     manifest = merge(config, plan)
+    timing.update(
+        total_seconds=since_process_start + time.perf_counter() - started,
+        workers=config.workers,
+        shards_written=done,
+        audio_seconds_written=written_seconds,
+    )
+    write_json_atomic(config.out / f"timing-task{config.task_index}.json", timing)
     if manifest is None:
         missing = sum(valid_sidecar(config, plan, i) is None for i in range(len(plan.shards)))
         if config.merge_only:
@@ -524,7 +547,7 @@ def run(config: ExtractConfig) -> int:
             )
         _log(config, f"this task is done; {missing} shards of other tasks missing, manifest not written yet")
         return 0
-    _summary(config, manifest, time.perf_counter() - started)
+    _summary(config, manifest, timing)
     return 0
 
 

@@ -13,7 +13,6 @@ import functools
 
 import numpy as np
 import scipy.fft
-import scipy.signal
 
 SAMPLE_RATE = 16_000
 """Samples per second of the waveform the features are computed from (Hz)."""
@@ -56,7 +55,8 @@ def mel_filterbank() -> np.ndarray:
 
 @functools.cache
 def _window() -> np.ndarray:
-    return scipy.signal.get_window("hann", WINDOW, fftbins=True).astype(np.float32)
+    """Periodic Hann window, ``0.5 - 0.5 cos(2 pi n / 512)`` (scipy ``get_window('hann', 512)``)."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WINDOW) / WINDOW)).astype(np.float32)
 
 
 @functools.cache

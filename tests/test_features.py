@@ -80,3 +80,10 @@ def test_other_rates_are_resampled_to_16k(tmp_path, tiny_waveforms, rate):
     assert abs(len(loaded) - len(original)) <= 1
     assert np.abs(features.compute_features(loaded) - reference_features(expected)).max() < 1e-3
     assert _load_audio(str(path), resample=False) == "wrong sample rate"
+
+
+def test_window_is_scipys_periodic_hann():
+    import scipy.signal
+
+    expected = scipy.signal.get_window("hann", 512, fftbins=True)
+    np.testing.assert_allclose(features._window(), expected, atol=1e-7)
