@@ -1091,7 +1091,7 @@ def write_report(report: Report, out: Path) -> list[Path]:
 
 
 def print_tables(report: Report) -> None:
-    print(f"Time-to-accuracy report: {len(report.runs)} runs, baseline {report.baseline}")
+    print(f"Time-to-accuracy report: {len(report.runs)} run(s), baseline {report.baseline}")
     for table in report.tables:
         print(f"\n{table.title}")
         if table.rows:
