@@ -113,7 +113,28 @@ class Run:
                 return float(seconds) if _number(seconds) else None
             except (ValueError, AttributeError):
                 warn(f"{path}: not a JSON object with 'seconds', feature extraction time not shown")
-        return None
+        return self._extract_seconds_from_features()
+
+    def _extract_seconds_from_features(self) -> float | None:
+        """Fallback on the same machine: ``timing-task*.json`` of the recipe's feature directories
+        (``asr.extract``); the longest task per directory (tasks may run in parallel), summed."""
+        if self.recipe is None:
+            return None
+        total, found = 0.0, False
+        for directory in {self.recipe.data.train, self.recipe.data.dev}:
+            for base in (self.path, Path.cwd()):
+                task_seconds = []
+                for timing in sorted((base / directory).glob("timing-task*.json")):
+                    try:
+                        value = json.loads(timing.read_text()).get("total_seconds")
+                    except (OSError, ValueError, AttributeError):
+                        continue
+                    if _number(value):
+                        task_seconds.append(float(value))
+                if task_seconds:
+                    total, found = total + max(task_seconds), True
+                    break
+        return total if found else None
 
     def targets(self) -> list[tuple[str, float]]:
         return [(t.metric, float(t.value)) for t in self.tta.targets]

@@ -355,3 +355,18 @@ def test_runs_with_the_same_directory_name_keep_apart(tmp_path):
     assert status == 0
     runs = (out / "report.md").read_text().split("## Runs")[1]
     assert "| machine1/run | cpu @ laptop |" in runs and "| machine2/run | cpu @ other |" in runs
+
+
+def test_feature_extraction_time_is_shown_separately(tmp_path):
+    a = write_run(tmp_path / "a", CER_A)
+    recipe = (a / "recipe.yaml").read_text().replace("train: features/train", f"train: {tmp_path}/feats")
+    (a / "recipe.yaml").write_text(recipe)
+    (tmp_path / "feats").mkdir()
+    for task, seconds in enumerate([90.0, 120.0]):  # two parallel tasks: 120 s of wall time
+        (tmp_path / "feats" / f"timing-task{task}.json").write_text(json.dumps({"total_seconds": seconds}))
+    b = write_run(tmp_path / "b", CER_A)
+    (b / "extract.json").write_text(json.dumps({"seconds": 300.0}))
+    status, out = run_report(tmp_path, [a, b])
+    assert status == 0
+    runs = (out / "report.md").read_text().split("## Runs")[1]
+    assert "| 0.0 | 2.0 | 8 | epochs |" in runs and "| 0.0 | 5.0 | 8 | epochs |" in runs
