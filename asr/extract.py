@@ -345,9 +345,12 @@ def gather_candidates(config: ExtractConfig) -> tuple[list[corpus.Candidate], li
     return candidates, warnings, empty
 
 
-def make_plan(config: ExtractConfig, pool) -> Plan:
-    """Probe every candidate's transcript and header (in the worker pool) and cut the kept into shards."""
-    candidates, warnings, empty = gather_candidates(config)
+def make_plan(config: ExtractConfig, pool, found: tuple[list[corpus.Candidate], list[str], int]) -> Plan:
+    """Probe every candidate's transcript and header (in the worker pool) and cut the kept into shards.
+
+    ``found`` is what :func:`gather_candidates` returned.
+    """
+    candidates, warnings, empty = found
     chunks = [
         (candidates[start : start + PLAN_CHUNK], config.max_duration, config.resample)
         for start in range(0, len(candidates), PLAN_CHUNK)
@@ -486,6 +489,7 @@ def run(config: ExtractConfig) -> int:
     timing: dict[str, float | int] = {"imports_seconds": since_process_start}
     check_sources(config)
     prepare_output(config)
+    found = gather_candidates(config)
     context = multiprocessing.get_context("forkserver")
     # Not asr.extract itself: each worker runs it as its main module, which must not be preloaded.
     context.set_forkserver_preload(["asr.corpus", "asr.features", "asr.shards", "scipy.fft"])
@@ -493,7 +497,7 @@ def run(config: ExtractConfig) -> int:
     done = 0
     written_seconds = 0.0
     try:
-        plan = make_plan(config, pool)
+        plan = make_plan(config, pool, found)
         for warning in plan.warnings:
             print(f"asr.extract: warning: {warning}", file=sys.stderr)
         mine = [i for i in range(len(plan.shards)) if i % config.num_tasks == config.task_index]
