@@ -224,6 +224,7 @@ def _load_audio(path: str, resample: bool) -> np.ndarray | str:
 def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus.Planned]) -> dict:
     """Decode, featurize and write one shard, then its sidecar; returns the sidecar."""
     started = time.perf_counter()
+    cpu_started = time.process_time()
     feature_sum = np.zeros(features.FEATURE_DIM, dtype=np.float64)
     feature_squares = np.zeros(features.FEATURE_DIM, dtype=np.float64)
     totals = {"utterances": 0, "frames": 0, "seconds": 0.0}
@@ -266,6 +267,7 @@ def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus
         "feature_sum_squares": feature_squares.tolist(),
         "skipped": skipped,
         "worker_seconds": time.perf_counter() - started,
+        "worker_cpu_seconds": time.process_time() - cpu_started,
     }
     write_json_atomic(config.sidecar_file(index), sidecar)
     return sidecar
@@ -496,6 +498,7 @@ def run(config: ExtractConfig) -> int:
     pool = context.Pool(config.workers, initializer=_init_worker)
     done = 0
     written_seconds = 0.0
+    worker_cpu_seconds = 0.0
     try:
         plan = make_plan(config, pool, found)
         for warning in plan.warnings:
@@ -520,6 +523,7 @@ def run(config: ExtractConfig) -> int:
             for sidecar in pool.imap_unordered(_extract_shard_job, jobs):
                 done += 1
                 written_seconds += sidecar["seconds"]
+                worker_cpu_seconds += sidecar["worker_cpu_seconds"]
                 utterances += sidecar["planned_utterances"]
                 bar.update(round(sum(u.duration for u in plan.shards[sidecar["shard"]]) / 3600, 4))
                 bar.set_postfix_str(f"{utterances}/{total_utterances} utts", refresh=False)
@@ -541,6 +545,7 @@ def run(config: ExtractConfig) -> int:
         workers=config.workers,
         shards_written=done,
         audio_seconds_written=written_seconds,
+        worker_cpu_seconds=worker_cpu_seconds,
     )
     write_json_atomic(config.out / f"timing-task{config.task_index}.json", timing)
     if manifest is None:
