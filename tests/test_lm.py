@@ -113,3 +113,21 @@ def test_shard_reader_reads_every_shard(tmp_path):
     shards = tmp_path / "train"
     write_train_shards(shards, TRAIN_TEXTS)
     assert read_shard_texts(shards) == TRAIN_TEXTS
+
+
+def test_shards_with_another_alphabet_are_refused(tmp_path, run_module):
+    shards = tmp_path / "train"
+    write_train_shards(shards, TRAIN_TEXTS)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["alphabet"] = [" ", *"abcdefghijklmnopqrstuvwxyz", "'", "<b>"]
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    result = run_module("asr.lm", "--manifest", shards, "--out", tmp_path / "lm")
+    assert result.returncode == 2
+    assert "alphabet" in result.stderr and "manifest.json" in result.stderr
+
+
+def test_only_the_shards_the_manifest_lists_are_read(tmp_path):
+    shards = tmp_path / "train"
+    write_train_shards(shards, TRAIN_TEXTS)
+    (shards / "manifest.json").write_text(json.dumps({"shards": [{"file": "train-00001.tfrecord.gz"}]}))
+    assert read_shard_texts(shards) == TRAIN_TEXTS[2:]
