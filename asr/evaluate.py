@@ -1,0 +1,299 @@
+"""Evaluate checkpoints: WER/CER tables (paper Table 5), beam sweeps (Table 3), and ``--watch``.
+
+    python -m asr.evaluate --run RUN_DIR [--checkpoint N] --data OUT/dev-clean OUT/test-clean \\
+        [--beam 512] [--lm LM_DIR] [--beam-sweep 64,128,256,512]
+    python -m asr.evaluate --watch RUN_DIR [--data OUT/dev-clean]
+
+For each ``--data`` shard directory (written by ``asr.extract``) the model computes logits batch by
+batch; each batch is handed to the decoder's process pool while the model computes the next one.
+Results go to ``RUN_DIR/eval/<checkpoint>/``: ``table.md`` and ``results.json`` (one row per set:
+WER, CER, cer_maxlen, S/D/I, utterances, seconds) and ``<set>.beam<W>.hyp.tsv`` (one line per
+utterance: id, word edits, reference words, character edits, reference, hypothesis). ``--beam-sweep``
+adds ``sweep.md``: decode seconds, WER and CER per beam width on each set.
+
+``--watch`` polls the run directory for checkpoints it has not evaluated yet and appends an ``eval``
+event (``source: "external"``) per set to ``RUN_DIR/events.jsonl``; it is how ``eval.mode: external``
+runs evaluate, possibly on another machine that sees the run directory.
+
+Errors that stop the command print one line naming the file or value and exit with status 2: a
+checkpoint that does not fit the recipe's model, an empty evaluation set, shards written with a
+different alphabet. A missing language model only warns: decoding falls back to beam search without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from asr import text
+from asr.decoding import Decoder, PendingDecode, split_batch
+from asr.lm import LMError, read_shard_manifest
+from asr.metrics import SetScores, score
+
+EVAL_DIR = "eval"
+
+LogitsFn = Callable[
+    [np.ndarray, np.ndarray, Sequence[Sequence[int]]], tuple[np.ndarray, np.ndarray, np.ndarray]
+]
+"""``(features [B, T, 93], frames [B], labels) -> (logits [B, T_out, 30], output frames [B], loss [B])``:
+what evaluation needs from a model. ``loss`` is the CTC loss per utterance (nan where undefined)."""
+
+
+class EvaluateError(Exception):
+    """A problem the command cannot get past; the message names the file or value (exit 2)."""
+
+
+# --------------------------------------------------------------------------- evaluation sets
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """The utterances of one shard directory, in shard order."""
+
+    name: str
+    path: Path
+    utt_ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    features: tuple[np.ndarray, ...]
+    """``float32 [frames, 93]`` per utterance, not normalized (the model's input layer does that)."""
+    durations: tuple[float, ...]
+    """Seconds of audio per utterance."""
+    manifest: dict
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(sum(self.durations))
+
+
+def load_eval_set(path: str | os.PathLike, name: str | None = None) -> EvalSet:
+    """Read a shard directory; raises :class:`EvaluateError` for a bad or empty one."""
+    from asr.shards import read_utterances
+
+    path = Path(path)
+    try:
+        manifest, files = read_shard_manifest(path, option="--data")
+    except LMError as error:
+        raise EvaluateError(str(error)) from error
+    utt_ids, texts, feats, durations = [], [], [], []
+    for shard in files:
+        try:
+            for utterance in read_utterances(shard):
+                utt_ids.append(utterance["utt_id"])
+                texts.append(utterance["text"])
+                feats.append(np.asarray(utterance["features"], dtype=np.float32))
+                durations.append(utterance["duration"])
+        except (OSError, ValueError, KeyError, IndexError, EOFError) as error:
+            raise EvaluateError(f"{shard}: unreadable shard: {error}") from error
+    if not utt_ids:
+        raise EvaluateError(f"--data {path}: the evaluation set is empty (no utterances in its shards)")
+    allowed = set(text.SYMBOLS[: text.SEPARATOR_ID])
+    for utt_id, transcript in zip(utt_ids, texts, strict=True):
+        outside = sorted(set(transcript) - allowed)
+        if outside:
+            raise EvaluateError(
+                f"--data {path}: utterance {utt_id}: characters outside the alphabet {outside}"
+            )
+    return EvalSet(
+        name=name or path.resolve().name,
+        path=path,
+        utt_ids=tuple(utt_ids),
+        texts=tuple(texts),
+        features=tuple(feats),
+        durations=tuple(durations),
+        manifest=manifest,
+    )
+
+
+def padded_batches(
+    eval_set: EvalSet, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int]]]]:
+    """``(indices [B], features [B, T, 93] zero-padded, frames [B], labels)`` in order of length.
+
+    Sorting by length keeps padding (and so wasted model time) small; ``indices`` map back to the
+    set's order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    order = sorted(range(len(eval_set)), key=lambda i: eval_set.features[i].shape[0], reverse=True)
+    for start in range(0, len(order), batch_size):
+        indices = np.asarray(order[start : start + batch_size])
+        frames = np.asarray([eval_set.features[i].shape[0] for i in indices], dtype=np.int32)
+        dim = eval_set.features[indices[0]].shape[1]
+        batch = np.zeros((len(indices), int(frames.max()), dim), dtype=np.float32)
+        for row, i in enumerate(indices):
+            batch[row, : frames[row]] = eval_set.features[i]
+        labels = [text.encode(eval_set.texts[i]) for i in indices]
+        yield indices, batch, frames, labels
+
+
+# --------------------------------------------------------------------------- running a set
+
+
+@dataclasses.dataclass
+class SetResult:
+    """One set decoded with one decoder."""
+
+    name: str
+    scores: SetScores
+    hypotheses: list[str]
+    loss: float
+    """Mean CTC loss per utterance over utterances where it is finite (nan if none)."""
+    seconds: float
+    """Wall time of the whole set: logits and decoding, overlapped."""
+    model_seconds: float
+    """Time spent computing logits (and loss)."""
+    decode_wait_seconds: float
+    """Time the loop was blocked waiting for decoded text (decoding not hidden behind the model)."""
+    decoder: str
+    beam_width: int
+    audio_seconds: float
+
+    def event_fields(self, source: str) -> dict:
+        """Fields of an ``eval`` event (see :mod:`asr.events`)."""
+        words = self.scores.words
+        return {
+            "split": self.name,
+            "loss": self.loss,
+            "wer": self.scores.wer,
+            "cer": self.scores.cer,
+            "cer_maxlen": self.scores.cer_maxlen,
+            "substitutions": words.substitutions,
+            "deletions": words.deletions,
+            "insertions": words.insertions,
+            "words": words.reference_length,
+            "decoder": self.decoder,
+            "beam_width": self.beam_width,
+            "utterances": self.scores.utterances,
+            "seconds": self.seconds,
+            "source": source,
+        }
+
+    def row(self) -> dict:
+        return {
+            "set": self.name,
+            **self.scores.summary(),
+            "loss": self.loss,
+            "seconds": self.seconds,
+            "model_seconds": self.model_seconds,
+            "decode_wait_seconds": self.decode_wait_seconds,
+            "decoder": self.decoder,
+            "beam_width": self.beam_width,
+            "audio_seconds": self.audio_seconds,
+        }
+
+
+def run_set(eval_set: EvalSet, logits_fn: LogitsFn, decoder: Decoder, batch_size: int) -> SetResult:
+    """Logits for every batch, each decoded while the model computes the next; then the scores."""
+    start = time.perf_counter()
+    hypotheses: list[str] = [""] * len(eval_set)
+    losses = np.full(len(eval_set), np.nan)
+    pending: list[tuple[np.ndarray, PendingDecode]] = []
+    model_seconds = wait_seconds = 0.0
+
+    def collect() -> None:
+        nonlocal wait_seconds
+        indices, handle = pending.pop(0)
+        waited = time.perf_counter()
+        texts = handle.result()
+        wait_seconds += time.perf_counter() - waited
+        for i, hypothesis in zip(indices, texts, strict=True):
+            hypotheses[i] = hypothesis
+
+    for indices, batch, frames, labels in _progress(eval_set, batch_size):
+        begun = time.perf_counter()
+        logits, out_frames, loss = logits_fn(batch, frames, labels)
+        model_seconds += time.perf_counter() - begun
+        losses[indices] = np.asarray(loss, dtype=np.float64)
+        pending.append((indices, decoder.submit(split_batch(np.asarray(logits), out_frames))))
+        while len(pending) > 1:  # keep one batch decoding while the model computes the next
+            collect()
+    while pending:
+        collect()
+    finite = losses[np.isfinite(losses)]
+    return SetResult(
+        name=eval_set.name,
+        scores=score(eval_set.texts, hypotheses),
+        hypotheses=hypotheses,
+        loss=float(finite.mean()) if finite.size else float("nan"),
+        seconds=time.perf_counter() - start,
+        model_seconds=model_seconds,
+        decode_wait_seconds=wait_seconds,
+        decoder=_decoder_kind(decoder),
+        beam_width=decoder.beam_width,
+        audio_seconds=eval_set.audio_seconds,
+    )
+
+
+def _decoder_kind(decoder: Decoder) -> str:
+    if decoder.beam_width == 1:
+        return "greedy"
+    return "beam+lm" if decoder.uses_lm else "beam"
+
+
+def _progress(eval_set: EvalSet, batch_size: int):
+    from tqdm import tqdm
+
+    total = -(-len(eval_set) // batch_size)
+    return tqdm(
+        padded_batches(eval_set, batch_size),
+        total=total,
+        desc=f"evaluating {eval_set.name}",
+        unit="batch",
+        leave=False,
+        disable=total < 2,
+    )
+
+
+# --------------------------------------------------------------------------- writing results
+
+
+def write_text_atomic(path: Path, content: str) -> None:
+    """Write ``content`` to ``path`` via a temporary name, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(content, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def hypotheses_tsv(eval_set: EvalSet, result: SetResult) -> str:
+    """One line per utterance: id, word edits, reference words, char edits, reference, hypothesis."""
+    lines = ["utt_id\tword_edits\treference_words\tchar_edits\treference\thypothesis"]
+    for utt_id, reference, hypothesis, errors in zip(
+        eval_set.utt_ids, eval_set.texts, result.hypotheses, result.scores.per_utterance, strict=True
+    ):
+        counts = f"{errors.word_edits}\t{errors.reference_words}\t{errors.char_edits}"
+        lines.append(f"{utt_id}\t{counts}\t{reference}\t{hypothesis}")
+    return "\n".join(lines) + "\n"
+
+
+def format_table(results: Sequence[SetResult], title: str = "") -> str:
+    """Markdown table like the paper's Table 5, one row per set (rates in percent)."""
+    header = "| set | utterances | WER | CER | cer_maxlen | S | D | I | words | loss | decode s |"
+    lines = [f"{title}\n" if title else "", header, "|" + "---|" * 11]
+    for r in results:
+        w = r.scores.words
+        lines.append(
+            f"| {r.name} | {r.scores.utterances} | {r.scores.wer:.2f} | {r.scores.cer:.2f} | "
+            f"{r.scores.cer_maxlen:.2f} | {w.substitutions} | {w.deletions} | {w.insertions} | "
+            f"{w.reference_length} | {r.loss:.3f} | {r.seconds:.1f} |"
+        )
+    return "\n".join(line for line in lines if line or title) + "\n"
+
+
+def format_sweep(results: Sequence[SetResult]) -> str:
+    """Markdown table like the paper's Table 3: per set and beam width, seconds, WER, CER."""
+    lines = ["| set | beam width | decode s | WER | CER | cer_maxlen |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.beam_width} | {r.seconds:.1f} | {r.scores.wer:.2f} | {r.scores.cer:.2f} | "
+            f"{r.scores.cer_maxlen:.2f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,131 @@
+"""Evaluation sets, the overlapped logits→decode loop, result files, and the command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from asr.decoding import BeamSearchDecoder, GreedyDecoder
+from asr.evaluate import (
+    EvaluateError,
+    format_sweep,
+    format_table,
+    hypotheses_tsv,
+    load_eval_set,
+    padded_batches,
+    run_set,
+)
+from asr.shards import utterance_example, write_shard
+from asr.text import BLANK_ID, NUM_SYMBOLS, SYMBOLS, encode
+
+DEV_TEXTS = ["the cat sat", "a cool dog", "it's here", "the mat"]
+
+
+def write_eval_shards(directory, texts, frames_per_char=6, alphabet=SYMBOLS):
+    """Shards of utterances with ``frames_per_char`` frames per character; feature 0 is the index."""
+    directory.mkdir(parents=True)
+    records = []
+    for i, transcript in enumerate(texts):
+        frames = frames_per_char * len(transcript) + 8
+        features = np.zeros((frames, 93), np.float32)
+        features[:, 0] = i
+        records.append(utterance_example(features, encode(transcript), transcript, f"utt-{i}", frames / 100))
+    write_shard(directory / "shard-00000.tfrecord.gz", records[:2])
+    write_shard(directory / "shard-00001.tfrecord.gz", records[2:])
+    manifest = {
+        "alphabet": list(alphabet),
+        "shards": [{"file": "shard-00000.tfrecord.gz"}, {"file": "shard-00001.tfrecord.gz"}],
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def oracle_logits_fn(eval_set, mistakes=None):
+    """A stand-in acoustic model: peaked logits spelling each utterance's transcript (or a mistake).
+
+    Utterances are recognized by feature column 0, which :func:`write_eval_shards` sets to the index.
+    """
+    mistakes = mistakes or {}
+
+    def logits_fn(features, frames, labels):
+        out_frames = (np.asarray(frames) - 11) // 2 + 1
+        logits = np.zeros((len(frames), int(out_frames.max()), NUM_SYMBOLS), np.float32)
+        logits[:, :, BLANK_ID] = 5.0
+        for row in range(len(frames)):
+            index = int(features[row, 0, 0])
+            target = encode(mistakes.get(index, eval_set.texts[index]))
+            for position, label in enumerate(target):
+                logits[row, 2 * position + 1, label] = 10.0
+        return logits, out_frames, np.full(len(frames), 1.5)
+
+    return logits_fn
+
+
+@pytest.fixture
+def dev_set(tmp_path):
+    return load_eval_set(write_eval_shards(tmp_path / "dev-clean", DEV_TEXTS))
+
+
+def test_load_eval_set_reads_every_shard_in_order(dev_set):
+    assert dev_set.name == "dev-clean"
+    assert dev_set.texts == tuple(DEV_TEXTS)
+    assert dev_set.utt_ids == ("utt-0", "utt-1", "utt-2", "utt-3")
+    assert [f.shape for f in dev_set.features] == [(6 * len(t) + 8, 93) for t in DEV_TEXTS]
+
+
+def test_padded_batches_sort_by_length_and_pad_with_zeros(dev_set):
+    batches = list(padded_batches(dev_set, 3))
+    assert [len(b[0]) for b in batches] == [3, 1]
+    indices, batch, frames, labels = batches[0]
+    assert list(indices) == [0, 1, 2]  # 11, 10 and 9 characters: longest first
+    assert list(batches[1][0]) == [3]
+    assert batch.shape == (3, 74, 93)
+    assert list(frames) == [74, 68, 62]
+    assert batch[1, :68, 0].tolist() == [1.0] * 68
+    assert not batch[1, 68:].any()
+    assert labels[1] == encode("a cool dog")
+
+
+def test_run_set_scores_decoded_batches_in_set_order(dev_set):
+    perfect = run_set(dev_set, oracle_logits_fn(dev_set), GreedyDecoder(), batch_size=3)
+    assert perfect.hypotheses == DEV_TEXTS
+    assert perfect.scores.wer == 0.0 and perfect.loss == pytest.approx(1.5)
+    wrong = run_set(dev_set, oracle_logits_fn(dev_set, {1: "a cool dot"}), GreedyDecoder(), batch_size=2)
+    assert wrong.hypotheses[1] == "a cool dot"
+    assert wrong.scores.words.substitutions == 1
+    assert wrong.scores.wer == pytest.approx(100 / 10)  # 3 + 3 + 2 + 2 words
+    fields = wrong.event_fields("swap")
+    assert fields["split"] == "dev-clean" and fields["source"] == "swap" and fields["words"] == 10
+    assert fields["decoder"] == "greedy" and fields["beam_width"] == 1
+
+
+def test_run_set_with_the_beam_search_pool(dev_set):
+    with pytest.warns(UserWarning, match="without a language model"):
+        decoder = BeamSearchDecoder(beam_width=8, workers=2)
+    with decoder:
+        result = run_set(dev_set, oracle_logits_fn(dev_set), decoder, batch_size=1)
+    assert result.hypotheses == DEV_TEXTS
+    assert result.decoder == "beam" and result.beam_width == 8
+
+
+def test_result_files(dev_set):
+    result = run_set(dev_set, oracle_logits_fn(dev_set, {0: "the cat"}), GreedyDecoder(), batch_size=4)
+    lines = hypotheses_tsv(dev_set, result).splitlines()
+    assert lines[0].split("\t")[0] == "utt_id"
+    assert lines[1].split("\t") == ["utt-0", "1", "3", "4", "the cat sat", "the cat"]
+    table = format_table([result])
+    assert "| dev-clean | 4 | 10.00 |" in table
+    assert "| dev-clean | 1 |" in format_sweep([result])
+
+
+def test_bad_sets_are_one_line_errors(tmp_path):
+    with pytest.raises(EvaluateError, match=r"no manifest\.json"):
+        load_eval_set(tmp_path)
+    other = write_eval_shards(tmp_path / "other", DEV_TEXTS, alphabet=[*SYMBOLS[:-2], "<b>"])
+    with pytest.raises(EvaluateError, match="alphabet"):
+        load_eval_set(other)
+    empty = write_eval_shards(tmp_path / "empty", [])
+    with pytest.raises(EvaluateError, match="empty"):
+        load_eval_set(empty)
