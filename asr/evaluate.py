@@ -22,8 +22,11 @@ different alphabet. A missing language model only warns: decoding falls back to 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -178,7 +181,7 @@ class SetResult:
 
     def row(self) -> dict:
         return {
-            "set": self.name,
+            "split": self.name,
             **self.scores.summary(),
             "loss": self.loss,
             "seconds": self.seconds,
@@ -297,3 +300,273 @@ def format_sweep(results: Sequence[SetResult]) -> str:
             f"{r.scores.cer_maxlen:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- a checkpoint, several sets
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSetting:
+    """How to decode: beam width (1: greedy) and the language model directory ("" for none)."""
+
+    beam_width: int
+    lm_dir: str = ""
+    alpha: float = 0.5
+    beta: float = 1.0
+    workers: int = 0
+
+
+def evaluate_checkpoint(
+    sets: Sequence[EvalSet],
+    logits_fn: LogitsFn,
+    settings: Sequence[DecodeSetting],
+    batch_size: int,
+) -> list[SetResult]:
+    """Every set decoded with every setting; one decoder (and process pool) per setting."""
+    from asr.decoding import make_decoder
+
+    results = []
+    for setting in settings:
+        with make_decoder(
+            setting.beam_width, setting.lm_dir, setting.alpha, setting.beta, setting.workers
+        ) as decoder:
+            for eval_set in sets:
+                results.append(run_set(eval_set, logits_fn, decoder, batch_size))
+    return results
+
+
+def save_results(
+    run_dir: Path, checkpoint_name: str, sets: Sequence[EvalSet], results: Sequence[SetResult], sweep: bool
+) -> Path:
+    """Write ``eval/<checkpoint>/`` files and merge the rows into ``eval/results.json``.
+
+    ``eval/results.json`` (read by ``asr.report``) keeps one row per (split, beam width, decoder):
+    the newest evaluation replaces an older one of the same kind.
+    """
+    out = run_dir / EVAL_DIR / checkpoint_name
+    by_name = {s.name: s for s in sets}
+    for result in results:
+        name = f"{result.name}.beam{result.beam_width}.hyp.tsv"
+        write_text_atomic(out / name, hypotheses_tsv(by_name[result.name], result))
+    rows = [{**r.row(), "checkpoint": checkpoint_name} for r in results]
+    widest = max(r.beam_width for r in results)
+    final = [r for r in results if r.beam_width == widest]
+    write_text_atomic(
+        out / "table.md",
+        format_table(final, f"Checkpoint {checkpoint_name}, {final[0].decoder} beam {widest}"),
+    )
+    if sweep:
+        write_text_atomic(out / "sweep.md", format_sweep(results))
+    write_text_atomic(out / "results.json", json.dumps(rows, indent=1) + "\n")
+
+    merged_path = run_dir / EVAL_DIR / "results.json"
+    try:
+        previous = json.loads(merged_path.read_text(encoding="utf-8")) if merged_path.is_file() else []
+    except (OSError, ValueError):
+        previous = []
+    keys = {(r["split"], r["beam_width"], r["decoder"]) for r in rows}
+    kept = [
+        r
+        for r in previous
+        if isinstance(r, dict) and (r.get("split"), r.get("beam_width"), r.get("decoder")) not in keys
+    ]
+    write_text_atomic(merged_path, json.dumps(kept + rows, indent=1) + "\n")
+    write_text_atomic(run_dir / EVAL_DIR / "table.md", format_table(final, f"Checkpoint {checkpoint_name}"))
+    return out
+
+
+# --------------------------------------------------------------------------- the model (training's modules)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRef:
+    """A saved model in a run directory: ``name`` for file names, ``step`` for ``--checkpoint N``."""
+
+    name: str
+    path: str
+    step: int
+
+
+def list_checkpoints(run_dir: Path) -> list[CheckpointRef]:
+    """Checkpoints of a run, oldest first (the training stage's ``asr.checkpoint`` knows the layout)."""
+    try:
+        from asr import checkpoint as checkpoint_module
+    except ImportError as error:
+        raise EvaluateError(
+            f"cannot list checkpoints of {run_dir}: the training stage is missing ({error})"
+        ) from error
+    return [
+        CheckpointRef(c.name, str(c.path), int(c.step)) for c in checkpoint_module.list_checkpoints(run_dir)
+    ]
+
+
+def open_checkpoint(run_dir: Path, checkpoint: CheckpointRef, recipe) -> tuple[LogitsFn, dict]:
+    """The evaluation model (dropout off, batch norm in inference mode) with the checkpoint's weights.
+
+    Returns a :data:`LogitsFn` running on every replica of the recipe's strategy and the checkpoint's
+    ``epoch``/``step``/``elapsed`` for the event log. A checkpoint that does not fit the recipe's model
+    raises :class:`EvaluateError` naming both.
+    """
+    try:
+        from asr.evaluators.swap import checkpoint_logits_fn
+    except ImportError as error:
+        raise EvaluateError(
+            f"cannot build the evaluation model: the training stage is missing ({error})"
+        ) from error
+    return checkpoint_logits_fn(run_dir, checkpoint.path, recipe)
+
+
+def load_run_recipe(run_dir: Path):
+    from asr.config import ConfigError, load_recipe
+
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        raise EvaluateError(f"--run {run_dir}: no recipe.yaml (is this a run directory of asr.train?)")
+    try:
+        return load_recipe(path)
+    except ConfigError as error:
+        raise EvaluateError(str(error)) from error
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m asr.evaluate",
+        description="Decode shard sets with a checkpoint of a run: WER/CER tables, beam sweeps, --watch.",
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--run", metavar="RUN_DIR", help="run directory of asr.train")
+    target.add_argument("--watch", metavar="RUN_DIR", help="evaluate each new checkpoint of a running run")
+    parser.add_argument("--checkpoint", type=int, metavar="N", help="checkpoint at step N (default: latest)")
+    parser.add_argument(
+        "--data", nargs="+", metavar="SHARDS", help="shard directories (default: recipe data.dev)"
+    )
+    parser.add_argument("--beam", type=int, help="beam width; 1 is greedy (default: 512; --watch: recipe's)")
+    parser.add_argument("--beam-sweep", metavar="W,W,...", help="decode with each beam width (paper Table 3)")
+    parser.add_argument("--lm", metavar="LM_DIR", help="asr.lm output (default: recipe eval.lm)")
+    parser.add_argument("--alpha", type=float, help="LM weight (default: recipe eval.lm_alpha)")
+    parser.add_argument("--beta", type=float, help="word bonus (default: recipe eval.lm_beta)")
+    parser.add_argument("--batch-size", type=int, help="utterances per model batch (default: recipe's)")
+    parser.add_argument(
+        "--workers", type=int, help="decoding processes (default: recipe eval.decode_workers)"
+    )
+    parser.add_argument(
+        "--poll", type=float, default=10.0, help="--watch: seconds between looks (default 10)"
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        default=0.0,
+        help="--watch: stop after this many seconds without a new checkpoint (0: never)",
+    )
+    args = parser.parse_args(argv)
+    if args.beam is not None and args.beam < 1:
+        parser.error(f"--beam: must be at least 1, got {args.beam}")
+    if args.beam_sweep:
+        try:
+            args.beam_sweep = [int(w) for w in args.beam_sweep.split(",") if w.strip()]
+        except ValueError:
+            parser.error(f"--beam-sweep: expected comma-separated integers, got {args.beam_sweep!r}")
+        if not args.beam_sweep or min(args.beam_sweep) < 1:
+            parser.error("--beam-sweep: beam widths must be at least 1")
+    return args
+
+
+def _settings(args: argparse.Namespace, recipe, default_beam: int) -> list[DecodeSetting]:
+    lm_dir = args.lm if args.lm is not None else recipe.eval.lm
+    alpha = args.alpha if args.alpha is not None else recipe.eval.lm_alpha
+    beta = args.beta if args.beta is not None else recipe.eval.lm_beta
+    workers = args.workers if args.workers is not None else recipe.eval.decode_workers
+    widths = args.beam_sweep or [args.beam or default_beam]
+    return [DecodeSetting(width, lm_dir, alpha, beta, workers) for width in widths]
+
+
+def _load_sets(args: argparse.Namespace, recipe) -> list[EvalSet]:
+    return [load_eval_set(path) for path in (args.data or [recipe.data.dev])]
+
+
+def _pick_checkpoint(run_dir: Path, step: int | None) -> CheckpointRef:
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise EvaluateError(f"--run {run_dir}: no checkpoints yet")
+    if step is None:
+        return checkpoints[-1]
+    for checkpoint in checkpoints:
+        if checkpoint.step == step:
+            return checkpoint
+    steps = ", ".join(str(c.step) for c in checkpoints)
+    raise EvaluateError(f"--checkpoint {step}: not in {run_dir} (steps: {steps})")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    recipe = load_run_recipe(run_dir)
+    sets = _load_sets(args, recipe)
+    checkpoint = _pick_checkpoint(run_dir, args.checkpoint)
+    logits_fn, _ = open_checkpoint(run_dir, checkpoint, recipe)
+    settings = _settings(args, recipe, default_beam=512)
+    batch_size = args.batch_size or recipe.eval.batch_size or recipe.train.global_batch
+    results = evaluate_checkpoint(sets, logits_fn, settings, batch_size)
+    out = save_results(run_dir, checkpoint.name, sets, results, sweep=bool(args.beam_sweep))
+    widest = max(r.beam_width for r in results)
+    print(format_table([r for r in results if r.beam_width == widest], f"Checkpoint {checkpoint.name}"))
+    if args.beam_sweep:
+        print(format_sweep(results))
+    print(f"results in {out}/ and {run_dir / EVAL_DIR / 'results.json'}")
+    return 0
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    """Evaluate every checkpoint not evaluated yet; append ``eval`` events (source "external")."""
+    from asr.events import EventLog
+
+    run_dir = Path(args.watch)
+    recipe = load_run_recipe(run_dir)
+    sets = _load_sets(args, recipe)
+    settings = _settings(args, recipe, default_beam=recipe.eval.beam_width)
+    batch_size = args.batch_size or recipe.eval.batch_size or recipe.train.global_batch
+    state_path = run_dir / EVAL_DIR / "watched.json"
+    done: list[str] = json.loads(state_path.read_text()) if state_path.is_file() else []
+    last_new = time.monotonic()
+    print(f"asr.evaluate: watching {run_dir} for new checkpoints (every {args.poll:g} s)", flush=True)
+    while True:
+        fresh = [c for c in list_checkpoints(run_dir) if c.name not in done]
+        for checkpoint in fresh:
+            logits_fn, info = open_checkpoint(run_dir, checkpoint, recipe)
+            results = evaluate_checkpoint(sets, logits_fn, settings, batch_size)
+            save_results(run_dir, checkpoint.name, sets, results, sweep=False)
+            with EventLog(run_dir) as events:
+                for result in results:
+                    events.write(
+                        "eval", **info, **result.event_fields("external"), checkpoint=checkpoint.name
+                    )
+            done.append(checkpoint.name)
+            write_text_atomic(state_path, json.dumps(done) + "\n")
+            summary = ", ".join(f"{r.name} WER {r.scores.wer:.2f} CER {r.scores.cer:.2f}" for r in results)
+            print(f"asr.evaluate: {checkpoint.name}: {summary}", flush=True)
+            last_new = time.monotonic()
+        if args.stop_after and time.monotonic() - last_new > args.stop_after:
+            print(f"asr.evaluate: no new checkpoint for {args.stop_after:g} s; stopping", flush=True)
+            return 0
+        time.sleep(args.poll)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import warnings
+
+    warnings.filterwarnings("always", category=UserWarning, module="asr")
+    try:
+        return watch_command(args) if args.watch else run_command(args)
+    except EvaluateError as error:
+        print(f"asr.evaluate: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("asr.evaluate: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -274,8 +274,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "sources named here are read: never point it at dev/test transcripts unless you mean to.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--manifest", nargs="+", metavar="TRAIN_OUT",
-                        help="asr.extract output directories (manifest.json beside the shards)")
+    source.add_argument(
+        "--manifest",
+        nargs="+",
+        metavar="TRAIN_OUT",
+        help="asr.extract output directories (manifest.json beside the shards)",
+    )
     source.add_argument("--text", nargs="+", metavar="FILE", help="plain text files, one sentence a line")
     parser.add_argument("--order", type=int, default=4, help="n-gram order (default 4)")
     parser.add_argument("--out", required=True, metavar="LM_DIR", help="output directory")

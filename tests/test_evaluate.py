@@ -9,13 +9,16 @@ import pytest
 
 from asr.decoding import BeamSearchDecoder, GreedyDecoder
 from asr.evaluate import (
+    DecodeSetting,
     EvaluateError,
+    evaluate_checkpoint,
     format_sweep,
     format_table,
     hypotheses_tsv,
     load_eval_set,
     padded_batches,
     run_set,
+    save_results,
 )
 from asr.shards import utterance_example, write_shard
 from asr.text import BLANK_ID, NUM_SYMBOLS, SYMBOLS, encode
@@ -129,3 +132,36 @@ def test_bad_sets_are_one_line_errors(tmp_path):
     empty = write_eval_shards(tmp_path / "empty", [])
     with pytest.raises(EvaluateError, match="empty"):
         load_eval_set(empty)
+
+
+def test_evaluate_checkpoint_sweeps_and_saves_files_report_reads(dev_set, tmp_path):
+    run_dir = tmp_path / "run"
+    settings = [DecodeSetting(1), DecodeSetting(4, workers=1)]
+    with pytest.warns(UserWarning, match="without a language model"):
+        results = evaluate_checkpoint([dev_set], oracle_logits_fn(dev_set), settings, batch_size=2)
+    assert [(r.name, r.beam_width, r.decoder) for r in results] == [
+        ("dev-clean", 1, "greedy"),
+        ("dev-clean", 4, "beam"),
+    ]
+    out = save_results(run_dir, "ckpt-7", [dev_set], results, sweep=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dev-clean.beam1.hyp.tsv", "dev-clean.beam4.hyp.tsv", "results.json", "sweep.md", "table.md"
+    ]  # fmt: skip
+    rows = json.loads((run_dir / "eval" / "results.json").read_text())
+    saved = [(r["split"], r["beam_width"], r["checkpoint"]) for r in rows]
+    assert saved == [("dev-clean", 1, "ckpt-7"), ("dev-clean", 4, "ckpt-7")]
+    assert rows[0]["wer"] == 0.0 and rows[0]["utterances"] == 4
+    # a later evaluation of the same kind replaces the row; other kinds stay
+    save_results(run_dir, "ckpt-9", [dev_set], results[1:], sweep=False)
+    rows = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert [(r["beam_width"], r["checkpoint"]) for r in rows] == [(1, "ckpt-7"), (4, "ckpt-9")]
+
+
+def test_command_bad_input_is_one_line_exit_2(tmp_path, run_module):
+    result = run_module("asr.evaluate", "--run", tmp_path, "--data", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"asr.evaluate: error: --run {tmp_path}: no recipe.yaml (is this a run directory of asr.train?)"
+    )
+    result = run_module("asr.evaluate", "--run", tmp_path, "--beam-sweep", "64,x")
+    assert result.returncode == 2 and "--beam-sweep" in result.stderr
