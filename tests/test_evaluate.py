@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +168,70 @@ def test_command_bad_input_is_one_line_exit_2(tmp_path, run_module):
     )
     result = run_module("asr.evaluate", "--run", tmp_path, "--beam-sweep", "64,x")
     assert result.returncode == 2 and "--beam-sweep" in result.stderr
+
+
+REPLICA_SCRIPT = """
+import json, sys
+import numpy as np, tensorflow as tf, keras
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+from asr.decoding import GreedyDecoder, split_batch
+from asr.evaluators.swap import conv_output_frames, replica_logits_fn
+
+def build():
+    inputs = keras.Input((None, 93))
+    x = keras.layers.Conv1D(16, 11, strides=2, padding="valid")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dropout(0.5)(x)
+    x = keras.layers.LSTM(8, return_sequences=True)(x)
+    return keras.Model(inputs, keras.layers.Dense(30)(x))
+
+keras.utils.set_random_seed(1)
+single = build()
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    mirrored = build()
+mirrored.set_weights(single.get_weights())
+rng = np.random.default_rng(0)
+features = rng.normal(size=(3, 40, 93)).astype(np.float32)
+frames = np.array([40, 30, 25])
+labels = [[1, 2, 3], [4, 5], [6] * 20]
+mean, std = features.mean(axis=(0, 1)), features.std(axis=(0, 1))
+on_one = replica_logits_fn(tf.distribute.get_strategy(), single, conv_output_frames(11, 2), mean, std)
+on_two = replica_logits_fn(strategy, mirrored, conv_output_frames(11, 2), mean, std)
+one, two = on_one(features, frames, labels), on_two(features, frames, labels)
+direct = single((features - mean) / std, training=False).numpy()
+json.dump({
+    "replicas": strategy.num_replicas_in_sync,
+    "shape": list(two[0].shape),
+    "out_frames": two[1].tolist(),
+    "max_diff": float(np.abs(one[0] - two[0]).max()),
+    "first_vs_direct": float(np.abs(one[0][0] - direct[0]).max()),
+    "loss_one": [None if np.isnan(v) else v for v in one[2].tolist()],
+    "loss_two": [None if np.isnan(v) else v for v in two[2].tolist()],
+    "texts_equal": GreedyDecoder().decode(split_batch(one[0], one[1]))
+    == GreedyDecoder().decode(split_batch(two[0], two[1])),
+}, sys.stdout)
+"""
+
+
+def test_replica_logits_split_over_two_replicas_match_one_device(tmp_path):
+    """Real MirroredStrategy over 2 logical CPUs: an odd batch is padded, split, gathered in order."""
+    result = subprocess.run(
+        [sys.executable, "-c", REPLICA_SCRIPT],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert report["shape"] == [3, 15, 30]
+    assert report["out_frames"] == [15, 10, 8]
+    assert report["max_diff"] < 1e-5
+    assert report["first_vs_direct"] < 1e-4  # the longest utterance has no padding to mask
+    assert report["loss_one"][2] is None and report["loss_two"][2] is None  # 20 labels, 8 frames
+    assert report["loss_one"][:2] == pytest.approx(report["loss_two"][:2], rel=1e-5)
+    assert all(v > 0 for v in report["loss_two"][:2])
+    assert report["texts_equal"]

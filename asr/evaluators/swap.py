@@ -1,0 +1,114 @@
+"""``eval.mode: swap`` (the paper's default) and the evaluation model every mode shares.
+
+At an epoch end the training loop saves a checkpoint and releases the training model and optimizer;
+:class:`SwapEvaluator` then builds the *evaluation* model (dropout off, batch normalization in
+inference mode) from that checkpoint on every replica of the strategy, computes the logits of the
+whole validation set (each batch split over the replicas, results gathered), decodes them with the
+process pool while the next batch runs, scores them, and drops the evaluation model again before
+training state is rebuilt.
+
+:func:`replica_logits_fn` is the part that runs the model: it turns any Keras model
+``features [B, T, 93] -> logits [B, T_out, 30]`` into the :data:`asr.evaluate.LogitsFn` the
+evaluation loop calls, running it on all replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from asr.text import BLANK_ID
+
+OutputFrames = Callable[[np.ndarray], np.ndarray]
+"""Output frames of the model for input frames (the convolution's arithmetic), both ``int [B]``."""
+
+
+def conv_output_frames(kernel: int, stride: int) -> OutputFrames:
+    """``floor((frames - kernel) / stride) + 1``: a ``valid`` convolution's output length."""
+
+    def output_frames(frames: np.ndarray) -> np.ndarray:
+        return (np.asarray(frames, dtype=np.int64) - kernel) // stride + 1
+
+    return output_frames
+
+
+def replica_logits_fn(
+    strategy,
+    model,
+    output_frames: OutputFrames,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+):
+    """A :data:`asr.evaluate.LogitsFn` that runs ``model`` in inference mode on every replica.
+
+    Each batch ``[B, T, 93]`` is normalized with the training set's ``mean``/``std`` (per feature,
+    over valid frames only), padded with empty utterances to a multiple of the replica count, split
+    evenly (replica r gets rows ``r*B/R .. (r+1)*B/R``), and the replicas' logits and CTC losses are
+    gathered back in row order. Returns ``(logits float32 [B, T_out, 30], output frames int [B],
+    CTC loss per utterance float [B])``; the loss is ``nan`` where the transcript (separators
+    included) is longer than the output.
+    """
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+
+    @tf.function(reduce_retracing=True)
+    def step(features, out_frames, labels, label_lengths):
+        def on_replica(ctx_features, ctx_frames, ctx_labels, ctx_label_lengths):
+            logits = tf.cast(model(ctx_features, training=False), tf.float32)
+            loss = tf.nn.ctc_loss(
+                labels=ctx_labels,
+                logits=logits,
+                label_length=ctx_label_lengths,
+                logit_length=ctx_frames,
+                logits_time_major=False,
+                blank_index=BLANK_ID,
+            )
+            return logits, loss
+
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda ctx: _replica_slice((features, out_frames, labels, label_lengths), ctx, replicas)
+        )
+        logits, loss = strategy.run(on_replica, args=per_replica)
+        return strategy.gather(logits, axis=0), strategy.gather(loss, axis=0)
+
+    def logits_fn(features: np.ndarray, frames: np.ndarray, labels: Sequence[Sequence[int]]):
+        features = np.asarray(features, dtype=np.float32)
+        frames = np.asarray(frames, dtype=np.int64)
+        batch = features.shape[0]
+        if mean is not None and std is not None:
+            features = (features - mean) / np.where(std > 0, std, 1.0)
+            features[np.arange(features.shape[1])[None, :] >= frames[:, None]] = 0.0
+        out = output_frames(frames)
+        padded = -(-batch // replicas) * replicas
+        label_lengths = np.array([len(label) for label in labels] + [0] * (padded - batch), np.int32)
+        dense_labels = np.zeros((padded, max(1, int(label_lengths.max()))), np.int32)
+        for row, label in enumerate(labels):
+            dense_labels[row, : len(label)] = label
+        if padded > batch:
+            features = np.concatenate([features, np.zeros((padded - batch, *features.shape[1:]), np.float32)])
+            out = np.concatenate([out, np.ones(padded - batch, np.int64)])
+        logits, loss = step(
+            tf.constant(features),
+            tf.constant(np.maximum(out, 1), tf.int32),
+            tf.constant(dense_labels),
+            tf.constant(label_lengths),
+        )
+        loss = loss.numpy()[:batch].astype(np.float64)
+        loss[~np.isfinite(loss) | (label_lengths[:batch] > out[:batch])] = np.nan
+        return logits.numpy()[:batch], out[:batch], loss
+
+    return logits_fn
+
+
+def _replica_slice(tensors, ctx, replicas: int):
+    """Rows of the batch that replica ``ctx.replica_id_in_sync_group`` computes."""
+    import tensorflow as tf
+
+    index = ctx.replica_id_in_sync_group
+    out = []
+    for tensor in tensors:
+        share = tf.shape(tensor)[0] // replicas
+        out.append(tensor[index * share : (index + 1) * share])
+    return tuple(out)
