@@ -103,6 +103,8 @@ class TrainConfig:
     epochs: int = 20
     time_budget_minutes: float = 0.0
     """Stop when the run clock passes this many minutes (0: no budget)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps in total (0: no limit); for smoke tests and benchmarks."""
     optimizer: Literal["adadelta", "adam"] = "adadelta"
     learning_rate: float = 1.0
     rho: float = 0.95
@@ -226,6 +228,8 @@ class Recipe:
                 f"{where}: train.global_batch: {self.train.global_batch} utterances cannot be split "
                 f"evenly over runtime.replicas={replicas}"
             )
+        if self.train.max_steps < 0:
+            raise ConfigError(f"{where}: train.max_steps: must be >= 0, got {self.train.max_steps}")
         if self.train.time_budget_minutes < 0:
             raise ConfigError(f"{where}: train.time_budget_minutes: must be >= 0")
         if self.eval.beam_width < 1:

@@ -229,6 +229,7 @@ def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus
     feature_squares = np.zeros(features.FEATURE_DIM, dtype=np.float64)
     totals = {"utterances": 0, "frames": 0, "seconds": 0.0}
     skipped: list[dict[str, str]] = []
+    lengths: list[tuple[str, int, int]] = []
 
     def records():
         for utterance in utterances:
@@ -246,9 +247,9 @@ def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus
             totals["utterances"] += 1
             totals["frames"] += values.shape[0]
             totals["seconds"] += seconds
-            yield shards.utterance_example(
-                values, text.encode(utterance.text), utterance.text, utterance.utt_id, seconds
-            )
+            labels = text.encode(utterance.text)
+            lengths.append((utterance.utt_id, values.shape[0], len(labels)))
+            yield shards.utterance_example(values, labels, utterance.text, utterance.utt_id, seconds)
 
     path = config.shard_file(index)
     size = shards.write_shard(
@@ -266,6 +267,7 @@ def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus
         "feature_sum": feature_sum.tolist(),
         "feature_sum_squares": feature_squares.tolist(),
         "skipped": skipped,
+        "lengths": lengths,
         "worker_seconds": time.perf_counter() - started,
         "worker_cpu_seconds": time.process_time() - cpu_started,
     }

@@ -112,3 +112,75 @@ def _replica_slice(tensors, ctx, replicas: int):
         share = tf.shape(tensor)[0] // replicas
         out.append(tensor[index * share : (index + 1) * share])
     return tuple(out)
+
+
+class SwapEvaluator:
+    """``eval.mode: swap``: training state out, evaluation model in, decode, and back (paper Figure 6).
+
+    Phases on the run clock and in the event log: ``swap_out`` (release training model and optimizer),
+    ``evaluate`` (build the evaluation model from the epoch-end checkpoint, decode the validation set),
+    ``swap_in`` (rebuild model, optimizer and compiled step from the same checkpoint). Because the
+    checkpoint holds every weight, optimizer slot and dropout random state, training continues exactly
+    where it would have without evaluation.
+    """
+
+    def __init__(self, recipe, strategy):
+        from asr.evaluators.common import Validation
+
+        self.recipe = recipe
+        self.strategy = strategy
+        self.validation = Validation(recipe)
+
+    def evaluate(self, session, checkpoint, log) -> list[dict]:
+        from asr.checkpoint import restore_weights
+        from asr.evaluators.common import build_eval_model, model_logits_fn, read_normalization
+
+        with log.phase("swap_out"):
+            session.release()
+        with log.phase("evaluate"):
+            model = build_eval_model(self.recipe, self.strategy)
+            restore_weights(model, checkpoint.path)
+            mean, std = read_normalization(session.run_dir, self.recipe)
+            results = self.validation.run(
+                model_logits_fn(self.recipe, self.strategy, model, mean, std), "swap"
+            )
+            del model
+        with log.phase("swap_in"):
+            session.restore(checkpoint)
+        return results
+
+    def close(self) -> None:
+        self.validation.close()
+
+
+def checkpoint_logits_fn(run_dir, checkpoint_path, recipe):
+    """For ``asr.evaluate``: the evaluation model of ``recipe`` with a checkpoint's weights, on all local replicas.
+
+    Returns the :data:`asr.evaluate.LogitsFn` and the checkpoint's ``epoch``/``step``/``elapsed``.
+    """
+    import json
+    from pathlib import Path
+
+    from asr.checkpoint import CheckpointMismatchError, restore_weights
+    from asr.evaluate import EvaluateError
+    from asr.evaluators.common import build_eval_model, local_runtime, model_logits_fn, read_normalization
+    from asr.strategy import make_strategy
+
+    recipe = local_runtime(recipe)
+    strategy = make_strategy(recipe.runtime, env={})
+    model = build_eval_model(recipe, strategy)
+    try:
+        restore_weights(model, checkpoint_path)
+    except CheckpointMismatchError as error:
+        raise EvaluateError(f"{error}; recipe {Path(run_dir) / 'recipe.yaml'}") from None
+    mean, std = read_normalization(Path(run_dir), recipe)
+    state_path = Path(f"{checkpoint_path}.json")
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    progress = state.get("progress", {})
+    info = {
+        "epoch": int(state.get("epoch_end", progress.get("epoch", 0))),
+        "step": int(state.get("step", progress.get("step", 0))),
+    }
+    if "clock" in state:
+        info["elapsed"] = float(state["clock"].get("elapsed", 0.0))
+    return model_logits_fn(recipe, strategy, model, mean, std), info

@@ -1,0 +1,147 @@
+"""Checkpoints of a run: weights, optimizer state, and the run's own state (step, epoch, data position, clock).
+
+Layout in ``RUN_DIR/checkpoints/``: ``ckpt-<step>.index`` + ``ckpt-<step>.data-*`` (a ``tf.train.Checkpoint``
+of the model and optimizer) and ``ckpt-<step>.json`` (the run state). The JSON is written last, to a temporary
+name then renamed, so a checkpoint exists only once all of it is on disk: a run killed mid-save leaves
+the previous checkpoint as the latest. Only the chief worker writes here; other workers of a multi-worker
+run write the same collective save to a scratch directory that is deleted again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_DIR = "checkpoints"
+PREFIX = "ckpt-"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model being restored; the message names both."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One complete checkpoint: ``path`` is the TF prefix, ``state`` the run state saved with it."""
+
+    name: str
+    path: Path
+    step: int
+    state: dict[str, Any]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state.get("epoch", 0))
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
+    """Complete checkpoints of a run, oldest (lowest step) first."""
+    found = []
+    directory = checkpoint_dir(run_dir)
+    if not directory.is_dir():
+        return []
+    for state_file in directory.glob(f"{PREFIX}*.json"):
+        name = state_file.stem
+        try:
+            step = int(name[len(PREFIX) :])
+            state = json.loads(state_file.read_text())
+        except (ValueError, OSError):
+            continue
+        prefix = directory / name
+        if not Path(f"{prefix}.index").is_file():
+            continue
+        found.append(CheckpointInfo(name, prefix, step, state))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Saves and restores ``model`` and ``optimizer`` with the run state, keeping the last ``keep``.
+
+    Checkpoints named by an epoch end (``state["epoch_end"]``) are what evaluation reads; they are
+    pruned like the others.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int, is_chief: bool = True, **trackables: Any):
+        import tensorflow as tf
+
+        self.directory = checkpoint_dir(run_dir)
+        self.keep = max(int(keep), 1)
+        self.is_chief = is_chief
+        self.checkpoint = tf.train.Checkpoint(**trackables)
+        if is_chief:
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
+        """Write checkpoint ``ckpt-<step>``; returns it (on non-chief workers, a scratch copy)."""
+        name = f"{PREFIX}{step}"
+        if not self.is_chief:
+            scratch = Path(tempfile.mkdtemp(prefix="asr-ckpt-"))
+            try:
+                self.checkpoint.write(str(scratch / name))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return CheckpointInfo(name, scratch / name, step, dict(state, step=step))
+        prefix = self.directory / name
+        self.checkpoint.write(str(prefix))
+        state = dict(state, step=step)
+        _write_json_atomic(self.directory / f"{name}.json", state)
+        self._prune()
+        return CheckpointInfo(name, prefix, step, state)
+
+    def update_state(self, info: CheckpointInfo, state: dict[str, Any]) -> CheckpointInfo:
+        """Replace the run state saved with ``info`` (e.g. TTA results known after its evaluation)."""
+        state = dict(state, step=info.step)
+        if self.is_chief:
+            _write_json_atomic(self.directory / f"{info.name}.json", state)
+        return CheckpointInfo(info.name, info.path, info.step, state)
+
+    def restore(self, info: CheckpointInfo) -> dict[str, Any]:
+        """Load weights and optimizer state from ``info``; returns its run state."""
+        status = self.checkpoint.read(str(info.path))
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            raise CheckpointMismatchError(f"{info.path}: does not match this model: {error}") from None
+        return dict(info.state)
+
+    def _prune(self) -> None:
+        for old in list_checkpoints(self.directory.parent)[: -self.keep]:
+            (self.directory / f"{old.name}.json").unlink(missing_ok=True)
+            for file in self.directory.glob(f"{old.name}.*"):
+                file.unlink(missing_ok=True)
+
+
+def restore_weights(model, path: str | os.PathLike) -> None:
+    """Load only the model's weights from a training checkpoint (evaluation models have no optimizer).
+
+    Raises :class:`CheckpointMismatchError` naming the checkpoint when layers or shapes differ.
+    """
+    import tensorflow as tf
+
+    try:
+        status = tf.train.Checkpoint(model=model).read(str(path))
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointMismatchError(f"{path}: does not fit the recipe's model ({first})") from None

@@ -1,0 +1,31 @@
+"""``eval.mode: resident``: a second, evaluation-only model stays in memory (the Mozilla DeepSpeech way).
+
+At an epoch end it takes the training model's weights by copy (no checkpoint read, no rebuild of the
+training state), so evaluation costs memory for one more set of weights instead of swap time.
+"""
+
+from __future__ import annotations
+
+
+class ResidentEvaluator:
+    def __init__(self, recipe, strategy):
+        from asr.evaluators.common import Validation, build_eval_model
+
+        self.recipe = recipe
+        self.strategy = strategy
+        self.validation = Validation(recipe)
+        self.model = build_eval_model(recipe, strategy)
+        self._logits_fn = None
+
+    def evaluate(self, session, checkpoint, log) -> list[dict]:
+        from asr.evaluators.common import model_logits_fn, read_normalization
+
+        with log.phase("evaluate"):
+            self.model.set_weights(session.model.get_weights())
+            if self._logits_fn is None:
+                mean, std = read_normalization(session.run_dir, self.recipe)
+                self._logits_fn = model_logits_fn(self.recipe, self.strategy, self.model, mean, std)
+            return self.validation.run(self._logits_fn, "resident")
+
+    def close(self) -> None:
+        self.validation.close()
