@@ -83,6 +83,7 @@ class TrainingSession:
         self.optimizer = None
         self.checkpointer = None
         self._step_fn = None
+        self._infer = None
         self.input_spec = None
         self.build()
 
@@ -122,7 +123,7 @@ class TrainingSession:
         """Drop model, optimizer and compiled step so their memory can be reused by evaluation."""
         import keras
 
-        self.model = self.optimizer = self.checkpointer = self._step_fn = None
+        self.model = self.optimizer = self.checkpointer = self._step_fn = self._infer = None
         keras.backend.clear_session(free_memory=True)
         gc.collect()
 
@@ -145,9 +146,14 @@ class TrainingSession:
         """``[[reference, hypothesis], ...]`` for the first ``count`` utterances, greedy (beam width 1)."""
         from asr.decoding import greedy_text
 
+        import tensorflow as tf
+
+        if self._infer is None:
+            model = self.model
+            self._infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         features = np.asarray(features)[:count]
         frames = np.asarray(frames)[:count]
-        logits = np.asarray(self.model(features, training=False))
+        logits = np.asarray(self._infer(tf.constant(features)))
         out = np.asarray(output_frames(frames, self.recipe.model))
         pairs = []
         for row in range(len(features)):
@@ -476,9 +482,7 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
                     recipe.train.seed,
                     skip_batches=progress.batches_in_epoch,
                 )
-                distributed = strategy.experimental_distribute_dataset(dataset)
-                session.set_input_spec(distributed.element_spec)
-                batches = iter(distributed)
+                batches = distributed_batches(strategy, dataset, session)
                 bar = _progress_bar(cluster.is_chief, plan.steps, progress)
                 while True:
                     began = time.monotonic()
@@ -554,6 +558,7 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
                         reason = "max_steps"
                         break
                 bar.close()
+                del batches
                 if reason in ("signal", "time_budget", "max_steps"):
                     save()
                     break
@@ -606,6 +611,20 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
     if reason == "signal":
         return 128 + int(stop.signal or signal.SIGINT)
     return 0
+
+
+def distributed_batches(strategy, dataset, session: TrainingSession) -> Iterator:
+    """An iterator of global batches split over the replicas.
+
+    With one replica the plain dataset is iterated: ``tf.distribute``'s multi-device iterator adds
+    nothing there, and on this machine its teardown between epochs sometimes idled for ~50 s.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        session.set_input_spec(dataset.element_spec)
+        return iter(dataset)
+    distributed = strategy.experimental_distribute_dataset(dataset)
+    session.set_input_spec(distributed.element_spec)
+    return iter(distributed)
 
 
 def _progress_bar(enabled: bool, steps: int, progress: Progress):
