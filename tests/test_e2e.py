@@ -1,7 +1,8 @@
-"""The whole pipeline through the entry points the README uses (``python -m asr STAGE``), on the tiny corpus.
+"""The whole pipeline through the README's entry points (``python -m asr STAGE``) on the tiny corpus.
 
-A short version of the main job: extract -> LM -> train (2 epochs of a tiny model, swap-in evaluation with beam
-search + LM, TTA tracker) -> final evaluation -> report. It checks the artefacts each stage promises, not accuracy.
+A short version of the main job: extract -> LM -> train (2 epochs of a tiny model, swap-in evaluation
+with beam search + LM, TTA tracker) -> final evaluation -> report. It checks the artefacts each stage
+promises, not accuracy.
 """
 
 from __future__ import annotations
