@@ -1,17 +1,16 @@
-"""Checkpoints of a run: weights, optimizer state, and the run's own state (step, epoch, data position, clock).
+"""Checkpoints of a run: weights, optimizer state, and the run state (step, epoch, data position, clock).
 
 Layout in ``RUN_DIR/checkpoints/``: ``ckpt-<step>.index`` + ``ckpt-<step>.data-*`` (a ``tf.train.Checkpoint``
 of the model and optimizer) and ``ckpt-<step>.json`` (the run state). The JSON is written last, to a temporary
 name then renamed, so a checkpoint exists only once all of it is on disk: a run killed mid-save leaves
 the previous checkpoint as the latest. Only the chief worker writes here; other workers of a multi-worker
-run write the same collective save to a scratch directory that is deleted again.
+run write the same collective save to a private scratch directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,23 +83,22 @@ class Checkpointer:
     def __init__(self, run_dir: str | os.PathLike, keep: int, is_chief: bool = True, **trackables: Any):
         import tensorflow as tf
 
-        self.directory = checkpoint_dir(run_dir)
         self.keep = max(int(keep), 1)
         self.is_chief = is_chief
         self.checkpoint = tf.train.Checkpoint(**trackables)
         if is_chief:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory = checkpoint_dir(run_dir)
+        else:  # every worker takes part in the collective save; only the chief's copy is the run's
+            self.directory = Path(tempfile.mkdtemp(prefix="asr-worker-")) / CHECKPOINT_DIR
+        self.directory.mkdir(parents=True, exist_ok=True)
 
     def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
-        """Write checkpoint ``ckpt-<step>``; returns it (on non-chief workers, a scratch copy)."""
+        """Write checkpoint ``ckpt-<step>`` (weights, optimizer, then the run state); returns it.
+
+        Non-chief workers write the same checkpoint into a private scratch directory, which is what a
+        swap evaluation on that worker restores from.
+        """
         name = f"{PREFIX}{step}"
-        if not self.is_chief:
-            scratch = Path(tempfile.mkdtemp(prefix="asr-ckpt-"))
-            try:
-                self.checkpoint.write(str(scratch / name))
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-            return CheckpointInfo(name, scratch / name, step, dict(state, step=step))
         prefix = self.directory / name
         self.checkpoint.write(str(prefix))
         state = dict(state, step=step)
@@ -111,8 +109,7 @@ class Checkpointer:
     def update_state(self, info: CheckpointInfo, state: dict[str, Any]) -> CheckpointInfo:
         """Replace the run state saved with ``info`` (e.g. TTA results known after its evaluation)."""
         state = dict(state, step=info.step)
-        if self.is_chief:
-            _write_json_atomic(self.directory / f"{info.name}.json", state)
+        _write_json_atomic(self.directory / f"{info.name}.json", state)
         return CheckpointInfo(info.name, info.path, info.step, state)
 
     def restore(self, info: CheckpointInfo) -> dict[str, Any]:
