@@ -107,6 +107,10 @@ class TrainConfig:
     """Stop after this many optimizer steps in total (0: no limit); for smoke tests and benchmarks."""
     optimizer: Literal["adadelta", "adam"] = "adadelta"
     learning_rate: float = 1.0
+    learning_rate_decay: float = 1.0
+    """Multiply the learning rate by this once per epoch from ``learning_rate_decay_from_epoch`` on
+    (annealing as in Deep Speech 2; 1.0: constant)."""
+    learning_rate_decay_from_epoch: int = 0
     rho: float = 0.95
     epsilon: float = 1e-6
     clip_norm: float = 0.0
@@ -227,6 +231,10 @@ class Recipe:
             raise ConfigError(
                 f"{where}: train.global_batch: {self.train.global_batch} utterances cannot be split "
                 f"evenly over runtime.replicas={replicas}"
+            )
+        if not 0.0 < self.train.learning_rate_decay <= 1.0:
+            raise ConfigError(
+                f"{where}: train.learning_rate_decay: must be in (0, 1], got {self.train.learning_rate_decay}"
             )
         if self.train.max_steps < 0:
             raise ConfigError(f"{where}: train.max_steps: must be >= 0, got {self.train.max_steps}")

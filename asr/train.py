@@ -144,9 +144,9 @@ class TrainingSession:
 
     def greedy_sample(self, features, frames, labels, label_lengths, count: int) -> list[list[str]]:
         """``[[reference, hypothesis], ...]`` for the first ``count`` utterances, greedy (beam width 1)."""
-        from asr.decoding import greedy_text
-
         import tensorflow as tf
+
+        from asr.decoding import greedy_text
 
         if self._infer is None:
             model = self.model
@@ -176,6 +176,14 @@ def make_optimizer(recipe: Recipe):
     if recipe.runtime.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def learning_rate_at(recipe: Recipe, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based): constant, then decayed once per epoch."""
+    train = recipe.train
+    return train.learning_rate * train.learning_rate_decay ** max(
+        0, epoch - train.learning_rate_decay_from_epoch
+    )
 
 
 def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None) -> Callable:
@@ -445,14 +453,14 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
     )
     log.say(f"{describe(strategy)}; {session.model.count_params():,} parameters")
     log.say(
-        f"{recipe.data.train}: {plan.kept} utterances ({plan.audio_seconds / 3600:.2f} h), {plan.steps} steps of "
-        f"{recipe.train.global_batch} per epoch; dropped "
+        f"{recipe.data.train}: {plan.kept} utterances ({plan.audio_seconds / 3600:.2f} h), "
+        f"{plan.steps} steps of {recipe.train.global_batch} per epoch; dropped "
         + (", ".join(f"{n} {reason}" for reason, n in plan.dropped.items()) or "none")
     )
     if resuming:
         log.say(
-            f"resumed at epoch {progress.epoch + 1}, step {progress.step} (run clock {clock.elapsed() / 60:.1f} min, "
-            f"downtime {clock.downtime / 60:.1f} min)"
+            f"resumed at epoch {progress.epoch + 1}, step {progress.step} "
+            f"(run clock {clock.elapsed() / 60:.1f} min, downtime {clock.downtime / 60:.1f} min)"
         )
 
     reason = "epochs"
@@ -473,6 +481,7 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
         with StopFlag() as stop:
             while progress.epoch < recipe.train.epochs:
                 epoch_started = time.monotonic()
+                session.optimizer.learning_rate = learning_rate_at(recipe, progress.epoch)
                 dataset = data.training_dataset(
                     train_shards,
                     recipe.data,
@@ -567,7 +576,12 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
                 progress.epoch += 1
                 progress.batches_in_epoch = 0
                 checkpoint = save(epoch_end=finished_epoch)
-                log.write("epoch_end", epoch=finished_epoch, train_seconds=train_seconds)
+                log.write(
+                    "epoch_end",
+                    epoch=finished_epoch,
+                    train_seconds=train_seconds,
+                    learning_rate=learning_rate_at(recipe, finished_epoch),
+                )
                 if itstime(finished_epoch + 1, recipe.eval.every_epochs):
                     results = evaluator.evaluate(session, checkpoint, log)
                     for fields in results:
@@ -606,7 +620,8 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
         log.close()
         evaluator.close()
     log.say(
-        f"stopped ({reason}) at epoch {progress.epoch}, step {progress.step}; run clock {clock.elapsed() / 60:.2f} min"
+        f"stopped ({reason}) at epoch {progress.epoch}, step {progress.step}; "
+        f"run clock {clock.elapsed() / 60:.2f} min"
     )
     if reason == "signal":
         return 128 + int(stop.signal or signal.SIGINT)
