@@ -41,7 +41,7 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class ShardSet:
-    """A directory of shards with its manifest; ``lengths`` holds ``(utt_id, frames, labels)`` per utterance."""
+    """Shard directory and manifest; ``lengths``: ``(utt_id, frames, labels)`` per utterance."""
 
     path: Path
     files: tuple[str, ...]
@@ -205,8 +205,12 @@ def training_dataset(
     seed: int,
     skip_batches: int = 0,
     training: bool = True,
+    tag_epoch: bool = False,
 ):
     """Batches ``(features [B, T, 93], frames [B], labels [B, L], label_lengths [B])`` for one epoch.
+
+    ``tag_epoch`` appends ``epoch int32 [B]`` to each batch, so that a stream of several epochs
+    (:func:`training_stream`) shows where each one ends.
 
     ``B`` is the global batch (``tf.distribute`` splits it over replicas). ``training=False`` keeps file
     and utterance order and applies no masking (validation loss).
@@ -244,22 +248,27 @@ def training_dataset(
         features = (features - mean) / std
         if training and data.spec_augment:
             features = spec_augment(features, frames, data, tf.stack([epoch_seed % (2**31 - 1), index]))
+        if tag_epoch:
+            return features, frames, labels, label_length, tf.constant(epoch, tf.int32)
         return features, frames, labels, label_length
 
     utterances = utterances.enumerate().map(
         lambda i, u: prepare(tf.cast(i, tf.int32), u), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
+    tag_shape = ([],) if tag_epoch else ()
     if data.padding == "bucket":
         batches = utterances.bucket_by_sequence_length(
-            element_length_func=lambda features, frames, labels, n: frames,
+            element_length_func=lambda features, frames, *rest: frames,
             bucket_boundaries=list(data.bucket_boundaries),
             bucket_batch_sizes=[global_batch] * (len(data.bucket_boundaries) + 1),
-            padded_shapes=([None, FEATURE_DIM], [], [None], []),
+            padded_shapes=([None, FEATURE_DIM], [], [None], [], *tag_shape),
             drop_remainder=True,
         )
     else:
         batches = utterances.padded_batch(
-            global_batch, padded_shapes=([data.max_frames, FEATURE_DIM], [], [None], []), drop_remainder=True
+            global_batch,
+            padded_shapes=([data.max_frames, FEATURE_DIM], [], [None], [], *tag_shape),
+            drop_remainder=True,
         )
     if skip_batches:
         batches = batches.skip(skip_batches)
@@ -267,3 +276,34 @@ def training_dataset(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     options.deterministic = True
     return batches.prefetch(data.buffer).with_options(options)
+
+
+def training_stream(
+    shards: ShardSet,
+    data: DataConfig,
+    model: ModelConfig,
+    global_batch: int,
+    first_epoch: int,
+    epochs: int,
+    seed: int,
+    skip_batches: int = 0,
+):
+    """Epochs ``first_epoch .. epochs - 1`` as one dataset of epoch-tagged batches (see ``tag_epoch``).
+
+    One iterator for the whole run: on this machine tearing down a finished ``tf.data`` iterator at each
+    epoch end idled 10-40 s. ``skip_batches`` applies to the first epoch (a resumed run's data position).
+    """
+    stream = None
+    for epoch in range(first_epoch, epochs):
+        batches = training_dataset(
+            shards,
+            data,
+            model,
+            global_batch,
+            epoch,
+            seed,
+            skip_batches=skip_batches if epoch == first_epoch else 0,
+            tag_epoch=True,
+        )
+        stream = batches if stream is None else stream.concatenate(batches)
+    return stream

@@ -479,24 +479,29 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
         sampler.start()
     try:
         with StopFlag() as stop:
-            while progress.epoch < recipe.train.epochs:
-                epoch_started = time.monotonic()
-                session.optimizer.learning_rate = learning_rate_at(recipe, progress.epoch)
-                dataset = data.training_dataset(
+            stream = distributed_batches(
+                strategy,
+                data.training_stream(
                     train_shards,
                     recipe.data,
                     recipe.model,
                     recipe.train.global_batch,
                     progress.epoch,
+                    recipe.train.epochs,
                     recipe.train.seed,
                     skip_batches=progress.batches_in_epoch,
-                )
-                batches = distributed_batches(strategy, dataset, session)
+                ),
+                session,
+            )
+            pending = None
+            while progress.epoch < recipe.train.epochs:
+                epoch_started = time.monotonic()
+                session.optimizer.learning_rate = learning_rate_at(recipe, progress.epoch)
                 bar = _progress_bar(cluster.is_chief, plan.steps, progress)
                 while True:
                     began = time.monotonic()
                     try:
-                        batch = next(batches)
+                        tagged = pending if pending is not None else next(stream)
                     except StopIteration:
                         break
                     except tf.errors.DataLossError:
@@ -504,7 +509,12 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
                             f"data.train: {_find_corrupt_shard(train_shards.files)}: corrupted shard "
                             "(TFRecord CRC or GZIP error); re-extract it"
                         ) from None
-                    loss, applied, audio = session.train_step(batch)
+                    pending = None
+                    *batch, tag = tagged
+                    if int(np.asarray(strategy.experimental_local_results(tag)[0])[0]) != progress.epoch:
+                        pending = tagged  # the first batch of the next epoch
+                        break
+                    loss, applied, audio = session.train_step(tuple(batch))
                     seconds = time.monotonic() - began
                     progress.batches_in_epoch += 1
                     bar.update(1)
@@ -567,7 +577,6 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
                         reason = "max_steps"
                         break
                 bar.close()
-                del batches
                 if reason in ("signal", "time_budget", "max_steps"):
                     save()
                     break
@@ -629,16 +638,16 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
 
 
 def distributed_batches(strategy, dataset, session: TrainingSession) -> Iterator:
-    """An iterator of global batches split over the replicas.
+    """An iterator of global batches split over the replicas; the step's input signature is set from it.
 
     With one replica the plain dataset is iterated: ``tf.distribute``'s multi-device iterator adds
-    nothing there, and on this machine its teardown between epochs sometimes idled for ~50 s.
+    nothing there. The last element of each batch is the epoch tag, which the step does not take.
     """
     if strategy.num_replicas_in_sync == 1:
-        session.set_input_spec(dataset.element_spec)
+        session.set_input_spec(tuple(dataset.element_spec[:-1]))
         return iter(dataset)
     distributed = strategy.experimental_distribute_dataset(dataset)
-    session.set_input_spec(distributed.element_spec)
+    session.set_input_spec(tuple(distributed.element_spec[:-1]))
     return iter(distributed)
 
 
