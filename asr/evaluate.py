@@ -557,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import warnings
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ info lines would drown the tables
     warnings.filterwarnings("always", category=UserWarning, module="asr")
     try:
         return watch_command(args) if args.watch else run_command(args)

@@ -20,6 +20,9 @@ import numpy as np
 
 from asr.text import BLANK_ID
 
+PAD_FRAMES = 128
+"""Evaluation batches are zero-padded in time to a multiple of this many frames (1.28 s)."""
+
 OutputFrames = Callable[[np.ndarray], np.ndarray]
 """Output frames of the model for input frames (the convolution's arithmetic), both ``int [B]``."""
 
@@ -89,6 +92,11 @@ def replica_logits_fn(
         if padded > batch:
             features = np.concatenate([features, np.zeros((padded - batch, *features.shape[1:]), np.float32)])
             out = np.concatenate([out, np.ones(padded - batch, np.int64)])
+        frames_in = features.shape[1]
+        logit_steps = int(output_frames(np.array([frames_in]))[0])
+        steps = -(-frames_in // PAD_FRAMES) * PAD_FRAMES  # few distinct shapes: few traces
+        if steps > features.shape[1]:
+            features = np.pad(features, ((0, 0), (0, steps - features.shape[1]), (0, 0)))
         logits, loss = step(
             tf.constant(features),
             tf.constant(np.maximum(out, 1), tf.int32),
@@ -97,7 +105,7 @@ def replica_logits_fn(
         )
         loss = loss.numpy()[:batch].astype(np.float64)
         loss[~np.isfinite(loss) | (label_lengths[:batch] > out[:batch])] = np.nan
-        return logits.numpy()[:batch], out[:batch], loss
+        return logits.numpy()[:batch, :logit_steps], out[:batch], loss
 
     return logits_fn
 
@@ -154,7 +162,7 @@ class SwapEvaluator:
 
 
 def checkpoint_logits_fn(run_dir, checkpoint_path, recipe):
-    """For ``asr.evaluate``: the evaluation model of ``recipe`` with a checkpoint's weights, on all local replicas.
+    """For ``asr.evaluate``: the evaluation model of ``recipe`` with a checkpoint's weights, on all replicas.
 
     Returns the :data:`asr.evaluate.LogitsFn` and the checkpoint's ``epoch``/``step``/``elapsed``.
     """
