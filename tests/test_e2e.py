@@ -1,125 +1,83 @@
-"""The whole pipeline through the README's entry points (``python -m asr STAGE``) on the tiny corpus.
+"""The main job end to end through the README's entry point (``tools/demo.sh``, which ``make demo`` runs).
 
-A short version of the main job: extract -> LM -> train (2 epochs of a tiny model, swap-in evaluation
+A short version on the tiny corpus: extract -> LM -> train (a tiny model for 2 epochs, swap-in evaluation
 with beam search + LM, TTA tracker) -> final evaluation -> report. It checks the artefacts each stage
-promises, not accuracy.
+promises, not accuracy, and that a second run skips the finished stages.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
-def _ok(result, stage):
-    assert result.returncode == 0, f"{stage} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-def test_main_job_end_to_end(tmp_path, tiny_corpus, run_module):
-    features, lm, run, report = (tmp_path / name for name in ("features", "lm", "run", "report"))
-    for subset, split in (("train-clean", "train"), ("dev-clean", "dev")):
-        _ok(
-            run_module(
-                "asr",
-                "extract",
-                "--corpus",
-                tiny_corpus,
-                "--subsets",
-                subset,
-                "--out",
-                features / split,
-                "--workers",
-                "2",
-            ),
-            f"extract {split}",
-        )
-        manifest = json.loads((features / split / "manifest.json").read_text())
-        assert manifest["counts"]["kept"] > 0 and manifest["shards"]
-        assert all((features / split / shard["file"]).is_file() for shard in manifest["shards"])
-
-    _ok(run_module("asr", "lm", "--manifest", features / "train", "--order", "3", "--out", lm), "lm")
-    assert (lm / "lm.binary").is_file() and (lm / "unigrams.txt").is_file()
-
-    _ok(
-        run_module(
-            "asr",
-            "train",
-            "recipes/cpu.yaml",
-            "--run-dir",
-            run,
-            "--set",
-            f"data.train={features / 'train'}",
-            "--set",
-            f"data.dev={features / 'dev'}",
-            "--set",
-            f"eval.lm={lm}",
-            "--set",
-            "eval.beam_width=8",
-            "--set",
-            "eval.decode_workers=2",
-            "--set",
-            "model.conv_filters=32",
-            "--set",
-            "model.lstm_layers=1",
-            "--set",
-            "model.lstm_units=32",
-            "--set",
-            "train.global_batch=4",
-            "--set",
-            "train.epochs=2",
-            "--set",
-            "train.time_budget_minutes=0",
-            "--set",
-            "tta.targets=[{metric: cer, value: 100}]",
-            "--set",
-            "tta.window=1",
-            timeout=600,
-        ),
-        "train",
+def demo(*args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "tools/demo.sh", *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHON": sys.executable},
     )
+
+
+def test_main_job_end_to_end(tmp_path, tiny_corpus):
+    work, run = tmp_path / "work", tmp_path / "run"
+    args = [
+        "--corpus", tiny_corpus, "--work", work, "--run-dir", run, "--final-beam", "16",
+        "--set", "model.conv_filters=32", "--set", "model.lstm_layers=1", "--set", "model.lstm_units=32",
+        "--set", "train.global_batch=4", "--set", "train.epochs=2", "--set", "train.time_budget_minutes=0",
+        "--set", "eval.beam_width=8", "--set", "tta.targets=[{metric: cer, value: 100}]",
+        "--set", "tta.window=1", "--set", "train.sample_every_steps=2",
+    ]  # fmt: skip
+    result = demo(*args)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+    for stage in range(6):
+        assert f"=== stage {stage}:" in result.stdout
+
+    for split in ("train", "dev", "test"):
+        manifest = json.loads((work / split / "manifest.json").read_text())
+        assert manifest["counts"]["kept"] > 0
+        assert all((work / split / shard["file"]).is_file() for shard in manifest["shards"])
+    assert (work / "lm" / "lm.binary").is_file() and (work / "lm" / "unigrams.txt").is_file()
+
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
-    for kind in ("run_start", "step", "phase", "checkpoint", "eval", "epoch_end", "target", "run_end"):
+    for kind in ("run_start", "step", "sample", "phase", "checkpoint", "eval", "epoch_end", "target", "util"):
         assert kind in kinds, f"no {kind} event"
     evals = [e for e in events if e["event"] == "eval"]
     assert len(evals) == 2 and all(0 <= e["cer"] <= 100 and e["beam_width"] == 8 for e in evals)
-    assert [e["phase"] for e in events if e["event"] == "phase" and e["phase"] != "checkpoint"][:3] == [
-        "swap_out",
-        "evaluate",
-        "swap_in",
-    ]
+    phases = [e["phase"] for e in events if e["event"] == "phase" and e["phase"] != "checkpoint"]
+    assert phases[:3] == ["swap_out", "evaluate", "swap_in"]
     assert events[-1]["event"] == "run_end" and events[-1]["reason"] == "epochs"
     assert (run / "recipe.yaml").is_file() and list((run / "checkpoints").glob("ckpt-*.index"))
     assert list((run / "tensorboard").iterdir())
 
-    _ok(
-        run_module(
-            "asr",
-            "evaluate",
-            "--run",
-            run,
-            "--data",
-            features / "dev",
-            "--beam",
-            "16",
-            "--lm",
-            lm,
-            "--workers",
-            "2",
-            timeout=300,
-        ),
-        "evaluate",
-    )
     rows = json.loads((run / "eval" / "results.json").read_text())
-    assert any(r["split"] == "dev" and r["beam_width"] == 16 for r in rows)
+    assert {r["split"] for r in rows if r["beam_width"] == 16} == {"test", "dev"}
+    assert (run / "report" / "report.md").is_file() and (run / "report" / "report.html").is_file()
+    assert list((run / "report").glob("**/*.png"))
+    assert "final test (beam 16 + LM): WER" in result.stdout
+    assert "TTA CER 100 %" in result.stdout
 
-    printed = _ok(run_module("asr", "report", run, "--out", report, timeout=300), "report").stdout
-    assert (report / "report.md").is_file() and (report / "report.html").is_file()
-    assert list(report.glob("**/*.png"))
-    text = (report / "report.md").read_text()
-    assert "cer" in text.lower() and run.name in text
-    assert printed.strip()
+    again = demo(*args, "--stage", "1", "--stop-stage", "4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for line in (f"{work}/train: done already, skipped", f"{work}/lm: done already, skipped",
+                 f"{run}: trained already, skipped", f"{run}/eval: done already, skipped"):
+        assert line in again.stdout
+    assert "asr.train:" not in again.stderr
+
+
+def test_demo_rejects_bad_stage():
+    result = demo("--stage", "9")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: demo.sh: --stage: expected 0-5, got '9'"

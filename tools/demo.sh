@@ -2,7 +2,7 @@
 # The main job: extract -> language model -> train (swap-in evaluation, TTA) -> final evaluation -> report.
 #
 #   bash tools/demo.sh [--stage N] [--stop-stage M] [--corpus DIR] [--work DIR] [--run-dir DIR]
-#                      [--minutes M] [--set section.key=value ...]
+#                      [--minutes M] [--final-beam W] [--set section.key=value ...]
 #
 # Stages (icefall style: each skips work already finished, so re-running continues where it stopped):
 #   0  check the environment (venv, KenLM binaries)
@@ -23,6 +23,7 @@ CORPUS=data/minilibri-demo
 WORK=work/demo
 RUN_DIR=runs/demo
 MINUTES=""
+FINAL_BEAM=512
 SETS=()
 
 usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -37,12 +38,14 @@ while [[ $# -gt 0 ]]; do
         --work) WORK=${2:?}; shift 2 ;;
         --run-dir) RUN_DIR=${2:?}; shift 2 ;;
         --minutes) MINUTES=${2:?}; shift 2 ;;
+        --final-beam) FINAL_BEAM=${2:?}; shift 2 ;;
         --set) SETS+=(--set "${2:?}"); shift 2 ;;
         *) fail "unknown option $1 (see --help)" ;;
     esac
 done
 [[ $STAGE =~ ^[0-5]$ ]] || fail "--stage: expected 0-5, got '$STAGE'"
 [[ $STOP_STAGE =~ ^[0-5]$ ]] || fail "--stop-stage: expected 0-5, got '$STOP_STAGE'"
+[[ $FINAL_BEAM =~ ^[1-9][0-9]*$ ]] || fail "--final-beam: expected a positive integer, got '$FINAL_BEAM'"
 [[ -z $MINUTES || $MINUTES =~ ^[0-9]+([.][0-9]+)?$ ]] || fail "--minutes: expected a number, got '$MINUTES'"
 
 JOB_STARTED=$(date +%s)
@@ -98,11 +101,11 @@ if begin 3 "train (recipes/demo.yaml: swap-in evaluation every epoch, time-to-ac
     done_in 3
 fi
 
-if begin 4 "final evaluation (beam 512 + LM) on test-clean and dev-clean"; then
+if begin 4 "final evaluation (beam $FINAL_BEAM + LM) on test-clean and dev-clean"; then
     if [[ -f $RUN_DIR/.evaluated ]]; then
         echo "$RUN_DIR/eval: done already, skipped"
     else
-        "$PY" -m asr evaluate --run "$RUN_DIR" --data "$WORK/test" "$WORK/dev" --beam 512 --lm "$WORK/lm"
+        "$PY" -m asr evaluate --run "$RUN_DIR" --data "$WORK/test" "$WORK/dev" --beam "$FINAL_BEAM" --lm "$WORK/lm"
         touch "$RUN_DIR/.evaluated"
     fi
     done_in 4
@@ -116,7 +119,7 @@ fi
 
 echo
 echo "=== headline (whole job: $(( $(date +%s) - JOB_STARTED )) s) ==="
-"$PY" - "$RUN_DIR" <<'PYTHON'
+"$PY" - "$RUN_DIR" "$FINAL_BEAM" <<'PYTHON'
 import json, sys
 from pathlib import Path
 
@@ -137,8 +140,9 @@ if evals:
           f"WER {last['wer']:.1f} %, CER {last['cer']:.1f} % after {last['elapsed'] / 60:.1f} min")
 results = run / "eval" / "results.json"
 if results.is_file():
-    rows = [r for r in json.loads(results.read_text()) if r.get("beam_width") == 512]
+    beam = int(sys.argv[2])
+    rows = [r for r in json.loads(results.read_text()) if r.get("beam_width") == beam]
     for r in rows:
-        print(f"final {r['split']} (beam 512 + LM): WER {r['wer']:.2f} %, CER {r['cer']:.2f} %")
+        print(f"final {r['split']} (beam {beam} + LM): WER {r['wer']:.2f} %, CER {r['cer']:.2f} %")
 print(f"report: {run / 'report' / 'report.html'}")
 PYTHON
