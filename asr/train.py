@@ -105,6 +105,7 @@ class TrainingSession:
             self.is_chief,
             model=self.model,
             optimizer=self.optimizer,
+            dropout_random_state=random_state_variables(self.model),
         )
         self._step_fn = make_train_step(
             self.strategy, self.model, self.optimizer, self.recipe, self.input_spec
@@ -160,6 +161,12 @@ class TrainingSession:
             reference = text.decode(np.asarray(labels)[row, : int(np.asarray(label_lengths)[row])].tolist())
             pairs.append([reference, greedy_text(logits[row, : out[row]])])
         return pairs
+
+
+def random_state_variables(model) -> list:
+    """The dropout layers' random-generator states, which Keras leaves out of ``tf.train.Checkpoint``;
+    saved too, so that a resumed or swapped-back run draws the dropout masks it would have drawn."""
+    return [v.value for v in model.variables if "seed_generator" in v.path]
 
 
 def make_optimizer(recipe: Recipe):
