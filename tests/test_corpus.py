@@ -18,7 +18,7 @@ def tone(seconds: float, rate: int = 16000, channels: int = 1) -> np.ndarray:
 
 
 def test_librispeech_layout_of_tiny_corpus(tiny_corpus):
-    assert corpus.list_subsets(tiny_corpus) == ["dev-clean", "train-clean"]
+    assert corpus.list_subsets(tiny_corpus) == ["dev-clean", "test-clean", "train-clean"]
     found = corpus.librispeech_candidates(tiny_corpus, "train-clean")
     assert len(found) == 20
     assert [c.utt_id for c in found] == sorted(c.utt_id for c in found)
@@ -29,7 +29,7 @@ def test_librispeech_layout_of_tiny_corpus(tiny_corpus):
 
 def test_check_subsets_names_what_exists(tiny_corpus, tmp_path):
     corpus.check_subsets(tiny_corpus, ["dev-clean"])
-    with pytest.raises(corpus.CorpusError, match=r"unknown subset 'train-other'.*dev-clean, train-clean"):
+    with pytest.raises(corpus.CorpusError, match=r"unknown subset 'train-other'.*dev-clean, test-clean, train-clean"):
         corpus.check_subsets(tiny_corpus, ["train-other"])
     with pytest.raises(corpus.CorpusError, match="corpus directory not found"):
         corpus.check_subsets(tmp_path / "nowhere", ["dev-clean"])

@@ -303,4 +303,4 @@ def test_unusable_input_is_one_line_and_exit_2(run_module, tiny_corpus, tmp_path
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("asr.extract: error: ")
     assert named in result.stderr
     if "test-other" in named:
-        assert "dev-clean, train-clean" in result.stderr
+        assert "dev-clean, test-clean, train-clean" in result.stderr
