@@ -154,6 +154,8 @@ class TrainingSession:
             self._infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         features = np.asarray(features)[:count]
         frames = np.asarray(frames)[:count]
+        steps = -(-features.shape[1] // 128) * 128  # few distinct shapes, few traces
+        features = np.pad(features, ((0, 0), (0, steps - features.shape[1]), (0, 0)))
         logits = np.asarray(self._infer(tf.constant(features)))
         out = np.asarray(output_frames(frames, self.recipe.model))
         pairs = []

@@ -9,7 +9,7 @@
 #   1  extract features of train-clean, dev-clean, test-clean   -> WORK/{train,dev,test}
 #   2  build the 4-gram KenLM model from the training transcripts -> WORK/lm
 #   3  train recipes/demo.yaml (cpu recipe) until its time budget  -> RUN_DIR
-#   4  final evaluation: beam 512 + LM on test-clean and dev-clean -> RUN_DIR/eval
+#   4  final evaluation: beam 256 + LM on test-clean and dev-clean -> RUN_DIR/eval
 #   5  report (Markdown + HTML + plots)                            -> RUN_DIR/report
 set -euo pipefail
 
@@ -23,7 +23,7 @@ CORPUS=data/minilibri-demo
 WORK=work/demo
 RUN_DIR=runs/demo
 MINUTES=""
-FINAL_BEAM=512
+FINAL_BEAM=256
 SETS=()
 
 usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
