@@ -8,12 +8,15 @@ from __future__ import annotations
 
 
 class ResidentEvaluator:
+    source = "resident"
+    decode = True
+
     def __init__(self, recipe, strategy):
         from asr.evaluators.common import Validation, build_eval_model
 
         self.recipe = recipe
         self.strategy = strategy
-        self.validation = Validation(recipe)
+        self.validation = Validation(recipe, decode=self.decode)
         self.model = build_eval_model(recipe, strategy)
         self._logits_fn = None
 
@@ -25,7 +28,9 @@ class ResidentEvaluator:
             if self._logits_fn is None:
                 mean, std = read_normalization(session.run_dir, self.recipe)
                 self._logits_fn = model_logits_fn(self.recipe, self.strategy, self.model, mean, std)
-            return self.validation.run(self._logits_fn, "resident")
+            if self.decode:
+                return self.validation.run(self._logits_fn, self.source)
+            return self.validation.loss_only(self._logits_fn, self.source)
 
     def close(self) -> None:
         self.validation.close()
