@@ -114,11 +114,14 @@ class Checkpointer:
 
     def restore(self, info: CheckpointInfo) -> dict[str, Any]:
         """Load weights and optimizer state from ``info``; returns its run state."""
-        status = self.checkpoint.read(str(info.path))
+        import tensorflow as tf
+
         try:
-            status.assert_existing_objects_matched()
-        except AssertionError as error:
-            raise CheckpointMismatchError(f"{info.path}: does not match this model: {error}") from None
+            self.checkpoint.read(str(info.path)).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            _silence_unrestored_value_warnings()
+            raise CheckpointMismatchError(f"{info.path}: does not match this model ({first})") from None
         return dict(info.state)
 
     def _prune(self) -> None:
@@ -141,4 +144,16 @@ def restore_weights(model, path: str | os.PathLike) -> None:
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _silence_unrestored_value_warnings()
         raise CheckpointMismatchError(f"{path}: does not fit the recipe's model ({first})") from None
+
+
+def _silence_unrestored_value_warnings() -> None:
+    """After a failed restore TF logs one warning per unmatched value when the half-done restore is
+    garbage collected, often at interpreter exit, burying the one-line error; the caller is about to
+    stop, so TF's Python warnings are turned off for the rest of the process."""
+    import logging
+
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)

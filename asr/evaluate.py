@@ -413,7 +413,12 @@ def open_checkpoint(run_dir: Path, checkpoint: CheckpointRef, recipe) -> tuple[L
         raise EvaluateError(
             f"cannot build the evaluation model: the training stage is missing ({error})"
         ) from error
-    return checkpoint_logits_fn(run_dir, checkpoint.path, recipe)
+    from asr.checkpoint import CheckpointMismatchError
+
+    try:
+        return checkpoint_logits_fn(run_dir, checkpoint.path, recipe)
+    except CheckpointMismatchError as error:
+        raise EvaluateError(f"{error}; recipe {Path(run_dir) / 'recipe.yaml'}") from None
 
 
 def load_run_recipe(run_dir: Path):

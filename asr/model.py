@@ -162,7 +162,8 @@ def summary(config: ModelConfig, max_frames: int) -> str:
     total = parameter_count(config)
     lines.append(f"total parameters: {total:,} ({total / 1e6:.1f} M)")
     lines.append(
-        f"output frames: floor((T - {config.conv_kernel}) / {config.conv_stride}) + 1 = {out} for T = {max_frames}"
+        f"output frames: floor((T - {config.conv_kernel}) / {config.conv_stride}) + 1 = {out}"
+        f" for T = {max_frames}"
         f"; longest transcript that fits: {out} labels; dropout {config.dropout:g}"
     )
     lines.append(f"forward matmul FLOPs per input frame: {flops_per_frame(config):,.0f}")

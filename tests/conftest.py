@@ -32,3 +32,17 @@ def run_module():
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory, tiny_corpus) -> Path:
+    """``asr.extract`` output of the tiny corpus, once per session: ``train/`` and ``dev/`` under the path."""
+    out = tmp_path_factory.mktemp("tiny-shards")
+    for subset, split in (("train-clean", "train"), ("dev-clean", "dev")):
+        result = subprocess.run(
+            [sys.executable, "-m", "asr.extract", "--corpus", str(tiny_corpus), "--subsets", subset,
+             "--out", str(out / split), "--workers", "2"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+    return out

@@ -29,7 +29,8 @@ def test_librispeech_layout_of_tiny_corpus(tiny_corpus):
 
 def test_check_subsets_names_what_exists(tiny_corpus, tmp_path):
     corpus.check_subsets(tiny_corpus, ["dev-clean"])
-    with pytest.raises(corpus.CorpusError, match=r"unknown subset 'train-other'.*dev-clean, test-clean, train-clean"):
+    known = r"unknown subset 'train-other'.*dev-clean, test-clean, train-clean"
+    with pytest.raises(corpus.CorpusError, match=known):
         corpus.check_subsets(tiny_corpus, ["train-other"])
     with pytest.raises(corpus.CorpusError, match="corpus directory not found"):
         corpus.check_subsets(tmp_path / "nowhere", ["dev-clean"])

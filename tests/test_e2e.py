@@ -71,8 +71,12 @@ def test_main_job_end_to_end(tmp_path, tiny_corpus):
 
     again = demo(*args, "--stage", "1", "--stop-stage", "4")
     assert again.returncode == 0, again.stderr[-3000:]
-    for line in (f"{work}/train: done already, skipped", f"{work}/lm: done already, skipped",
-                 f"{run}: trained already, skipped", f"{run}/eval: done already, skipped"):
+    for line in (
+        f"{work}/train: done already, skipped",
+        f"{work}/lm: done already, skipped",
+        f"{run}: trained already, skipped",
+        f"{run}/eval: done already, skipped",
+    ):
         assert line in again.stdout
     assert "asr.train:" not in again.stderr
 

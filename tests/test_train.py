@@ -26,16 +26,8 @@ TINY_MODEL = [
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, tiny_corpus):
-    out = tmp_path_factory.mktemp("shards")
-    for subset, split in (("train-clean", "train"), ("dev-clean", "dev")):
-        result = subprocess.run(
-            [sys.executable, "-m", "asr.extract", "--corpus", str(tiny_corpus), "--subsets", subset,
-             "--out", str(out / split), "--workers", "2"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-2000:]
-    return out
+def shards(tiny_shards):
+    return tiny_shards
 
 
 def train_command(shards: Path, run_dir: Path, *sets: str) -> list[str]:

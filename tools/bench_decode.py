@@ -114,8 +114,11 @@ def main() -> int:
                 wer = score(references, hypotheses).wer
                 speedup = "" if single_seconds is None else f"{single_seconds / seconds:.2f}x"
                 single_seconds = seconds if mode == "single" else single_seconds
-                print(f"{beam:>5} {mode:>8} {seconds:>8.2f} {len(rows) / seconds:>8.1f} "
-                      f"{audio_seconds / seconds:>10.1f} {wer:>6.2f} {speedup:>12}", flush=True)
+                print(
+                    f"{beam:>5} {mode:>8} {seconds:>8.2f} {len(rows) / seconds:>8.1f} "
+                    f"{audio_seconds / seconds:>10.1f} {wer:>6.2f} {speedup:>12}",
+                    flush=True,
+                )
     return 0
 
 

@@ -164,23 +164,20 @@ class SwapEvaluator:
 def checkpoint_logits_fn(run_dir, checkpoint_path, recipe):
     """For ``asr.evaluate``: the evaluation model of ``recipe`` with a checkpoint's weights, on all replicas.
 
-    Returns the :data:`asr.evaluate.LogitsFn` and the checkpoint's ``epoch``/``step``/``elapsed``.
+    Returns the :data:`asr.evaluate.LogitsFn` and the checkpoint's ``epoch``/``step``/``elapsed``;
+    raises :class:`asr.checkpoint.CheckpointMismatchError` when the checkpoint does not fit the recipe.
     """
     import json
     from pathlib import Path
 
-    from asr.checkpoint import CheckpointMismatchError, restore_weights
-    from asr.evaluate import EvaluateError
+    from asr.checkpoint import restore_weights
     from asr.evaluators.common import build_eval_model, local_runtime, model_logits_fn, read_normalization
     from asr.strategy import make_strategy
 
     recipe = local_runtime(recipe)
     strategy = make_strategy(recipe.runtime, env={})
     model = build_eval_model(recipe, strategy)
-    try:
-        restore_weights(model, checkpoint_path)
-    except CheckpointMismatchError as error:
-        raise EvaluateError(f"{error}; recipe {Path(run_dir) / 'recipe.yaml'}") from None
+    restore_weights(model, checkpoint_path)
     mean, std = read_normalization(Path(run_dir), recipe)
     state_path = Path(f"{checkpoint_path}.json")
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
