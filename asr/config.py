@@ -72,6 +72,11 @@ class DataConfig:
     """``fixed`` pads every batch to ``max_frames``; ``bucket`` groups similar lengths."""
     bucket_boundaries: tuple[int, ...] = (400, 600, 800, 1000, 1200, 1400)
     """Upper frame bounds of the length buckets when ``padding: bucket``."""
+    tempo_range: tuple[float, float] = (1.0, 1.0)
+    """Tempo perturbation: each training utterance, each epoch, is played at a tempo factor drawn
+    uniformly from this range (1.1: 10 % faster, 10 % fewer frames) by resampling its feature frames in
+    time (linear interpolation); a factor whose result could no longer hold the transcript is not used.
+    ``[1.0, 1.0]``: off."""
     spec_augment: bool = False
     """SpecAugment-style time and frequency masking on training batches."""
     freq_masks: int = 2
@@ -88,8 +93,13 @@ class ModelConfig:
     conv_kernel: int = 11
     """Convolution width in 10 ms frames; shorter inputs cannot be used."""
     conv_stride: int = 2
-    lstm_layers: int = 5
-    lstm_units: int = 800
+    rnn: Literal["lstm", "gru"] = "lstm"
+    """Recurrent cell: the paper's LSTM, or a GRU (three gates instead of four: ~25 % less compute)."""
+    bidirectional: bool = False
+    """Run each recurrent layer forwards and backwards and concatenate (the paper's are forwards only)."""
+    rnn_layers: int = 5
+    rnn_units: int = 800
+    """Units per recurrent layer and direction."""
     dropout: float = 0.05
     """Dropout rate between every pair of layers."""
 
@@ -213,10 +223,10 @@ class Recipe:
         _positive(where, "data.max_frames", self.data.max_frames)
         _positive(where, "model.conv_kernel", self.model.conv_kernel)
         _positive(where, "model.conv_stride", self.model.conv_stride)
-        _positive(where, "model.lstm_units", self.model.lstm_units)
+        _positive(where, "model.rnn_units", self.model.rnn_units)
         _positive(where, "tta.window", self.tta.window)
-        if self.model.lstm_layers < 1:
-            raise ConfigError(f"{where}: model.lstm_layers: must be at least 1, got {self.model.lstm_layers}")
+        if self.model.rnn_layers < 1:
+            raise ConfigError(f"{where}: model.rnn_layers: must be at least 1, got {self.model.rnn_layers}")
         if not 0.0 <= self.model.dropout < 1.0:
             raise ConfigError(f"{where}: model.dropout: must be in [0, 1), got {self.model.dropout}")
         if self.data.max_frames < self.model.conv_kernel:
@@ -242,6 +252,12 @@ class Recipe:
             raise ConfigError(f"{where}: train.time_budget_minutes: must be >= 0")
         if self.eval.beam_width < 1:
             raise ConfigError(f"{where}: eval.beam_width: must be at least 1, got {self.eval.beam_width}")
+        tempo = self.data.tempo_range
+        if len(tempo) != 2 or not 0.5 <= tempo[0] <= tempo[1] <= 2.0:
+            raise ConfigError(
+                f"{where}: data.tempo_range: expected [low, high] with 0.5 <= low <= high <= 2.0, "
+                f"got {list(self.data.tempo_range)}"
+            )
         if list(self.data.bucket_boundaries) != sorted(set(self.data.bucket_boundaries)):
             raise ConfigError(f"{where}: data.bucket_boundaries: must be strictly increasing")
         return self

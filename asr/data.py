@@ -1,9 +1,10 @@
 """The training input pipeline: shards written by ``asr.extract`` -> ``tf.data`` batches (paper 4.4.1).
 
 ``readers`` shard files are read in parallel, utterances shuffled, normalized with the training
-manifest's per-dimension mean and standard deviation, optionally SpecAugment-masked, padded either to a
-fixed ``max_frames`` (the paper's 1670) or, with ``padding: bucket``, to the longest utterance of a batch
-of similar lengths, batched to the global batch and prefetched ``buffer`` batches ahead.
+manifest's per-dimension mean and standard deviation, optionally tempo-perturbed and SpecAugment-masked,
+padded either to a fixed ``max_frames`` (the paper's 1670) or, with ``padding: bucket``, to the longest
+utterance of a batch of similar lengths, batched to the global batch and prefetched ``buffer`` batches
+ahead.
 
 Utterances whose transcript cannot fit the model's output (CTC needs one output frame per label) or, with
 fixed padding, that are longer than ``max_frames`` are dropped before batching and counted per reason, so
@@ -23,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from asr import text
 from asr.config import DataConfig, ModelConfig
 from asr.features import FEATURE_DIM
 from asr.model import output_frames
+from asr.shards import MANIFEST, TF_COMPRESSION_TYPE, compression_of
 
-MANIFEST = "manifest.json"
 SIDECARS = "sidecars"
 
 DROP_LABELS_TOO_LONG = "transcript longer than the model output (CTC cannot align it)"
@@ -54,40 +54,32 @@ class ShardSet:
     def utterances(self) -> int:
         return len(self.lengths)
 
+    @property
+    def compression_type(self) -> str:
+        """``tf.data.TFRecordDataset``'s ``compression_type`` for these shards (``asr.extract
+        --compression`` shows in the file suffix; one directory, one compression)."""
+        return TF_COMPRESSION_TYPE[compression_of(Path(self.files[0]))]
+
 
 def open_shards(path: str | Path, key: str = "data.train") -> ShardSet:
     """Read and check a shard directory's manifest; raise :class:`DataError` naming ``key`` and the path."""
+    from asr.shards import ShardDirectoryError, read_manifest
+
     path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{key}: {path}: no such shard directory (run asr.extract first)")
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise DataError(f"{key}: {manifest_path}: missing (is {path} an asr.extract output?)")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as error:
-        raise DataError(f"{key}: {manifest_path}: unreadable manifest ({error})") from None
-    alphabet = manifest.get("alphabet")
-    if alphabet != list(text.SYMBOLS):
-        raise DataError(
-            f"{key}: {manifest_path}: alphabet {alphabet!r} differs from this model's {list(text.SYMBOLS)!r}"
-        )
+        manifest, files = read_manifest(path, key)
+    except ShardDirectoryError as error:
+        raise DataError(str(error)) from None
     mean = np.asarray(manifest.get("feature_mean", []), dtype=np.float32)
     std = np.asarray(manifest.get("feature_std", []), dtype=np.float32)
     if mean.shape != (FEATURE_DIM,) or std.shape != (FEATURE_DIM,):
         raise DataError(
-            f"{key}: {manifest_path}: feature_mean/feature_std have {mean.size} values; "
+            f"{key}: {path / MANIFEST}: feature_mean/feature_std have {mean.size} values; "
             f"the model reads {FEATURE_DIM} features per frame"
         )
-    files = tuple(
-        str(path / shard["file"]) for shard in manifest.get("shards", []) if shard.get("utterances")
+    return ShardSet(
+        path, tuple(map(str, files)), manifest, mean, np.where(std > 0, std, 1.0), _lengths(path, manifest)
     )
-    if not files:
-        raise DataError(f"{key}: {path}: no utterances in its shards (empty split)")
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise DataError(f"{key}: {missing[0]}: listed in {manifest_path} but missing")
-    return ShardSet(path, files, manifest, mean, np.where(std > 0, std, 1.0), _lengths(path, manifest))
 
 
 def _lengths(path: Path, manifest: dict) -> tuple[tuple[str, int, int], ...]:
@@ -129,7 +121,9 @@ class EpochPlan:
     kept: int
     dropped: dict[str, int]
     steps: int
-    """Global batches per epoch (partial batches are not trained: every replica needs a full share)."""
+    """Global batches per epoch (partial batches are not trained: every replica needs a full share).
+    With tempo perturbation and length buckets an epoch's utterances change buckets, so its batch count
+    may differ from this by a few."""
     audio_seconds: float
     """Audio in the kept utterances (10 ms per frame)."""
 
@@ -167,6 +161,39 @@ def parse_example(serialized):
     features = tf.reshape(parsed["features"], [-1, FEATURE_DIM])
     labels = tf.cast(parsed["labels"], tf.int32)
     return features, tf.cast(parsed["num_frames"], tf.int32), labels, tf.size(labels, out_type=tf.int32)
+
+
+def stretch_time(features, frames, factor):
+    """Resample ``features [frames, 93]`` in time by ``factor`` (> 1: faster, fewer frames).
+
+    Output frame ``i`` interpolates linearly between the input frames around ``i * factor``; returns
+    ``(features [floor(frames / factor), 93], that frame count)``. A tempo change of the log-Mel/MFCC
+    sequence: durations scale, spectra (and so pitch) stay.
+    """
+    import tensorflow as tf
+
+    stretched = tf.maximum(tf.cast(tf.floor(tf.cast(frames, tf.float32) / factor), tf.int32), 1)
+    positions = tf.cast(tf.range(stretched), tf.float32) * factor
+    lower = tf.minimum(tf.cast(tf.floor(positions), tf.int32), frames - 1)
+    upper = tf.minimum(lower + 1, frames - 1)
+    weight = (positions - tf.cast(lower, tf.float32))[:, None]
+    features = tf.gather(features, lower) * (1.0 - weight) + tf.gather(features, upper) * weight
+    return features, stretched
+
+
+def perturb_tempo(features, frames, label_length, data: DataConfig, model: ModelConfig, seed):
+    """:func:`stretch_time` by a factor drawn from ``data.tempo_range`` with stateless ``seed`` (int32
+    ``[2]``), unless the result could not hold the transcript or, with fixed padding, would exceed
+    ``data.max_frames``: then the utterance is left as it is, so perturbation never drops one."""
+    import tensorflow as tf
+
+    low, high = data.tempo_range
+    factor = low + (high - low) * tf.random.stateless_uniform([], seed=seed)
+    stretched, count = stretch_time(features, frames, factor)
+    fits = output_frames(count, model) >= label_length
+    if data.padding == "fixed":
+        fits &= count <= data.max_frames
+    return tf.cond(fits, lambda: (stretched, count), lambda: (features, frames))
 
 
 def spec_augment(features, frames, data: DataConfig, seed):
@@ -222,7 +249,7 @@ def training_dataset(
     if training:
         files = files.shuffle(len(shards.files), seed=epoch_seed, reshuffle_each_iteration=False)
     records = files.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        lambda f: tf.data.TFRecordDataset(f, compression_type=shards.compression_type),
         cycle_length=min(data.readers, len(shards.files)),
         block_length=1,
         num_parallel_calls=min(data.readers, len(shards.files)),
@@ -246,6 +273,9 @@ def training_dataset(
     def prepare(index, utterance):
         features, frames, labels, label_length = utterance
         features = (features - mean) / std
+        if training and data.tempo_range != (1.0, 1.0):
+            seed = tf.stack([(epoch_seed + 1) % (2**31 - 1), index])
+            features, frames = perturb_tempo(features, frames, label_length, data, model, seed)
         if training and data.spec_augment:
             features = spec_augment(features, frames, data, tf.stack([epoch_seed % (2**31 - 1), index]))
         if tag_epoch:

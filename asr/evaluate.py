@@ -35,8 +35,7 @@ import numpy as np
 
 from asr import text
 from asr.decoding import Decoder, PendingDecode, split_batch
-from asr.lm import LMError, read_shard_manifest
-from asr.metrics import SetScores, score
+from asr.metrics import SetScores, VocabularyBreakdown, score, vocabulary_breakdown
 
 EVAL_DIR = "eval"
 
@@ -78,13 +77,13 @@ class EvalSet:
 
 def load_eval_set(path: str | os.PathLike, name: str | None = None) -> EvalSet:
     """Read a shard directory; raises :class:`EvaluateError` for a bad or empty one."""
-    from asr.shards import read_utterances
+    from asr.shards import ShardDirectoryError, read_manifest, read_utterances
 
     path = Path(path)
     try:
-        manifest, files = read_shard_manifest(path, option="--data")
-    except LMError as error:
-        raise EvaluateError(str(error)) from error
+        manifest, files = read_manifest(path, "--data")
+    except ShardDirectoryError as error:
+        raise EvaluateError(str(error)) from None
     utt_ids, texts, feats, durations = [], [], [], []
     for shard in files:
         try:
@@ -158,6 +157,8 @@ class SetResult:
     decoder: str
     beam_width: int
     audio_seconds: float
+    vocabulary: VocabularyBreakdown | None = None
+    """Reference words in and out of the LM's dictionary and how many were recognized (with an LM)."""
 
     def event_fields(self, source: str) -> dict:
         """Fields of an ``eval`` event (see :mod:`asr.events`)."""
@@ -190,11 +191,19 @@ class SetResult:
             "decoder": self.decoder,
             "beam_width": self.beam_width,
             "audio_seconds": self.audio_seconds,
+            **(self.vocabulary.summary() if self.vocabulary else {}),
         }
 
 
-def run_set(eval_set: EvalSet, logits_fn: LogitsFn, decoder: Decoder, batch_size: int) -> SetResult:
-    """Logits for every batch, each decoded while the model computes the next; then the scores."""
+def run_set(
+    eval_set: EvalSet,
+    logits_fn: LogitsFn,
+    decoder: Decoder,
+    batch_size: int,
+    vocabulary: frozenset[str] | None = None,
+) -> SetResult:
+    """Logits for every batch, each decoded while the model computes the next; then the scores
+    (and, given the LM's dictionary as ``vocabulary``, the in/out-of-vocabulary breakdown)."""
     start = time.perf_counter()
     hypotheses: list[str] = [""] * len(eval_set)
     losses = np.full(len(eval_set), np.nan)
@@ -232,6 +241,7 @@ def run_set(eval_set: EvalSet, logits_fn: LogitsFn, decoder: Decoder, batch_size
         decoder=_decoder_kind(decoder),
         beam_width=decoder.beam_width,
         audio_seconds=eval_set.audio_seconds,
+        vocabulary=vocabulary_breakdown(eval_set.texts, hypotheses, vocabulary) if vocabulary else None,
     )
 
 
@@ -288,7 +298,23 @@ def format_table(results: Sequence[SetResult], title: str = "") -> str:
             f"{r.scores.cer_maxlen:.2f} | {w.substitutions} | {w.deletions} | {w.insertions} | "
             f"{w.reference_length} | {r.loss:.3f} | {r.seconds:.1f} |"
         )
-    return "\n".join(line for line in lines if line or title) + "\n"
+    table = "\n".join(line for line in lines if line or title) + "\n"
+    with_vocabulary = [r for r in results if r.vocabulary]
+    if not with_vocabulary:
+        return table
+    vocabulary = [
+        "",
+        "Reference words in and out of the LM's dictionary (the training transcripts' words):",
+        "",
+        "| set | OOV rate % | in-dictionary words recognized % | out-of-dictionary words recognized % |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in with_vocabulary:
+        v = r.vocabulary.summary()
+        vocabulary.append(
+            f"| {r.name} | {v['oov_rate']:.1f} | {v['iv_word_accuracy']:.1f} | {v['oov_word_accuracy']:.1f} |"
+        )
+    return table + "\n".join(vocabulary) + "\n"
 
 
 def format_sweep(results: Sequence[SetResult]) -> str:
@@ -322,16 +348,19 @@ def evaluate_checkpoint(
     settings: Sequence[DecodeSetting],
     batch_size: int,
 ) -> list[SetResult]:
-    """Every set decoded with every setting; one decoder (and process pool) per setting."""
-    from asr.decoding import make_decoder
+    """Every set decoded with every setting; one decoder (and process pool) per setting. With an LM,
+    each result also says how words in and out of its dictionary fared."""
+    from asr.decoding import make_decoder, resolve_lm
 
     results = []
     for setting in settings:
         with make_decoder(
             setting.beam_width, setting.lm_dir, setting.alpha, setting.beta, setting.workers
         ) as decoder:
+            unigrams = resolve_lm(setting.lm_dir)[1] if setting.lm_dir else None
+            vocabulary = frozenset(unigrams) if unigrams else None
             for eval_set in sets:
-                results.append(run_set(eval_set, logits_fn, decoder, batch_size))
+                results.append(run_set(eval_set, logits_fn, decoder, batch_size, vocabulary))
     return results
 
 

@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from asr.text import SYMBOLS, UnmappableTextError, normalize
+from asr.text import UnmappableTextError, normalize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KENLM_BIN_ENV = "ASR_KENLM_BIN"
@@ -49,8 +49,6 @@ LM_ARPA = "lm.arpa"
 LM_BINARY = "lm.binary"
 UNIGRAMS = "unigrams.txt"
 LM_INFO = "lm.json"
-SHARD_MANIFEST = "manifest.json"
-SHARD_PATTERNS = ("*.tfrecord", "*.tfrecord.gz", "*.tfrecord.zz")
 
 
 class LMError(Exception):
@@ -85,50 +83,14 @@ def find_kenlm_bin(explicit: str | os.PathLike | None = None) -> Path:
 # --------------------------------------------------------------------------- reading transcripts
 
 
-def shard_files(shard_dir: Path, manifest: dict | None = None) -> list[Path]:
-    """TFRecord shards of an ``asr.extract`` output directory: those its manifest lists, else all."""
-    listed = (manifest or {}).get("shards")
-    if listed:
-        return [shard_dir / entry["file"] for entry in listed]
-    files = {path for pattern in SHARD_PATTERNS for path in shard_dir.glob(pattern)}
-    return sorted(files)
-
-
-def read_shard_manifest(shard_dir: str | os.PathLike, option: str = "--manifest") -> tuple[dict, list[Path]]:
-    """``manifest.json`` of an ``asr.extract`` output and its shard files, checked.
-
-    Raises :class:`LMError` naming ``option`` and the directory when it is not a shard directory,
-    lists missing shards, has no shards, or was written with another alphabet than :mod:`asr.text`'s.
-    """
-    shard_dir = Path(shard_dir)
-    if not shard_dir.is_dir():
-        raise LMError(f"{option} {shard_dir}: not a directory")
-    manifest_path = shard_dir / SHARD_MANIFEST
-    if not manifest_path.is_file():
-        raise LMError(f"{option} {shard_dir}: no {SHARD_MANIFEST} (is this an asr.extract output?)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LMError(f"{manifest_path}: unreadable: {error}") from error
-    alphabet = manifest.get("alphabet")
-    if alphabet is not None and list(alphabet) != list(SYMBOLS):
-        raise LMError(
-            f"{manifest_path}: alphabet {''.join(alphabet)!r} differs from this code's {''.join(SYMBOLS)!r}"
-        )
-    files = shard_files(shard_dir, manifest)
-    missing = [str(path) for path in files if not path.is_file()]
-    if missing:
-        raise LMError(f"{manifest_path}: lists shards that are missing: {', '.join(missing[:3])}")
-    if not files:
-        raise LMError(f"{option} {shard_dir}: no TFRecord shards beside {SHARD_MANIFEST}")
-    return manifest, files
-
-
 def read_shard_texts(shard_dir: str | os.PathLike) -> list[str]:
     """The ``text`` of every utterance in a shard directory (already normalized by ``asr.extract``)."""
-    from asr.shards import decode_example, read_records
+    from asr.shards import ShardDirectoryError, decode_example, read_manifest, read_records
 
-    _, files = read_shard_manifest(shard_dir)
+    try:
+        _, files = read_manifest(shard_dir, "--manifest")
+    except ShardDirectoryError as error:
+        raise LMError(str(error)) from None
     texts: list[str] = []
     for path in _progress(files, "reading transcripts"):
         try:

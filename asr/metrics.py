@@ -10,6 +10,10 @@ long one).
   **Decision**: summed over the set like the others, i.e. sum of edits / sum over utterances of
   max(|hyp_i|, |ref_i|). It never exceeds 100 % and never exceeds ``cer``.
 
+``vocabulary_breakdown`` splits the reference words by whether a vocabulary (the language model's
+dictionary, built from the training transcripts) holds them, and counts how many of each kind were
+recognized: out-of-vocabulary words can only come from the acoustic model spelling them.
+
 Inputs are transcripts already in the alphabet (``asr.text.normalize``); runs of spaces and
 leading/trailing spaces are ignored. An empty hypothesis is fine (all deletions); an empty
 reference is fine as long as the set has at least one reference word.
@@ -154,3 +158,49 @@ def score(references: Sequence[str], hypotheses: Sequence[str]) -> SetScores:
         max_chars=sum(u.max_chars for u in per_utterance),
         per_utterance=per_utterance,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabularyBreakdown:
+    """Reference words inside and outside a vocabulary, and how many of each were recognized (aligned
+    to an identical hypothesis word)."""
+
+    in_vocabulary: int
+    in_vocabulary_hits: int
+    out_of_vocabulary: int
+    out_of_vocabulary_hits: int
+
+    def summary(self) -> dict[str, float | int]:
+        """``oov_rate``: percent of reference words outside the vocabulary; ``iv_word_accuracy`` and
+        ``oov_word_accuracy``: percent of those words recognized."""
+        total = self.in_vocabulary + self.out_of_vocabulary
+        return {
+            "oov_rate": _percent(self.out_of_vocabulary, total),
+            "iv_word_accuracy": _percent(self.in_vocabulary_hits, self.in_vocabulary),
+            "oov_word_accuracy": _percent(self.out_of_vocabulary_hits, self.out_of_vocabulary),
+            "oov_words": self.out_of_vocabulary,
+        }
+
+
+def vocabulary_breakdown(
+    references: Sequence[str], hypotheses: Sequence[str], vocabulary: set[str] | frozenset[str]
+) -> VocabularyBreakdown:
+    """Count reference words in and out of ``vocabulary`` and their hits (word-level alignment)."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    counts = {True: [0, 0], False: [0, 0]}  # in vocabulary -> [words, hits]
+    for reference, hypothesis in zip(references, hypotheses, strict=True):
+        words = _clean(reference).split()
+        if not words:
+            continue
+        hit = [False] * len(words)
+        alignment = jiwer.process_words(_clean(reference), _clean(hypothesis)).alignments[0]
+        for chunk in alignment:
+            if chunk.type == "equal":
+                hit[chunk.ref_start_idx : chunk.ref_end_idx] = [True] * (
+                    chunk.ref_end_idx - chunk.ref_start_idx
+                )
+        for word, recognized in zip(words, hit, strict=True):
+            counts[word in vocabulary][0] += 1
+            counts[word in vocabulary][1] += recognized
+    return VocabularyBreakdown(*counts[True], *counts[False])

@@ -48,6 +48,54 @@ _WBITS = {"gzip": 31, "zlib": 15}
 _CRC_MASK_DELTA = 0xA282EAD8
 
 
+MANIFEST = "manifest.json"
+"""What ``asr.extract`` writes beside its shards: parameters, alphabet, counts, mean/std, shard list."""
+
+
+class ShardDirectoryError(ValueError):
+    """A directory that is not a usable ``asr.extract`` output; the message names the key and the path."""
+
+
+def read_manifest(shard_dir: str | os.PathLike, key: str) -> tuple[dict, list[Path]]:
+    """The manifest of an ``asr.extract`` output directory and its shard files that hold utterances.
+
+    Every reader of shards (training, evaluation, the LM build) checks a directory the same way: it
+    exists, its manifest is readable, its alphabet is :mod:`asr.text`'s, the shards it lists are all
+    there and hold at least one utterance. Raises :class:`ShardDirectoryError` whose message starts
+    with ``key`` (a recipe key or a command-line option) and names the path.
+    """
+    import json
+
+    from asr.text import SYMBOLS
+
+    shard_dir = Path(shard_dir)
+    if not shard_dir.is_dir():
+        raise ShardDirectoryError(f"{key}: {shard_dir}: no such shard directory (run asr.extract first)")
+    path = shard_dir / MANIFEST
+    if not path.is_file():
+        raise ShardDirectoryError(f"{key}: {shard_dir}: no {MANIFEST} (is it an asr.extract output?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ShardDirectoryError(f"{key}: {path}: unreadable manifest ({error})") from None
+    alphabet = manifest.get("alphabet")
+    if alphabet is not None and list(alphabet) != list(SYMBOLS):
+        raise ShardDirectoryError(
+            f"{key}: {path}: alphabet {''.join(alphabet)!r} differs from this code's {''.join(SYMBOLS)!r}"
+        )
+    listed = manifest.get("shards")
+    if listed is None:  # a manifest without a shard list: every shard file beside it
+        files = sorted({f for suffix in SUFFIXES.values() for f in shard_dir.glob(f"*{suffix}")})
+    else:
+        files = [shard_dir / entry["file"] for entry in listed if entry.get("utterances", 1)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ShardDirectoryError(f"{key}: {path}: lists shards that are missing: {', '.join(missing[:3])}")
+    if not files:
+        raise ShardDirectoryError(f"{key}: {shard_dir}: no utterances in its shards (empty split)")
+    return manifest, files
+
+
 # --------------------------------------------------------------------------- protobuf encoding
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from asr import text
 from asr.config import ConfigError, Recipe, dump_recipe, load_recipe, recipe_from_dict
+from asr.features import FEATURE_DIM
 from asr.model import output_frames, summary
 
 EXIT_BAD_INPUT = 2
@@ -151,12 +152,13 @@ class TrainingSession:
 
         if self._infer is None:
             model = self.model
-            self._infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+            self._infer = tf.function(
+                lambda x, n: model((x, n), training=False),
+                input_signature=[tf.TensorSpec([None, None, FEATURE_DIM]), tf.TensorSpec([None], tf.int32)],
+            )
         features = np.asarray(features)[:count]
         frames = np.asarray(frames)[:count]
-        steps = -(-features.shape[1] // 128) * 128  # few distinct shapes, few traces
-        features = np.pad(features, ((0, 0), (0, steps - features.shape[1]), (0, 0)))
-        logits = np.asarray(self._infer(tf.constant(features)))
+        logits = np.asarray(self._infer(tf.constant(features, tf.float32), tf.constant(frames, tf.int32)))
         out = np.asarray(output_frames(frames, self.recipe.model))
         pairs = []
         for row in range(len(features)):
@@ -217,7 +219,7 @@ def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None)
     def replica_step(features, frames, labels, label_lengths):
         before = [tf.identity(v) for v in statistics]
         with tf.GradientTape() as tape:
-            logits = model(features, training=True)
+            logits = model((features, frames), training=True)
             per_utterance = ctc_loss(labels, label_lengths, logits, output_frames(frames, recipe.model))
             loss_sum = tf.reduce_sum(per_utterance)
             loss = loss_sum / global_batch
@@ -373,12 +375,12 @@ def resolve_run(args: argparse.Namespace) -> tuple[Recipe, Path, bool]:
 # --------------------------------------------------------------------------- the loop
 
 
-def _find_corrupt_shard(files: Sequence[str]) -> str:
+def _find_corrupt_shard(shards) -> str:
     import tensorflow as tf
 
-    for file in files:
+    for file in shards.files:
         try:
-            for _ in tf.data.TFRecordDataset(file, compression_type="GZIP"):
+            for _ in tf.data.TFRecordDataset(file, compression_type=shards.compression_type):
                 pass
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
             return file
@@ -515,7 +517,7 @@ def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
                         break
                     except tf.errors.DataLossError:
                         raise TrainError(
-                            f"data.train: {_find_corrupt_shard(train_shards.files)}: corrupted shard "
+                            f"data.train: {_find_corrupt_shard(train_shards)}: corrupted shard "
                             "(TFRecord CRC or GZIP error); re-extract it"
                         ) from None
                     pending = None

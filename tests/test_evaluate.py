@@ -178,13 +178,14 @@ tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConf
 from asr.decoding import GreedyDecoder, split_batch
 from asr.evaluators.swap import conv_output_frames, replica_logits_fn
 
+from asr.config import ModelConfig
+from asr.model import build_model
+
+config = ModelConfig(conv_filters=16, conv_stride=2, rnn="gru", bidirectional=True, rnn_layers=1, rnn_units=8,
+                     dropout=0.5)
+
 def build():
-    inputs = keras.Input((None, 93))
-    x = keras.layers.Conv1D(16, 11, strides=2, padding="valid")(inputs)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.Dropout(0.5)(x)
-    x = keras.layers.LSTM(8, return_sequences=True)(x)
-    return keras.Model(inputs, keras.layers.Dense(30)(x))
+    return build_model(config)
 
 keras.utils.set_random_seed(1)
 single = build()
@@ -200,13 +201,14 @@ mean, std = features.mean(axis=(0, 1)), features.std(axis=(0, 1))
 on_one = replica_logits_fn(tf.distribute.get_strategy(), single, conv_output_frames(11, 2), mean, std)
 on_two = replica_logits_fn(strategy, mirrored, conv_output_frames(11, 2), mean, std)
 one, two = on_one(features, frames, labels), on_two(features, frames, labels)
-direct = single((features - mean) / std, training=False).numpy()
+alone = [single(((features[i:i + 1, :n] - mean) / std, np.array([n])), training=False).numpy()[0]
+         for i, n in enumerate(frames)]
 json.dump({
     "replicas": strategy.num_replicas_in_sync,
     "shape": list(two[0].shape),
     "out_frames": two[1].tolist(),
     "max_diff": float(np.abs(one[0] - two[0]).max()),
-    "first_vs_direct": float(np.abs(one[0][0] - direct[0]).max()),
+    "padded_vs_alone": max(float(np.abs(one[0][i, :len(a)] - a).max()) for i, a in enumerate(alone)),
     "loss_one": [None if np.isnan(v) else v for v in one[2].tolist()],
     "loss_two": [None if np.isnan(v) else v for v in two[2].tolist()],
     "texts_equal": GreedyDecoder().decode(split_batch(one[0], one[1]))
@@ -230,8 +232,21 @@ def test_replica_logits_split_over_two_replicas_match_one_device(tmp_path):
     assert report["shape"] == [3, 15, 30]
     assert report["out_frames"] == [15, 10, 8]
     assert report["max_diff"] < 1e-5
-    assert report["first_vs_direct"] < 1e-4  # the longest utterance has no padding to mask
+    assert report["padded_vs_alone"] < 1e-4  # padding (masked) changes no utterance's logits
     assert report["loss_one"][2] is None and report["loss_two"][2] is None  # 20 labels, 8 frames
     assert report["loss_one"][:2] == pytest.approx(report["loss_two"][:2], rel=1e-5)
     assert all(v > 0 for v in report["loss_two"][:2])
     assert report["texts_equal"]
+
+
+def test_words_outside_the_dictionary_are_counted_in_rows_and_table(dev_set):
+    vocabulary = frozenset({"the", "cat", "sat", "a", "dog", "mat"})  # "cool", "it's", "here" are not
+    mistakes = {1: "a col dog", 0: "the cat sad"}
+    result = run_set(dev_set, oracle_logits_fn(dev_set, mistakes), GreedyDecoder(), 4, vocabulary)
+    row = result.row()
+    assert row["oov_rate"] == pytest.approx(30.0) and row["oov_words"] == 3
+    assert row["oov_word_accuracy"] == pytest.approx(100 * 2 / 3)  # "cool" missed
+    assert row["iv_word_accuracy"] == pytest.approx(100 * 6 / 7)  # "sat" missed
+    table = format_table([result])
+    assert "| dev-clean | 30.0 | 85.7 | 66.7 |" in table
+    assert "oov_rate" not in run_set(dev_set, oracle_logits_fn(dev_set), GreedyDecoder(), 4).row()

@@ -49,7 +49,7 @@ def test_checkpoint_that_does_not_fit_the_recipe_is_one_line_exit_2(tiny_shards,
     run = tmp_path / "run"
     assert train(tiny_shards, run, "train.max_steps=2", "eval.mode=external").returncode == 0
     recipe = (run / "recipe.yaml").read_text()
-    (run / "recipe.yaml").write_text(recipe.replace("lstm_units: 16", "lstm_units: 24"))
+    (run / "recipe.yaml").write_text(recipe.replace("rnn_units: 16", "rnn_units: 24"))
     result = subprocess.run(
         [sys.executable, "-m", "asr.evaluate", "--run", str(run), "--data", str(tiny_shards / "dev"),
          "--beam", "1"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asr.metrics import EmptySetError, score
+from asr.metrics import EmptySetError, VocabularyBreakdown, score, vocabulary_breakdown
 
 # Worked by hand:
 #   "the cat sat" -> "the bat": words the=the, cat->bat (S), sat deleted (D); characters c->b (S) and
@@ -86,3 +86,16 @@ def test_empty_set_is_an_error():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
         score(["a", "b"], ["a"])
+
+
+def test_vocabulary_breakdown_counts_words_in_and_out_of_the_dictionary():
+    vocabulary = {"the", "cat", "sat", "on", "mat"}
+    references = ["the cat sat on the mat", "a sylph sat"]
+    hypotheses = ["the cat sad on the mat", "a silf sat"]
+    breakdown = vocabulary_breakdown(references, hypotheses, vocabulary)
+    # in: the cat sat on the mat sat (7), recognized all but "sat" in the first; out: a sylph (2), "a" right
+    assert breakdown == VocabularyBreakdown(7, 6, 2, 1)
+    assert breakdown.summary() == pytest.approx(
+        {"oov_rate": 100 * 2 / 9, "iv_word_accuracy": 100 * 6 / 7, "oov_word_accuracy": 50.0, "oov_words": 2}
+    )
+    assert vocabulary_breakdown([""], ["noise"], vocabulary) == VocabularyBreakdown(0, 0, 0, 0)

@@ -20,7 +20,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = [
-    "model.conv_filters=16", "model.lstm_layers=2", "model.lstm_units=16", "train.global_batch=4",
+    "model.conv_filters=16", "model.rnn_layers=2", "model.rnn_units=16", "train.global_batch=4",
     "eval.lm=", "eval.beam_width=4", "eval.decode_workers=1", "train.sample_every_steps=3",
 ]  # fmt: skip
 

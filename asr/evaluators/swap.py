@@ -18,11 +18,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from asr.text import BLANK_ID
-
-PAD_FRAMES = 128
-"""Evaluation batches are zero-padded in time to a multiple of this many frames (1.28 s)."""
-
 OutputFrames = Callable[[np.ndarray], np.ndarray]
 """Output frames of the model for input frames (the convolution's arithmetic), both ``int [B]``."""
 
@@ -54,24 +49,25 @@ def replica_logits_fn(
     """
     import tensorflow as tf
 
-    replicas = strategy.num_replicas_in_sync
+    from asr.model import ctc_loss
 
-    @tf.function(reduce_retracing=True)
-    def step(features, out_frames, labels, label_lengths):
-        def on_replica(ctx_features, ctx_frames, ctx_labels, ctx_label_lengths):
-            logits = tf.cast(model(ctx_features, training=False), tf.float32)
-            loss = tf.nn.ctc_loss(
-                labels=ctx_labels,
-                logits=logits,
-                label_length=ctx_label_lengths,
-                logit_length=ctx_frames,
-                logits_time_major=False,
-                blank_index=BLANK_ID,
-            )
-            return logits, loss
+    replicas = strategy.num_replicas_in_sync
+    signature = [
+        tf.TensorSpec([None, None, None], tf.float32),  # features
+        tf.TensorSpec([None], tf.int32),  # input frames
+        tf.TensorSpec([None], tf.int32),  # output frames
+        tf.TensorSpec([None, None], tf.int32),  # labels
+        tf.TensorSpec([None], tf.int32),  # label lengths
+    ]
+
+    @tf.function(input_signature=signature)
+    def step(*batch):
+        def on_replica(features, frames, out_frames, labels, label_lengths):
+            logits = tf.cast(model((features, frames), training=False), tf.float32)
+            return logits, ctc_loss(labels, label_lengths, logits, out_frames)
 
         per_replica = strategy.experimental_distribute_values_from_function(
-            lambda ctx: _replica_slice((features, out_frames, labels, label_lengths), ctx, replicas)
+            lambda ctx: _replica_slice(batch, ctx, replicas)
         )
         logits, loss = strategy.run(on_replica, args=per_replica)
         return strategy.gather(logits, axis=0), strategy.gather(loss, axis=0)
@@ -89,22 +85,23 @@ def replica_logits_fn(
         dense_labels = np.zeros((padded, max(1, int(label_lengths.max()))), np.int32)
         for row, label in enumerate(labels):
             dense_labels[row, : len(label)] = label
-        if padded > batch:
+        if padded > batch:  # empty utterances, so that every replica gets an equal share
             features = np.concatenate([features, np.zeros((padded - batch, *features.shape[1:]), np.float32)])
+            frames = np.concatenate([frames, np.zeros(padded - batch, np.int64)])
             out = np.concatenate([out, np.ones(padded - batch, np.int64)])
-        frames_in = features.shape[1]
-        logit_steps = int(output_frames(np.array([frames_in]))[0])
-        steps = -(-frames_in // PAD_FRAMES) * PAD_FRAMES  # few distinct shapes: few traces
-        if steps > features.shape[1]:
-            features = np.pad(features, ((0, 0), (0, steps - features.shape[1]), (0, 0)))
+        logit_steps = int(output_frames(np.array([features.shape[1]]))[0])
+        # TF's CTC kernel refuses empty and too-long transcripts (padding rows, short utterances): those
+        # are scored against one label instead, and their loss reported as nan
+        unfit = (label_lengths > out) | (label_lengths == 0)
         logits, loss = step(
             tf.constant(features),
+            tf.constant(frames, tf.int32),
             tf.constant(np.maximum(out, 1), tf.int32),
             tf.constant(dense_labels),
-            tf.constant(label_lengths),
+            tf.constant(np.where(unfit, 1, label_lengths).astype(np.int32)),
         )
         loss = loss.numpy()[:batch].astype(np.float64)
-        loss[~np.isfinite(loss) | (label_lengths[:batch] > out[:batch])] = np.nan
+        loss[~np.isfinite(loss) | unfit[:batch]] = np.nan
         return logits.numpy()[:batch, :logit_steps], out[:batch], loss
 
     return logits_fn

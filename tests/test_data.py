@@ -1,0 +1,108 @@
+"""The tf.data input pipeline: augmentation functions (eagerly and inside Dataset.map), epoch plans,
+batches read from real shards of the tiny corpus."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from asr import data
+from asr.config import ConfigError, DataConfig, ModelConfig, load_recipe
+from asr.model import output_frames
+
+MODEL = ModelConfig(conv_kernel=11, conv_stride=2)
+
+
+def ramp(frames: int) -> tf.Tensor:
+    """Features whose value is the frame index, in every dimension."""
+    return tf.tile(tf.range(frames, dtype=tf.float32)[:, None], [1, 93])
+
+
+def test_stretch_time_by_one_is_identity_and_by_two_takes_every_other_frame():
+    same, count = data.stretch_time(ramp(10), tf.constant(10), 1.0)
+    assert int(count) == 10
+    np.testing.assert_allclose(same.numpy(), ramp(10).numpy())
+    faster, count = data.stretch_time(ramp(10), tf.constant(10), 2.0)
+    assert int(count) == 5
+    assert faster.numpy()[:, 0].tolist() == [0, 2, 4, 6, 8]
+
+
+def test_stretch_time_slower_interpolates_between_frames():
+    slower, count = data.stretch_time(ramp(4), tf.constant(4), 0.5)
+    assert int(count) == 8
+    # positions 0, .5, 1, ... 3.5; the last one clamps to the last frame
+    assert slower.numpy()[:, 5].tolist() == [0, 0.5, 1, 1.5, 2, 2.5, 3, 3]
+
+
+def test_tempo_never_makes_a_transcript_unfit():
+    config = DataConfig(tempo_range=(2.0, 2.0))
+    frames = 200
+    fitting = int(output_frames(frames // 2, MODEL))
+    for labels, expected in ((fitting, frames // 2), (fitting + 1, frames)):
+        _, count = data.perturb_tempo(ramp(frames), tf.constant(frames), labels, config, MODEL, [1, 2])
+        assert int(count) == expected
+
+
+def test_tempo_draws_are_reproducible_and_within_range_inside_dataset_map():
+    config = DataConfig(tempo_range=(0.9, 1.1))
+
+    def draw(index):
+        _, count = data.perturb_tempo(ramp(300), tf.constant(300), 10, config, MODEL, tf.stack([7, index]))
+        return count
+
+    def draw_all():
+        return list(tf.data.Dataset.range(50).map(lambda i: draw(tf.cast(i, tf.int32))).as_numpy_iterator())
+
+    counts, again = draw_all(), draw_all()
+    assert counts == again
+    assert min(counts) >= int(300 / 1.1) and max(counts) <= int(300 / 0.9)
+    assert len(set(counts)) > 10
+
+
+def test_spec_augment_masks_bands_and_spans_with_zeros():
+    config = DataConfig(freq_masks=1, freq_mask_width=20, time_masks=1, time_mask_width=30)
+    features = tf.ones([200, 93])
+    masked = data.spec_augment(features, tf.constant(200), config, tf.constant([3, 4])).numpy()
+    zero_columns = np.flatnonzero((masked == 0).all(axis=0))
+    zero_rows = np.flatnonzero((masked == 0).all(axis=1))
+    assert zero_columns.size <= 20 and zero_rows.size <= 30
+    assert np.all(np.diff(zero_columns) == 1) and np.all(np.diff(zero_rows) == 1)  # contiguous
+    untouched = np.delete(np.delete(masked, zero_rows, axis=0), zero_columns, axis=1)
+    assert (untouched == 1).all()
+
+
+def test_bad_tempo_range_is_named(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {tempo_range: [1.2, 0.8]}\n")
+    with pytest.raises(ConfigError, match=r"data\.tempo_range"):
+        load_recipe(recipe)
+
+
+def test_epoch_plan_counts_what_the_dataset_yields(tiny_shards):
+    shards = data.open_shards(tiny_shards / "train")
+    config = DataConfig(padding="bucket", bucket_boundaries=(400, 700), readers=2, buffer=2)
+    plan = data.plan_epoch(shards, config, MODEL, 2)
+    batches = list(data.training_dataset(shards, config, MODEL, 2, epoch=0, seed=1).as_numpy_iterator())
+    assert len(batches) == plan.steps > 0
+    for features, frames, _, label_lengths in batches:
+        assert features.shape[0] == 2 and features.shape[2] == 93
+        assert features.shape[1] == frames.max()
+        assert (output_frames(frames, MODEL) >= label_lengths).all()
+    too_short = dataclasses.replace(MODEL, conv_stride=40)
+    dropped = data.plan_epoch(shards, config, too_short, 2).dropped
+    assert dropped.get(data.DROP_LABELS_TOO_LONG, 0) == shards.utterances
+
+
+def test_an_epoch_is_the_same_batches_whatever_reads_it_and_tempo_changes_lengths(tiny_shards):
+    shards = data.open_shards(tiny_shards / "train")
+    plain = DataConfig(padding="bucket", bucket_boundaries=(10_000,), readers=2, buffer=2)
+    tempo = dataclasses.replace(plain, tempo_range=(0.8, 1.25))
+
+    def frames_of(config, epoch):
+        batches = data.training_dataset(shards, config, MODEL, 4, epoch=epoch, seed=5)
+        return np.sort(np.concatenate([b[1] for b in batches.as_numpy_iterator()]))
+
+    assert frames_of(tempo, 0).tolist() == frames_of(tempo, 0).tolist()
+    assert frames_of(tempo, 0).tolist() != frames_of(plain, 0).tolist()
+    assert frames_of(tempo, 0).tolist() != frames_of(tempo, 1).tolist()
