@@ -2,7 +2,8 @@
 fed from in-memory tensors, a plain Keras ``model.fit`` of the same architecture, and the machine's dense
 float32 matmul FLOP/s.
 
-    python tools/bench_train.py [--shards work/minilibri/train] [--steps 4] [--warmup 2] [--skip-paper]
+    python tools/bench_train.py [--shards work/minilibri/train] [--steps 4] [--warmup 2] [--rounds 3]
+                                [--skip-paper]
 
 Models: the paper's (recipes/base.yaml sizes, every utterance padded to 1670 frames, batch --paper-batch)
 and the ``cpu`` recipe (its length buckets, batch --cpu-batch). Shards: ``asr.extract`` output of
@@ -52,35 +53,44 @@ def collect(recipe, shards, count: int) -> list[tuple]:
     return [tuple(t.numpy() for t in batch[:-1]) for batch, _ in zip(stream, range(count), strict=False)]
 
 
-def time_project(recipe, strategy, batches, shards=None, warmup: int = 2) -> list[float]:
-    """Seconds per step after ``warmup``; with ``shards`` the batches come from the tf.data pipeline."""
+def project_runner(recipe, strategy, batches, shards=None, warmup: int = 2):
+    """A function timing one pass of the project's step over ``batches`` (seconds per step after
+    ``warmup``); with ``shards`` each pass reads the same batches from a fresh tf.data pipeline."""
     import tensorflow as tf
 
     from asr import data
     from asr.train import TrainingSession, distributed_batches
 
     session = TrainingSession(strategy, recipe, Path(tempfile.mkdtemp()), is_chief=True)
-    if shards is not None:
-        stream = data.training_stream(
-            shards, recipe.data, recipe.model, recipe.train.global_batch, 0, 1, 1234
-        )
-        source = distributed_batches(strategy, stream, session)
-    else:
-        spec = tuple(tf.TensorSpec([None, *b.shape[1:]], tf.as_dtype(b.dtype)) for b in batches[0])
+    if shards is None:
+        # batch and time vary (length buckets); only the feature width is fixed
+        spec = tuple(tf.TensorSpec([None] * min(b.ndim, 2) + list(b.shape[2:]), tf.as_dtype(b.dtype))
+                     for b in batches[0])  # fmt: skip
         session.set_input_spec(spec)
-        source = iter([(*map(tf.constant, b), None) for b in batches])
-    times = []
-    for index in range(len(batches)):
-        began = time.perf_counter()
-        *batch, _ = next(source)
-        session.train_step(tuple(batch))
-        if index >= warmup:
-            times.append(time.perf_counter() - began)
-    return times
+
+    def run() -> list[float]:
+        if shards is not None:
+            stream = data.training_stream(
+                shards, recipe.data, recipe.model, recipe.train.global_batch, 0, 1, 1234
+            )
+            source = distributed_batches(strategy, stream, session)
+        else:
+            source = iter([(*map(tf.constant, b), None) for b in batches])
+        times = []
+        for index in range(len(batches)):
+            began = time.perf_counter()
+            *batch, _ = next(source)
+            session.train_step(tuple(batch))
+            if index >= warmup:
+                times.append(time.perf_counter() - began)
+        return times
+
+    return run
 
 
-def time_fit(recipe, batches, warmup: int = 2) -> list[float]:
-    """Plain Keras 3 ``model.fit`` on the same tensors (labels and lengths packed into ``y``)."""
+def fit_runner(recipe, batches, warmup: int = 2):
+    """A function timing one plain Keras 3 ``model.fit`` epoch over the same tensors (labels and lengths
+    packed into ``y``): seconds per step after ``warmup``."""
     import keras
     import tensorflow as tf
 
@@ -107,19 +117,22 @@ def time_fit(recipe, batches, warmup: int = 2) -> list[float]:
 
     model = build_model(recipe.model)
     model.compile(optimizer=make_optimizer(recipe), loss=loss)
-    times: list[float] = []
+    ends: list[float] = []
 
     class Timer(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.began = time.perf_counter()
+        """Step time = time between consecutive batch ends: all ``fit`` does per step (time between a
+        batch's begin and end hooks leaves out part of it: on this machine 0.96 s of 1.1-1.3 s)."""
 
         def on_train_batch_end(self, batch, logs=None):
-            if batch >= warmup:
-                times.append(time.perf_counter() - self.began)
+            ends.append(time.perf_counter())
 
-    model.fit(features, packed, batch_size=recipe.train.global_batch, epochs=1, shuffle=False, verbose=0,
-              callbacks=[Timer()])  # fmt: skip
-    return times
+    def run() -> list[float]:
+        ends.clear()
+        model.fit([features, frames], packed, batch_size=recipe.train.global_batch, epochs=1,
+                  shuffle=False, verbose=0, callbacks=[Timer()])  # fmt: skip
+        return np.diff(ends)[max(warmup - 1, 0) :].tolist()
+
+    return run
 
 
 def pad_to_common_length(batches: list[tuple]) -> list[tuple]:
@@ -127,21 +140,34 @@ def pad_to_common_length(batches: list[tuple]) -> list[tuple]:
     return [(np.pad(b[0], ((0, 0), (0, longest - b[0].shape[1]), (0, 0))), *b[1:]) for b in batches]
 
 
-def bench(name: str, recipe, shards, strategy, steps: int, warmup: int, peak: float) -> list[str]:
+def bench(
+    name: str, recipe, shards, strategy, steps: int, warmup: int, rounds: int, peak: float
+) -> list[str]:
+    """Each variant times ``steps`` steps per round; the rounds alternate the variants, so that load from
+    elsewhere on the machine falls on all of them alike. Figures are means over all rounds."""
     from asr.model import flops_per_frame
 
     batches = collect(recipe, shards, steps + warmup)
-    utterances = recipe.train.global_batch
-    pipeline = np.median(time_project(recipe, strategy, batches, shards=shards, warmup=warmup))
-    memory = np.median(time_project(recipe, strategy, batches, warmup=warmup))
     common = pad_to_common_length(batches)
-    project_common = np.median(time_project(recipe, strategy, common, warmup=warmup))
-    fit = np.median(time_fit(recipe, common, warmup=warmup))
+    runners = {
+        "pipeline": project_runner(recipe, strategy, batches, shards=shards, warmup=warmup),
+        "memory": project_runner(recipe, strategy, batches, warmup=warmup),
+        "project_common": project_runner(recipe, strategy, common, warmup=warmup),
+        "fit": fit_runner(recipe, common, warmup=warmup),
+    }
+    times: dict[str, list[float]] = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            times[key].extend(run())
+    # the same batches in every variant, of very different lengths: compare means, not medians
+    pipeline, memory, project_common, fit = (float(np.mean(times[key])) for key in runners)
+    utterances = recipe.train.global_batch
     audio = np.mean([b[1].sum() * 0.01 for b in batches[warmup:]])
     padded_frames = np.mean([b[0].shape[0] * b[0].shape[1] for b in batches[warmup:]])
     achieved = 3 * flops_per_frame(recipe.model) * padded_frames / memory
     return [
-        f"{name}: batch {utterances}, {padded_frames / utterances:.0f} padded frames per utterance",
+        f"{name}: batch {utterances}, {padded_frames / utterances:.0f} padded frames per utterance, "
+        f"{rounds} rounds x {steps} steps per variant",
         f"  project step, tf.data pipeline : {pipeline:7.2f} s/step  {utterances / pipeline:6.2f} utt/s  "
         f"{audio / pipeline:7.1f} audio-s/s",
         f"  project step, in-memory        : {memory:7.2f} s/step  {utterances / memory:6.2f} utt/s  "
@@ -160,6 +186,7 @@ def main() -> int:
     parser.add_argument("--corpus", default=str(REPO_ROOT.parent / "shared" / "minilibri"))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant")
     parser.add_argument("--paper-batch", type=int, default=4)
     parser.add_argument("--cpu-batch", type=int, default=16)
     parser.add_argument("--skip-paper", action="store_true")
@@ -178,12 +205,13 @@ def main() -> int:
     peak = matmul_flops()
     print(f"dense float32 matmul (2048^2): {peak / 1e9:.1f} GFLOP/s on {os.cpu_count()} cores "
           "(other work on the machine lowers every figure alike)")  # fmt: skip
-    lines = bench("cpu recipe", cpu, shards, strategy, args.steps, args.warmup, peak)
+    lines = bench("cpu recipe", cpu, shards, strategy, args.steps, args.warmup, args.rounds, peak)
     print("\n".join(lines), flush=True)
     if not args.skip_paper:
         paper = load_recipe(REPO_ROOT / "recipes" / "base.yaml", [f"train.global_batch={args.paper_batch}",
                             "train.optimizer=adadelta"])  # fmt: skip
-        print("\n".join(bench("paper model", paper, shards, strategy, args.steps, args.warmup, peak)))
+        lines = bench("paper model", paper, shards, strategy, args.steps, args.warmup, args.rounds, peak)
+        print("\n".join(lines))
     return 0
 
 
