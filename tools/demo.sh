@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: extract -> language model -> train (swap-in evaluation, TTA) -> final evaluation -> report.
+# The main job: extract -> language model -> train (per-epoch evaluation, TTA) -> final evaluation -> report.
 #
 #   bash tools/demo.sh [--stage N] [--stop-stage M] [--corpus DIR] [--work DIR] [--run-dir DIR]
 #                      [--minutes M] [--final-beam W] [--set section.key=value ...]
@@ -87,7 +87,7 @@ if begin 2 "language model (4-gram KenLM + dictionary, training transcripts only
     done_in 2
 fi
 
-if begin 3 "train (recipes/demo.yaml: swap-in evaluation every epoch, time-to-accuracy tracker)"; then
+if begin 3 "train (recipes/demo.yaml: evaluation every epoch, time-to-accuracy tracker)"; then
     if [[ -f $RUN_DIR/.done ]]; then
         echo "$RUN_DIR: trained already, skipped (delete $RUN_DIR/.done to train on)"
     else
