@@ -159,6 +159,8 @@ class SetResult:
     audio_seconds: float
     vocabulary: VocabularyBreakdown | None = None
     """Reference words in and out of the LM's dictionary and how many were recognized (with an LM)."""
+    language_model: dict | None = None
+    """With an LM: its directory (``lm``) and weights (``lm_alpha``, ``lm_beta``): how the row was made."""
 
     def event_fields(self, source: str) -> dict:
         """Fields of an ``eval`` event (see :mod:`asr.events`)."""
@@ -192,6 +194,7 @@ class SetResult:
             "beam_width": self.beam_width,
             "audio_seconds": self.audio_seconds,
             **(self.vocabulary.summary() if self.vocabulary else {}),
+            **(self.language_model or {}),
         }
 
 
@@ -304,7 +307,7 @@ def format_table(results: Sequence[SetResult], title: str = "") -> str:
         return table
     vocabulary = [
         "",
-        "Reference words in and out of the LM's dictionary (the training transcripts' words):",
+        "Reference words in and out of the LM's dictionary (the words of the LM's training text):",
         "",
         "| set | OOV rate % | in-dictionary words recognized % | out-of-dictionary words recognized % |",
         "|---|---:|---:|---:|",
@@ -359,8 +362,13 @@ def evaluate_checkpoint(
         ) as decoder:
             unigrams = resolve_lm(setting.lm_dir)[1] if setting.lm_dir else None
             vocabulary = frozenset(unigrams) if unigrams else None
+            language_model = None
+            if decoder.uses_lm:
+                lm_path = str(Path(setting.lm_dir).resolve())
+                language_model = {"lm": lm_path, "lm_alpha": setting.alpha, "lm_beta": setting.beta}
             for eval_set in sets:
-                results.append(run_set(eval_set, logits_fn, decoder, batch_size, vocabulary))
+                result = run_set(eval_set, logits_fn, decoder, batch_size, vocabulary)
+                results.append(dataclasses.replace(result, language_model=language_model))
     return results
 
 

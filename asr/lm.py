@@ -30,6 +30,7 @@ Tiny corpora (tests, the bundled corpus) do not have the count-of-counts Kneser-
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -235,40 +236,51 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Build the KenLM n-gram model and dictionary from training transcripts. Only the "
         "sources named here are read: never point it at dev/test transcripts unless you mean to.",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
+    parser.add_argument(
         "--manifest",
         nargs="+",
+        default=[],
         metavar="TRAIN_OUT",
         help="asr.extract output directories (manifest.json beside the shards)",
     )
-    source.add_argument("--text", nargs="+", metavar="FILE", help="plain text files, one sentence a line")
+    parser.add_argument(
+        "--text",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="plain text files, one sentence a line (.gz read as gzip); combinable with --manifest",
+    )
     parser.add_argument("--order", type=int, default=4, help="n-gram order (default 4)")
     parser.add_argument("--out", required=True, metavar="LM_DIR", help="output directory")
     parser.add_argument("--kenlm-bin", metavar="DIR", help="directory with lmplz and build_binary")
     parser.add_argument("--memory", default="1G", help="lmplz sorting memory, e.g. 1G or 10%% (default 1G)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.manifest and not args.text:
+        parser.error("name the training text: --manifest TRAIN_OUT and/or --text FILE")
+    return args
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """Lines of a plain or gzip (``.gz``) text file; :class:`LMError` names the file it cannot read."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                return handle.read().splitlines()
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError, EOFError) as error:
+        raise LMError(f"--text {path}: cannot read: {error}") from error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         skipped: Counter = Counter()
-        if args.manifest:
-            sentences = [text for directory in args.manifest for text in read_shard_texts(directory)]
-            sources = [str(Path(d).resolve()) for d in args.manifest]
-        else:
-            sentences = []
-            for name in args.text:
-                path = Path(name)
-                try:
-                    lines = path.read_text(encoding="utf-8").splitlines()
-                except (OSError, UnicodeDecodeError) as error:
-                    raise LMError(f"--text {path}: cannot read: {error}") from error
-                kept, dropped = normalize_lines(lines)
-                sentences.extend(kept)
-                skipped.update(dropped)
-            sources = [str(Path(name).resolve()) for name in args.text]
+        sentences = [text for directory in args.manifest for text in read_shard_texts(directory)]
+        for name in args.text:
+            kept, dropped = normalize_lines(read_text_lines(Path(name)))
+            sentences.extend(kept)
+            skipped.update(dropped)
+        sources = [str(Path(name).resolve()) for name in [*args.manifest, *args.text]]
         for reason, count in sorted(skipped.items()):
             print(f"asr.lm: skipped {count} line(s): {reason}", file=sys.stderr)
         info = build_lm(sentences, args.out, args.order, args.kenlm_bin, sources, args.memory, dict(skipped))

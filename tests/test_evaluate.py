@@ -160,6 +160,19 @@ def test_evaluate_checkpoint_sweeps_and_saves_files_report_reads(dev_set, tmp_pa
     assert [(r["beam_width"], r["checkpoint"]) for r in rows] == [(1, "ckpt-7"), (4, "ckpt-9")]
 
 
+def test_rows_decoded_with_an_lm_name_the_lm_and_its_weights(dev_set, tmp_path):
+    from asr.lm import build_lm
+
+    lm_dir = tmp_path / "lm"
+    build_lm(["the cat sat on the mat", "a dog ran", "the dog sat"], lm_dir, order=2)
+    setting = DecodeSetting(4, str(lm_dir), alpha=0.7, beta=0.5, workers=1)
+    (result,) = evaluate_checkpoint([dev_set], oracle_logits_fn(dev_set), [setting], batch_size=2)
+    row = result.row()
+    assert row["decoder"] == "beam+lm"
+    assert (row["lm"], row["lm_alpha"], row["lm_beta"]) == (str(lm_dir.resolve()), 0.7, 0.5)
+    assert row["oov_words"] > 0  # the dictionary lacks some dev words
+
+
 def test_command_bad_input_is_one_line_exit_2(tmp_path, run_module):
     result = run_module("asr.evaluate", "--run", tmp_path, "--data", tmp_path)
     assert result.returncode == 2

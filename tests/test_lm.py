@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 
@@ -51,6 +52,28 @@ def test_command_builds_arpa_binary_dictionary_and_info_from_shards(tmp_path, ru
     seen, unseen = "the cat sat", "mat dog a"
     assert binary.score(seen) > binary.score(unseen)
     assert binary.score(seen) == pytest.approx(arpa.score(seen), abs=1e-4)
+
+
+def test_transcripts_and_gzip_book_text_combine_into_one_model(tmp_path, run_module):
+    shards = tmp_path / "features" / "train"
+    write_train_shards(shards, TRAIN_TEXTS)
+    books = tmp_path / "books.txt.gz"
+    with gzip.open(books, "wt", encoding="utf-8") as handle:
+        handle.write("And the bird flew.\nthe bird sat on the mat\n")
+    out = tmp_path / "lm"
+    result = run_module("asr.lm", "--manifest", shards, "--text", books, "--order", 2, "--out", out)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "lm.json").read_text())
+    assert info["sentences"] == 4 + 2
+    assert info["sources"] == [str(shards.resolve()), str(books.resolve())]
+    assert set(load_unigrams(out)) == {w for t in TRAIN_TEXTS for w in t.split()} | {"and", "bird", "flew"}
+
+
+def test_no_text_source_is_a_usage_error(tmp_path, run_module):
+    result = run_module("asr.lm", "--out", tmp_path / "lm")
+    assert result.returncode == 2
+    assert "--manifest TRAIN_OUT and/or --text FILE" in result.stderr
+    assert not (tmp_path / "lm").exists()
 
 
 def test_text_files_are_normalized_and_bad_lines_counted(tmp_path, run_module):

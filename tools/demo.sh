@@ -2,12 +2,13 @@
 # The main job: extract -> language model -> train (per-epoch evaluation, TTA) -> final evaluation -> report.
 #
 #   bash tools/demo.sh [--stage N] [--stop-stage M] [--corpus DIR] [--work DIR] [--run-dir DIR]
-#                      [--minutes M] [--final-beam W] [--set section.key=value ...]
+#                      [--minutes M] [--final-beam W] [--lm-text FILE|''] [--set section.key=value ...]
 #
 # Stages (icefall style: each skips work already finished, so re-running continues where it stopped):
 #   0  check the environment (venv, KenLM binaries)
 #   1  extract features of train-clean, dev-clean, test-clean   -> WORK/{train,dev,test}
-#   2  build the 4-gram KenLM model from the training transcripts -> WORK/lm
+#   2  4-gram KenLM model from the training transcripts + LM text  -> WORK/lm
+#      (--lm-text: default data/lm-text/minilibri-books.txt.gz, the books minus dev/test; '' = none)
 #   3  train recipes/demo.yaml (cpu recipe) until its time budget  -> RUN_DIR
 #   4  final evaluation: beam 256 + LM on test-clean and dev-clean -> RUN_DIR/eval
 #   5  report (Markdown + HTML + plots)                            -> RUN_DIR/report
@@ -24,9 +25,10 @@ WORK=work/demo
 RUN_DIR=runs/demo
 MINUTES=""
 FINAL_BEAM=256
+LM_TEXT=data/lm-text/minilibri-books.txt.gz
 SETS=()
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 fail() { echo "error: demo.sh: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
@@ -39,6 +41,7 @@ while [[ $# -gt 0 ]]; do
         --run-dir) RUN_DIR=${2:?}; shift 2 ;;
         --minutes) MINUTES=${2:?}; shift 2 ;;
         --final-beam) FINAL_BEAM=${2:?}; shift 2 ;;
+        --lm-text) LM_TEXT=${2?}; shift 2 ;;
         --set) SETS+=(--set "${2:?}"); shift 2 ;;
         *) fail "unknown option $1 (see --help)" ;;
     esac
@@ -62,6 +65,7 @@ if begin 0 "check the environment"; then
     [[ -x $KENLM_BIN/lmplz && -x $KENLM_BIN/build_binary ]] \
         || fail "KenLM binaries missing in $KENLM_BIN: run 'make kenlm'"
     [[ -d $CORPUS ]] || fail "--corpus $CORPUS: no such directory"
+    [[ -z $LM_TEXT || -f $LM_TEXT ]] || fail "--lm-text $LM_TEXT: no such file"
     echo "python: $PY; KenLM: $KENLM_BIN; corpus: $CORPUS; work: $WORK; run: $RUN_DIR"
     done_in 0
 fi
@@ -78,11 +82,13 @@ if begin 1 "extract features (80 log-Mel + 13 MFCC, TFRecord shards)"; then
     done_in 1
 fi
 
-if begin 2 "language model (4-gram KenLM + dictionary, training transcripts only)"; then
+if begin 2 "language model (4-gram KenLM + dictionary: training transcripts${LM_TEXT:+ + $LM_TEXT})"; then
     if [[ -f $WORK/lm/lm.binary ]]; then
         echo "$WORK/lm: done already, skipped"
     else
-        "$PY" -m asr lm --manifest "$WORK/train" --order 4 --out "$WORK/lm" --kenlm-bin "$KENLM_BIN"
+        text=()
+        [[ -n $LM_TEXT ]] && text=(--text "$LM_TEXT")
+        "$PY" -m asr lm --manifest "$WORK/train" "${text[@]}" --order 4 --out "$WORK/lm" --kenlm-bin "$KENLM_BIN"
     fi
     done_in 2
 fi
