@@ -402,6 +402,11 @@ def utilization(run: Run) -> dict[str, Any] | None:
     if not samples:
         return None
     cpu = np.array([float(e["cpu_percent"]) for e in samples])
+    with_children = [
+        float(e["cpu_percent"]) + float(e["children_cpu_percent"])
+        for e in samples
+        if _number(e.get("children_cpu_percent"))
+    ]
     gpus: dict[int, dict[str, list[float]]] = {}
     for event in samples:
         for gpu in event.get("gpus") or []:
@@ -413,6 +418,7 @@ def utilization(run: Run) -> dict[str, Any] | None:
         "samples": len(samples),
         "cpu_mean": float(cpu.mean()),
         "cpu_p95": float(np.percentile(cpu, 95)),
+        "cpu_with_children_mean": float(np.mean(with_children)) if with_children else None,
         "gpus": {
             index: {
                 "utilization_mean": float(np.mean(v["utilization"])) if v["utilization"] else None,
@@ -756,7 +762,7 @@ def utilization_table(report: Report) -> Table:
     for run in report.runs:
         result = utilization(run)
         if result is None:
-            rows.append([run.label, "0", "\u2014", "\u2014", "no samples"])
+            rows.append([run.label, "0", "\u2014", "\u2014", "\u2014", "no samples"])
             continue
         gpus = (
             "; ".join(
@@ -766,13 +772,31 @@ def utilization_table(report: Report) -> Table:
             or "none sampled"
         )
         rows.append(
-            [run.label, str(result["samples"]), f"{result['cpu_mean']:.0f}", f"{result['cpu_p95']:.0f}", gpus]
+            [
+                run.label,
+                str(result["samples"]),
+                f"{result['cpu_mean']:.0f}",
+                f"{result['cpu_p95']:.0f}",
+                "\u2014"
+                if result["cpu_with_children_mean"] is None
+                else f"{result['cpu_with_children_mean']:.0f}",
+                gpus,
+            ]
         )
     return Table(
         "Utilization",
-        ["run", "samples", "CPU mean %", "CPU p95 %", "GPUs (mean utilization, peak memory)"],
+        [
+            "run",
+            "samples",
+            "CPU mean %",
+            "CPU p95 %",
+            "CPU mean % with child processes",
+            "GPUs (mean utilization, peak memory)",
+        ],
         rows,
-        "CPU % of the training process, 100 = one core busy (psutil); GPU utilization from NVML.",
+        "CPU % of the training process, 100 = one core busy (psutil); with child processes: plus its "
+        "descendants (the decoding pool during evaluation; \u2014 for runs logged before this was sampled); "
+        "GPU utilization from NVML.",
     )
 
 
@@ -934,20 +958,44 @@ def plot_accuracy(report: Report, figure: Any) -> None:
         axes.grid(True, which="both", alpha=0.3)
 
 
-def throughput_curve(run: Run) -> tuple[list[float], list[float]]:
-    """Utterances per second over run-clock seconds, as steps: each training step holds its rate
-    from its start to its end, and evaluation, swap and checkpoint phases are 0 (no training)."""
+def throughput_segments(run: Run) -> list[tuple[float, float, float]]:
+    """(start, end, utterances per second) over run-clock seconds, sorted: each training step holds its
+    rate from its start to its end; evaluation, swap and checkpoint phases are 0 (no training)."""
     segments = []
     for event in run.of_kind("step"):
         seconds, batch = event.get("step_seconds"), event.get("batch_size")
         if _number(event.get("elapsed")) and _number(seconds) and seconds > 0 and _number(batch):
             segments.append((float(event["elapsed"]) - seconds, float(event["elapsed"]), batch / seconds))
     segments += [(start, end, 0.0) for phase, start, end in phase_spans(run) if phase in NON_TRAIN_PHASES]
+    return sorted(segments)
+
+
+def throughput_curve(run: Run) -> tuple[list[float], list[float]]:
+    """The segments of :func:`throughput_segments` as a step curve (two points per segment)."""
     times, values = [], []
-    for start, end, value in sorted(segments):
+    for start, end, value in throughput_segments(run):
         times += [start, end]
         values += [value, value]
     return times, values
+
+
+def windowed_throughput(
+    segments: Sequence[tuple[float, float, float]], window: float = 60.0, spacing: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Utterances trained in the ``window`` seconds centred on each point (every ``spacing`` seconds),
+    divided by the window: the rate a user sees, evaluation and swapping included as time without
+    training. Only whole windows inside the segments' span are returned."""
+    if not segments:
+        return np.array([]), np.array([])
+    starts, ends, rates = np.array(segments, dtype=float).T
+    first, last = starts.min(), ends.max()
+
+    def trained_by(t: np.ndarray) -> np.ndarray:
+        covered = np.clip(t[:, None] - starts[None, :], 0.0, (ends - starts)[None, :])
+        return covered @ rates
+
+    centres = np.arange(first + window / 2, last - window / 2 + 1e-9, spacing)
+    return centres, (trained_by(centres + window / 2) - trained_by(centres - window / 2)) / window
 
 
 def plot_throughput(report: Report, figure: Any) -> None:
@@ -956,10 +1004,16 @@ def plot_throughput(report: Report, figure: Any) -> None:
     for run in report.runs:
         times, values = throughput_curve(run)
         if any(values):
-            axes.plot([t / 60 for t in times], values, color=run.color, label=run.label, linewidth=0.9)
+            axes.plot([t / 60 for t in times], values, color=run.color, linewidth=0.5, alpha=0.3)
+            centres, rates = windowed_throughput(throughput_segments(run))
+            axes.plot(centres / 60, rates, color=run.color, label=run.label, linewidth=2.0)
             drawn = True
-    axes.set_xlabel("run time (minutes); drops to 0 are evaluation, swapping and checkpointing")
+    axes.set_xlabel("run time (minutes)")
     axes.set_ylabel("utterances per second (all replicas)")
+    axes.set_title(
+        "thin: each training step (drops to 0: evaluation, swapping, checkpointing); thick: mean over 60 s",
+        fontsize=9,
+    )
     if drawn:
         axes.legend()
         axes.set_ylim(bottom=0)
@@ -994,6 +1048,14 @@ def plot_utilization(report: Report, figure: Any, window_start: float | None) ->
             marker=".",
             markersize=3,
         )
+        if any(_number(e.get("children_cpu_percent")) for e in samples):
+            axes.plot(
+                seconds,
+                [e["cpu_percent"] + e.get("children_cpu_percent", 0.0) for e in samples],
+                color=run.color,
+                linestyle=":",
+                label=f"{run.label} CPU with child processes",
+            )
         indices = sorted({g.get("index", 0) for e in samples for g in e.get("gpus") or []})
         for index, style in zip(indices, ["--", ":", "-.", (0, (5, 1))] * 4, strict=False):
             values = [

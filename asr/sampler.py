@@ -2,10 +2,12 @@
 
 Every ``interval_seconds`` it records the CPU use of the training process (``psutil``
 ``Process.cpu_percent`` since the previous sample; 100 = one core fully busy, so a 2-core
-machine tops out at 200) and, when NVML is available (``pynvml`` from ``nvidia-ml-py`` and an
-NVIDIA driver), per GPU: ``utilization`` (percent of the sample period a kernel ran),
-``memory_used_mb`` and ``power_w`` (board power; None where the GPU does not report it). Without
-NVML, ``gpus`` is an empty list: a machine without GPUs or driver is normal, never an error.
+machine tops out at 200), the same summed over its child processes (``children_cpu_percent``: the
+decoding pool works there during evaluation, while the training process mostly waits) and, when
+NVML is available (``pynvml`` from ``nvidia-ml-py`` and an NVIDIA driver), per GPU:
+``utilization`` (percent of the sample period a kernel ran), ``memory_used_mb`` and ``power_w``
+(board power; None where the GPU does not report it). Without NVML, ``gpus`` is an empty list: a
+machine without GPUs or driver is normal, never an error.
 
 Each event carries the run clock's ``elapsed`` seconds, so utilization lines up with the other
 events and excludes downtime. How training uses it::
@@ -106,6 +108,7 @@ class UtilizationSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._gpus: GpuProbe | None = None
+        self._children: dict[int, psutil.Process] = {}
 
     def _clock_function(self, clock: Any) -> Callable[[], float]:
         if clock is None:
@@ -123,10 +126,26 @@ class UtilizationSampler:
         if self.position is not None:
             fields["epoch"], fields["step"] = self.position()
         fields["cpu_percent"] = self.process.cpu_percent(interval=None)
+        fields["children_cpu_percent"] = self._children_cpu_percent()
         fields["gpus"] = self._gpus.sample() if self._gpus is not None else []
         self.event_log.write("util", **fields)
         self.samples_written += 1
         return fields
+
+    def _children_cpu_percent(self) -> float:
+        """CPU percent of all descendants since the previous sample; a child seen for the first time
+        only sets its baseline (decoding pools live for a whole evaluation or longer)."""
+        total, alive = 0.0, {}
+        for child in self.process.children(recursive=True):
+            known = self._children.get(child.pid)
+            try:
+                percent = (known or child).cpu_percent(interval=None)
+            except psutil.Error:  # exited since listed
+                continue
+            total += percent if known else 0.0
+            alive[child.pid] = known or child
+        self._children = alive
+        return total
 
     def start(self) -> UtilizationSampler:
         """Start sampling (the first reading comes one interval later, when CPU use is measurable)."""

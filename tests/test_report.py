@@ -370,3 +370,11 @@ def test_feature_extraction_time_is_shown_separately(tmp_path):
     assert status == 0
     runs = (out / "report.md").read_text().split("## Runs")[1]
     assert "| 0.0 | 2.0 | 8 | epochs |" in runs and "| 0.0 | 5.0 | 8 | epochs |" in runs
+
+
+def test_windowed_throughput_counts_evaluation_as_time_without_training():
+    segments = [(0.0, 10.0, 2.0), (10.0, 20.0, 0.0), (20.0, 30.0, 4.0)]  # train, evaluate, train
+    centres, rates = report.windowed_throughput(segments, window=10.0, spacing=5.0)
+    assert centres.tolist() == [5.0, 10.0, 15.0, 20.0, 25.0]
+    assert rates.tolist() == pytest.approx([2.0, 1.0, 0.0, 2.0, 4.0])
+    assert report.windowed_throughput([])[0].size == 0

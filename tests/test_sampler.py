@@ -63,3 +63,23 @@ def test_bad_arguments_are_rejected(tmp_path):
             UtilizationSampler(log, interval_seconds=0)
         with pytest.raises(TypeError, match="clock"):
             UtilizationSampler(log, clock=42)
+
+
+def test_cpu_of_child_processes_is_sampled_separately(tmp_path):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"]
+    )
+    try:
+        with EventLog(tmp_path) as log:
+            sampler = UtilizationSampler(log, interval_seconds=10.0)
+            first = sampler.sample()  # sees the child for the first time: its baseline only
+            time.sleep(0.6)  # the child spins, this process sleeps
+            second = sampler.sample()
+    finally:
+        child.wait(timeout=30)
+    assert first["children_cpu_percent"] == 0.0
+    assert second["children_cpu_percent"] > 30.0
+    assert second["cpu_percent"] < second["children_cpu_percent"]
