@@ -859,7 +859,8 @@ def make_plots(report: Report, util_window_start: float | None) -> list[tuple[st
         ),
         (
             "throughput.png",
-            "Training throughput over run time (0 during evaluation, swapping and checkpointing)",
+            "Training throughput over run time (thin: per step, 0 while evaluating, swapping, "
+            "checkpointing; thick: mean over 60 s)",
             lambda f: plot_throughput(report, f),
         ),
         (
