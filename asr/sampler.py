@@ -37,6 +37,9 @@ try:
 except ImportError:  # nvidia-ml-py not installed: CPU only
     pynvml = None
 
+CHILDREN_REFRESH_SECONDS = 10.0
+"""How often descendants are looked up (seconds); their CPU is read at every sample."""
+
 
 class GpuProbe:
     """Per-GPU utilization, memory and power through NVML; ``available`` is False without it."""
@@ -109,6 +112,7 @@ class UtilizationSampler:
         self._thread: threading.Thread | None = None
         self._gpus: GpuProbe | None = None
         self._children: dict[int, psutil.Process] = {}
+        self._children_refreshed = -float("inf")
 
     def _clock_function(self, clock: Any) -> Callable[[], float]:
         if clock is None:
@@ -133,18 +137,35 @@ class UtilizationSampler:
         return fields
 
     def _children_cpu_percent(self) -> float:
-        """CPU percent of all descendants since the previous sample; a child seen for the first time
-        only sets its baseline (decoding pools live for a whole evaluation or longer)."""
-        total, alive = 0.0, {}
-        for child in self.process.children(recursive=True):
-            known = self._children.get(child.pid)
+        """CPU percent of the process's descendants since the previous sample.
+
+        Looking descendants up walks all of /proc (slow when Python code holds the GIL), so it is
+        done at most every ``CHILDREN_REFRESH_SECONDS``; in between only the known children are read.
+        A child counts from the sample after the one that found it (the first reading is its
+        baseline); the decoding pool lives for the whole run, so nothing of it is missed after that.
+        """
+        now = time.monotonic()
+        if now - self._children_refreshed >= CHILDREN_REFRESH_SECONDS:
+            self._children_refreshed = now
             try:
-                percent = (known or child).cpu_percent(interval=None)
-            except psutil.Error:  # exited since listed
-                continue
-            total += percent if known else 0.0
-            alive[child.pid] = known or child
-        self._children = alive
+                found = self.process.children(recursive=True)
+            except psutil.Error:
+                found = []
+            fresh = {child.pid: child for child in found if child.pid not in self._children}
+            for child in fresh.values():
+                with contextlib.suppress(psutil.Error):
+                    child.cpu_percent(interval=None)
+            alive = {pid: self._children[pid] for pid in (c.pid for c in found) if pid in self._children}
+            self._children = {**alive, **fresh}
+            counted = alive
+        else:
+            counted = self._children
+        total = 0.0
+        for pid, child in list(counted.items()):
+            try:
+                total += child.cpu_percent(interval=None)
+            except psutil.Error:  # exited
+                self._children.pop(pid, None)
         return total
 
     def start(self) -> UtilizationSampler:
@@ -153,6 +174,7 @@ class UtilizationSampler:
             return self
         self._gpus = GpuProbe()
         self.process.cpu_percent(interval=None)  # the baseline the first sample is measured against
+        self._children_cpu_percent()  # likewise for child processes (and the first /proc walk)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="utilization-sampler", daemon=True)
         self._thread.start()

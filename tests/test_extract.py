@@ -168,6 +168,10 @@ def larger_corpus(tiny_corpus, tmp_path_factory) -> Path:
     return root
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_run_resumes_to_identical_output(larger_corpus, tmp_path, signal_number):
@@ -177,7 +181,12 @@ def test_interrupted_run_resumes_to_identical_output(larger_corpus, tmp_path, si
     out = tmp_path / "interrupted"
     command = [sys.executable, "-m", "asr.extract", *map(str, common), "--out", str(out)]
     process = subprocess.Popen(
-        command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_default_sigint,  # a shell's background job (`pytest &`) starts with SIGINT ignored
     )
     deadline = time.monotonic() + 60
     while not list((out / "sidecars").glob("shard-*.json")) and time.monotonic() < deadline:
