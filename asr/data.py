@@ -27,7 +27,7 @@ import numpy as np
 from asr.config import DataConfig, ModelConfig
 from asr.features import FEATURE_DIM
 from asr.model import output_frames
-from asr.shards import MANIFEST, TF_COMPRESSION_TYPE, compression_of
+from asr.shards import MANIFEST, TF_COMPRESSION_TYPE, ShardDirectoryError, compression_of, read_manifest
 
 SIDECARS = "sidecars"
 
@@ -63,8 +63,6 @@ class ShardSet:
 
 def open_shards(path: str | Path, key: str = "data.train") -> ShardSet:
     """Read and check a shard directory's manifest; raise :class:`DataError` naming ``key`` and the path."""
-    from asr.shards import ShardDirectoryError, read_manifest
-
     path = Path(path)
     try:
         manifest, files = read_manifest(path, key)
