@@ -102,6 +102,11 @@ class ModelConfig:
     """Units per recurrent layer and direction."""
     dropout: float = 0.05
     """Dropout rate between every pair of layers."""
+    rnn_loop: Literal["fused", "keras"] = "fused"
+    """How a recurrent layer runs where cuDNN does not (CPUs): ``fused`` does the input projection and the
+    weight gradients of all time steps as single matrix products (:mod:`asr.recurrent`; 3x faster at the
+    paper's sizes on this machine), ``keras`` is Keras' own step-by-step loop. Same weights and results;
+    on a GPU both run cuDNN."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,9 @@ The convolution shortens time: :func:`output_frames` gives the logit frames per 
 which the CTC loss needs (padded frames past it are ignored).
 
 The recurrent layers keep Keras' defaults (tanh/sigmoid, no recurrent dropout, not unrolled, GRU
-``reset_after``, right-padded masks) so that on a GPU they run the fused cuDNN kernel. With mixed
-precision the last layer still produces float32 logits.
+``reset_after``, right-padded masks) so that on a GPU they run the fused cuDNN kernel; elsewhere they
+run :mod:`asr.recurrent`'s loop (``model.rnn_loop``). With mixed precision the last layer still
+produces float32 logits.
 """
 
 from __future__ import annotations
@@ -137,7 +138,12 @@ def build_model(config: ModelConfig, sync_batch_norm: bool = False, name: str = 
     )(features)
     mask = valid_frames(config.conv_kernel, config.conv_stride, name="valid_frames")(x, frames)
     x = norm_and_drop(x, mask, 0)
-    cell = keras.layers.LSTM if config.rnn == "lstm" else keras.layers.GRU
+    from asr.recurrent import layers as recurrent_layers
+
+    cells = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+    if config.rnn_loop == "fused":
+        cells = dict(zip(("lstm", "gru"), recurrent_layers(), strict=True))
+    cell = cells[config.rnn]
     for layer in range(config.rnn_layers):
         layer_name = f"{config.rnn}_{layer + 1}"
         recurrent = cell(config.rnn_units, return_sequences=True, kernel_initializer=init, name=layer_name)

@@ -1,0 +1,147 @@
+"""The fused recurrent loops give Keras' outputs and gradients, and the model uses them off cuDNN."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import asr.recurrent
+from asr.config import ModelConfig
+from asr.model import build_model, ctc_loss, output_frames
+from asr.recurrent import layers
+
+BATCH, STEPS, FEATURES, UNITS = 3, 9, 5, 4
+LENGTHS = [9, 6, 1]  # the last utterance has a single real step
+
+
+def inputs_and_mask(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.normal(size=(BATCH, STEPS, FEATURES)).astype("float32"))
+    mask = tf.constant(np.arange(STEPS)[None, :] < np.array(LENGTHS)[:, None])
+    return x, mask
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts calls of the fused loops (the real functions still run)."""
+    calls = []
+    for name in ("lstm_sequence", "gru_sequence"):
+        original = getattr(asr.recurrent, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(asr.recurrent, name, spy)
+    return calls
+
+
+def outputs_and_gradients(layer, x, mask, initial_state):
+    """Sequence outputs, final states and the gradients of a loss over all of them."""
+    rng = np.random.default_rng(1)
+    with tf.GradientTape() as tape:
+        tape.watch([x, *initial_state])
+        outputs = layer(x, mask=mask, initial_state=initial_state)
+        loss = sum(
+            tf.reduce_sum(o * rng.normal(size=o.shape).astype("float32")) for o in tf.nest.flatten(outputs)
+        )
+    sources = [x, *initial_state, *layer.trainable_variables]
+    return [np.asarray(o) for o in tf.nest.flatten(outputs)], [
+        np.asarray(g) for g in tape.gradient(loss, sources)
+    ]
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"go_backwards": True}, {"zero_output_for_mask": True}],
+    ids=["forward", "backward", "zero"],
+)
+def test_fused_layer_gives_keras_outputs_and_gradients(cell, options, fused_calls):
+    fused_class = dict(zip(("LSTM", "GRU"), layers(), strict=True))[cell]
+    x, mask = inputs_and_mask()
+    kwargs = {"return_sequences": True, "return_state": True, **options}
+    reference, fused = getattr(keras.layers, cell)(UNITS, **kwargs), fused_class(UNITS, **kwargs)
+    for layer in (reference, fused):
+        layer.build((None, None, FEATURES))
+    reference.set_weights([np.random.default_rng(2).normal(size=w.shape) for w in reference.get_weights()])
+    fused.set_weights(reference.get_weights())
+    states = 2 if cell == "LSTM" else 1
+    initial_state = [tf.constant(np.random.default_rng(3 + i).normal(size=(BATCH, UNITS)), tf.float32)
+                     for i in range(states)]  # fmt: skip
+
+    expected_outputs, expected_gradients = outputs_and_gradients(reference, x, mask, initial_state)
+    assert not fused_calls
+    actual_outputs, actual_gradients = outputs_and_gradients(fused, x, mask, initial_state)
+
+    assert fused_calls == [f"{cell.lower()}_sequence"]
+    for expected, actual in zip(expected_outputs, actual_outputs, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    assert len(expected_gradients) == 1 + states + 3
+    for expected, actual in zip(expected_gradients, actual_gradients, strict=True):
+        assert np.abs(expected).max() > 0
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_steps_carry_the_state_and_leave_the_weights_alone():
+    x, mask = inputs_and_mask()
+    lstm, gru = layers()
+    for layer in (lstm(UNITS, return_sequences=True), gru(UNITS, return_sequences=True)):
+        short = layer(x[2:, :1], mask=mask[2:, :1])
+        padded = layer(x[2:], mask=mask[2:])
+        # the one-step utterance: every later (masked) output repeats its only real output
+        np.testing.assert_allclose(
+            np.asarray(padded)[0], np.repeat(np.asarray(short)[0], STEPS, axis=0), atol=1e-6
+        )
+        # whatever lies in masked steps changes neither the outputs nor the weight gradients
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(tf.where(mask[..., None], x, 0.0), mask=mask))
+        with tf.GradientTape() as tape_noise:
+            loss_noise = tf.reduce_sum(layer(tf.where(mask[..., None], x, 1e3), mask=mask))
+        np.testing.assert_allclose(float(loss), float(loss_noise), rtol=1e-6)
+        for a, b in zip(tape.gradient(loss, layer.trainable_variables),
+                        tape_noise.gradient(loss_noise, layer.trainable_variables), strict=True):  # fmt: skip
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rnn,bidirectional", [("lstm", False), ("gru", True)])
+def test_model_with_either_loop_gives_the_same_loss_and_gradients(rnn, bidirectional, fused_calls):
+    sizes = {"conv_filters": 8, "conv_kernel": 5, "conv_stride": 2, "rnn_layers": 2, "rnn_units": 6}
+    fused_config = ModelConfig(**sizes, rnn=rnn, bidirectional=bidirectional, dropout=0.0, rnn_loop="fused")
+    keras_config = ModelConfig(**sizes, rnn=rnn, bidirectional=bidirectional, dropout=0.0, rnn_loop="keras")
+    fused, plain = build_model(fused_config), build_model(keras_config)
+    plain.set_weights(fused.get_weights())
+    rng = np.random.default_rng(4)
+    features = tf.constant(rng.normal(size=(2, 40, 93)).astype("float32"))
+    frames = tf.constant([40, 27])
+    labels, label_lengths = tf.constant([[3, 4, 5], [6, 7, 0]]), tf.constant([3, 2])
+
+    def loss_and_gradients(model):
+        with tf.GradientTape() as tape:
+            logits = model((features, frames), training=True)
+            loss = tf.reduce_mean(
+                ctc_loss(labels, label_lengths, logits, output_frames(frames, fused_config))
+            )
+        return float(loss), tape.gradient(loss, model.trainable_variables)
+
+    fused_loss, fused_gradients = loss_and_gradients(fused)
+    assert len(fused_calls) == (2 if not bidirectional else 4)
+    plain_loss, plain_gradients = loss_and_gradients(plain)
+    assert len(fused_calls) == (2 if not bidirectional else 4)
+    np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-5)
+    for a, b in zip(fused_gradients, plain_gradients, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+
+
+def test_mixed_precision_runs_in_the_compute_dtype():
+    x, mask = inputs_and_mask()
+    lstm, _ = layers()
+    reference = keras.layers.LSTM(UNITS, return_sequences=True, dtype="mixed_bfloat16")
+    fused = lstm(UNITS, return_sequences=True, dtype="mixed_bfloat16")
+    for layer in (reference, fused):
+        layer.build((None, None, FEATURES))
+    fused.set_weights(reference.get_weights())
+    expected, actual = reference(x, mask=mask), fused(x, mask=mask)
+    assert actual.dtype == expected.dtype == tf.bfloat16
+    np.testing.assert_allclose(np.asarray(tf.cast(actual, tf.float32)),
+                               np.asarray(tf.cast(expected, tf.float32)), atol=0.03)  # fmt: skip
