@@ -227,63 +227,52 @@ def gru_sequence(inputs, mask, initial_h, kernel, recurrent_kernel, bias, zero_o
 
 @functools.cache
 def layers():
-    """``(LSTM, GRU)``: Keras' layers whose non-cuDNN inner loop is :func:`lstm_sequence` / ..."""
+    """``(LSTM, GRU)``: Keras' layers whose inner loop off cuDNN is :func:`lstm_sequence` /
+    :func:`gru_sequence`; defined on first use so that importing this module needs no Keras."""
     import keras
     import tensorflow as tf
 
     def reverse_time(x):
         return None if x is None else tf.reverse(x, [1])
 
-    @keras.saving.register_keras_serializable(package="asr")
-    class LSTM(keras.layers.LSTM):
-        """Keras' LSTM; off cuDNN, its loop is :func:`lstm_sequence`."""
+    class FusedLoop:
+        """Replaces a Keras recurrent layer's inner loop where cuDNN does not run and the layer is the
+        plain configuration the fused loop implements (otherwise Keras' own loop runs)."""
 
         def inner_loop(self, sequences, initial_state, mask, training=False):
             if _uses_cudnn() or not self._fusable():
                 return super().inner_loop(sequences, initial_state, mask, training=training)
+            states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
             if isinstance(mask, (list, tuple)):
                 mask = mask[0]
             if self.go_backwards:
                 sequences, mask = reverse_time(sequences), reverse_time(mask)
             weights = _weights(self.cell, sequences.dtype)
-            outputs, h, c = lstm_sequence(
-                sequences, mask, *initial_state, *weights, self.zero_output_for_mask
-            )
-            return h, outputs, [h, c]
+            outputs, *states = self._sequence(sequences, mask, *states, *weights, self.zero_output_for_mask)
+            return states[0], outputs, states
 
         def _fusable(self) -> bool:
             cell = self.cell
             return (
-                cell.use_bias and not self.unroll and not self.stateful and cell.dropout == 0
-                and cell.recurrent_dropout == 0 and cell.activation is keras.activations.tanh
-                and cell.recurrent_activation is keras.activations.sigmoid
-            )  # fmt: skip
-
-    @keras.saving.register_keras_serializable(package="asr")
-    class GRU(keras.layers.GRU):
-        """Keras' GRU (``reset_after``); off cuDNN, its loop is :func:`gru_sequence`."""
-
-        def inner_loop(self, sequences, initial_state, mask, training=False):
-            if _uses_cudnn() or not self._fusable():
-                return super().inner_loop(sequences, initial_state, mask, training=training)
-            if isinstance(initial_state, (list, tuple)):
-                initial_state = initial_state[0]
-            if isinstance(mask, (list, tuple)):
-                mask = mask[0]
-            if self.go_backwards:
-                sequences, mask = reverse_time(sequences), reverse_time(mask)
-            weights = _weights(self.cell, sequences.dtype)
-            outputs, h = gru_sequence(sequences, mask, initial_state, *weights, self.zero_output_for_mask)
-            return h, outputs, [h]
-
-        def _fusable(self) -> bool:
-            cell = self.cell
-            return (
-                cell.use_bias and cell.reset_after and not self.unroll and not self.stateful
-                and cell.dropout == 0 and cell.recurrent_dropout == 0
+                cell.use_bias and getattr(cell, "reset_after", True) and not self.unroll
+                and not self.stateful and cell.dropout == 0 and cell.recurrent_dropout == 0
                 and cell.activation is keras.activations.tanh
                 and cell.recurrent_activation is keras.activations.sigmoid
             )  # fmt: skip
+
+    @keras.saving.register_keras_serializable(package="asr")
+    class LSTM(FusedLoop, keras.layers.LSTM):
+        """Keras' LSTM; off cuDNN, its loop is :func:`lstm_sequence`."""
+
+        def _sequence(self, *args):
+            return lstm_sequence(*args)
+
+    @keras.saving.register_keras_serializable(package="asr")
+    class GRU(FusedLoop, keras.layers.GRU):
+        """Keras' GRU (``reset_after``); off cuDNN, its loop is :func:`gru_sequence`."""
+
+        def _sequence(self, *args):
+            return gru_sequence(*args)
 
     return LSTM, GRU
 

@@ -145,3 +145,33 @@ def test_mixed_precision_runs_in_the_compute_dtype():
     assert actual.dtype == expected.dtype == tf.bfloat16
     np.testing.assert_allclose(np.asarray(tf.cast(actual, tf.float32)),
                                np.asarray(tf.cast(expected, tf.float32)), atol=0.03)  # fmt: skip
+
+
+def test_fused_loop_compiles_with_xla_to_the_same_results():
+    x, mask = inputs_and_mask()
+    lstm, _ = layers()
+    layer = lstm(UNITS, return_sequences=True)
+    layer.build((None, None, FEATURES))
+
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x, mask=mask)))
+        return loss, tape.gradient(loss, [x, *layer.trainable_variables])
+
+    eager_loss, eager_gradients = run(x)
+    xla_loss, xla_gradients = tf.function(run, jit_compile=True)(x)
+    np.testing.assert_allclose(float(xla_loss), float(eager_loss), rtol=1e-5)
+    for a, b in zip(xla_gradients, eager_gradients, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_configurations_the_fused_loop_does_not_implement_run_keras_loop(fused_calls):
+    x, mask = inputs_and_mask()
+    lstm, gru = layers()
+    lstm(UNITS, recurrent_dropout=0.1)(x, mask=mask, training=True)
+    gru(UNITS, reset_after=False)(x, mask=mask)
+    lstm(UNITS, activation="relu")(x, mask=mask)
+    assert fused_calls == []
+    lstm(UNITS)(x, mask=mask)
+    assert fused_calls == ["lstm_sequence"]
