@@ -82,6 +82,9 @@ class Run:
     replicas: int
     split: str | None
     results: list[dict[str, Any]] | None
+    recorded: frozenset[str] = frozenset()
+    """``section.key`` settings written in the run's recipe.yaml (a run saved before a setting existed
+    has no value for it, not the default of today's code)."""
     group: str = ""
     color: str = "C0"
 
@@ -164,7 +167,7 @@ def load_run(path: str | Path) -> Run | None:
     dropped = len(raw) - len(events)
     if dropped:
         warn(f"{path}: {dropped} events from work lost at a resume (redone later) ignored")
-    recipe = _load_recipe(path)
+    recipe, recorded = _load_recipe(path)
     start = next((e for e in events if e.get("event") == "run_start"), {})
     name = recipe.name if recipe else str(start.get("recipe") or "unknown")
     rig = recipe.rig if recipe else RigConfig(name=str(start.get("rig") or "unknown"))
@@ -182,23 +185,28 @@ def load_run(path: str | Path) -> Run | None:
         replicas=int(replicas),
         split=tta_split(events),
         results=_load_results(path),
+        recorded=recorded,
     )
 
 
-def _load_recipe(path: Path) -> Recipe | None:
+def _load_recipe(path: Path) -> tuple[Recipe | None, frozenset[str]]:
+    """The run's recipe and the ``section.key`` settings its file records."""
     recipe_path = path / RECIPE_NAME
     if not recipe_path.is_file():
         warn(f"{recipe_path}: missing; using default targets and rig (name from the event log)")
-        return None
+        return None, frozenset()
     try:
         values = parse_yaml(recipe_path.read_text()) or {}
         values.pop("base", None)
-        return recipe_from_dict(values, str(recipe_path))
+        recorded = frozenset(
+            f"{section}.{key}" for section, keys in values.items() if isinstance(keys, dict) for key in keys
+        )
+        return recipe_from_dict(values, str(recipe_path)), recorded
     except (ConfigError, ValueError, AttributeError, TypeError) as error:
         warn(f"{str(error).splitlines()[0]}; using default targets and rig")
     except Exception as error:  # yaml.YAMLError
         warn(f"{recipe_path}: not valid YAML ({type(error).__name__}); using default targets and rig")
-    return None
+    return None, frozenset()
 
 
 def _load_results(path: Path) -> list[dict[str, Any]] | None:
@@ -230,15 +238,17 @@ _NOT_CONFIGURATION = {
 
 
 def _configuration(run: Run) -> dict[str, Any]:
-    """The settings that make runs repeats of each other: the recipe apart from seed and paths."""
+    """The settings that make runs repeats of each other: the recipe apart from seed and paths. A setting
+    the run's recipe.yaml does not record (saved before the setting existed) is unknown, shown as ``?``."""
     if run.recipe is None:
         return {}
     flat = {}
     for section, values in run.recipe.to_dict().items():
         if isinstance(values, dict):
             for key, value in values.items():
-                if (section, key) not in _NOT_CONFIGURATION and section != "rig":
-                    flat[f"{section}.{key}"] = json.dumps(value, sort_keys=True, default=str)
+                dotted = f"{section}.{key}"
+                if (section, key) not in _NOT_CONFIGURATION and section != "rig" and dotted in run.recorded:
+                    flat[dotted] = json.dumps(value, sort_keys=True, default=str)
     return flat
 
 

@@ -378,3 +378,16 @@ def test_windowed_throughput_counts_evaluation_as_time_without_training():
     assert centres.tolist() == [5.0, 10.0, 15.0, 20.0, 25.0]
     assert rates.tolist() == pytest.approx([2.0, 1.0, 0.0, 2.0, 4.0])
     assert report.windowed_throughput([])[0].size == 0
+
+
+def test_a_setting_an_older_run_did_not_record_keeps_the_runs_apart(tmp_path):
+    older, newer = write_run(tmp_path / "older", CER_A), write_run(tmp_path / "newer", CER_A)
+    recipe = older / "recipe.yaml"
+    text = recipe.read_text()
+    assert "rnn_loop: fused" in text
+    recipe.write_text(text.replace("  rnn_loop: fused\n", ""))
+    status, out = run_report(tmp_path, [older, newer])
+    assert status == 0
+    md = (out / "report.md").read_text()
+    assert "| cpu @ laptop [model.rnn_loop=?] |" in md and "| cpu @ laptop [model.rnn_loop=fused] |" in md
+    assert "n=2" not in md
