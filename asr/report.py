@@ -614,13 +614,18 @@ def tta_tables(report: Report) -> list[Table]:
         name = (
             f"median of the last {report.window} evaluated epochs" if rule == "median" else "first evaluation"
         )
+        note = (
+            f"Baseline: {report.baseline}. Repeated runs: aggregate (min\u2013max, n); "
+            "% of the baseline's aggregate."
+        )
+        if any("=?" in group for group in report.groups):
+            note += " [setting=?]: not recorded in the run's recipe.yaml (saved before the setting existed)."
         tables.append(
             Table(
                 f"Time to accuracy in minutes ({rule} rule: {name})",
                 ["configuration", *[_target_label(m, t) for m, t in report.targets]],
                 rows,
-                f"Baseline: {report.baseline}. Repeated runs: aggregate (min\u2013max, n); "
-                "% of the baseline's aggregate.",
+                note,
             )
         )
     return tables

@@ -390,4 +390,4 @@ def test_a_setting_an_older_run_did_not_record_keeps_the_runs_apart(tmp_path):
     assert status == 0
     md = (out / "report.md").read_text()
     assert "| cpu @ laptop [model.rnn_loop=?] |" in md and "| cpu @ laptop [model.rnn_loop=fused] |" in md
-    assert "n=2" not in md
+    assert "n=2" not in md and "not recorded in the run's recipe.yaml" in md
