@@ -3,7 +3,7 @@
 Keras runs a recurrent layer without cuDNN as a loop over time steps in which every step multiplies its
 ``[batch, features]`` input by the input kernel and, going backward, adds a full ``[features, 4 units]``
 gradient into the kernel's and the recurrent kernel's accumulators. At the paper's sizes (batch 4 per
-replica, 800 units, 835 steps) those are matrix products of 4 rows, which run far below the machine's
+replica, 800 units, 830 steps) those are matrix products of 4 rows, which run far below the machine's
 matmul rate, and the accumulations move 20 MB per step.
 
 Here only what must be sequential stays in the loop: each step multiplies the previous state by the
