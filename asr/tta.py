@@ -82,11 +82,12 @@ class Reached:
         return fields
 
     def describe(self) -> str:
-        """One line for the console, e.g. ``TTA cer<=10 (median of 3): 12.5 min, epoch 4, value 9.8``."""
+        """One line for the console, e.g. ``TTA cer<=10 (median): 12.50 min at epoch 5, cer 9.80%``; the epoch
+        is counted from 1, as in the console's ``epoch N: dev ...`` lines (events keep the 0-based index)."""
         how = "median" if self.rule == "median" else "first evaluation"
         return (
             f"TTA {self.metric}<={self.target:g} ({how}): {self.elapsed / 60:.2f} min "
-            f"at epoch {self.epoch}, {self.metric} {self.value:.2f}%"
+            f"at epoch {self.epoch + 1}, {self.metric} {self.value:.2f}%"
         )
 
 
