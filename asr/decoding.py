@@ -34,10 +34,9 @@ from typing import Protocol
 
 import numpy as np
 
+from asr.lm import LM_BINARY, UNIGRAMS, load_unigrams
 from asr.text import BLANK_ID, NUM_SYMBOLS, SEPARATOR_ID, SYMBOLS, ctc_collapse, decode
 
-LM_BINARY = "lm.binary"
-UNIGRAMS = "unigrams.txt"
 BEAM_LABELS: tuple[str, ...] = (*SYMBOLS[:SEPARATOR_ID], "")
 """pyctcdecode labels for the 29 beam-search columns: space, a–z, apostrophe, blank ``""`` last."""
 
@@ -51,6 +50,8 @@ class Decoder(Protocol):
 
     beam_width: int
     uses_lm: bool
+    unigrams: list[str] | None
+    """The LM's dictionary when ``uses_lm``."""
 
     def decode(self, logits: Sequence[np.ndarray]) -> list[str]:
         """Texts for a list of ``[T_out, 30]`` matrices."""
@@ -121,6 +122,7 @@ class GreedyDecoder:
 
     beam_width = 1
     uses_lm = False
+    unigrams = None
 
     def decode(self, logits: Sequence[np.ndarray]) -> list[str]:
         return [greedy_text(matrix) for matrix in logits]
@@ -162,7 +164,7 @@ def resolve_lm(lm_dir: str | os.PathLike | None) -> tuple[str | None, list[str] 
             stacklevel=3,
         )
         return None, None
-    return str(binary), unigrams.read_text(encoding="utf-8").split()
+    return str(binary), load_unigrams(lm_dir)
 
 
 def _build_pyctcdecoder(lm_path: str | None, unigrams: list[str] | None, alpha: float, beta: float):

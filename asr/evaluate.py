@@ -360,7 +360,12 @@ def evaluate_checkpoint(
         with make_decoder(
             setting.beam_width, setting.lm_dir, setting.alpha, setting.beta, setting.workers
         ) as decoder:
-            unigrams = resolve_lm(setting.lm_dir)[1] if setting.lm_dir else None
+            if decoder.uses_lm:
+                unigrams = decoder.unigrams
+            elif decoder.beam_width == 1 and setting.lm_dir:  # greedy still gets the OOV breakdown
+                unigrams = resolve_lm(setting.lm_dir)[1]
+            else:
+                unigrams = None
             vocabulary = frozenset(unigrams) if unigrams else None
             language_model = None
             if decoder.uses_lm:
