@@ -140,10 +140,8 @@ def build_model(config: ModelConfig, sync_batch_norm: bool = False, name: str = 
     x = norm_and_drop(x, mask, 0)
     from asr.recurrent import layers as recurrent_layers
 
-    cells = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
-    if config.rnn_loop == "fused":
-        cells = dict(zip(("lstm", "gru"), recurrent_layers(), strict=True))
-    cell = cells[config.rnn]
+    lstm, gru = recurrent_layers() if config.rnn_loop == "fused" else (keras.layers.LSTM, keras.layers.GRU)
+    cell = lstm if config.rnn == "lstm" else gru
     for layer in range(config.rnn_layers):
         layer_name = f"{config.rnn}_{layer + 1}"
         recurrent = cell(config.rnn_units, return_sequences=True, kernel_initializer=init, name=layer_name)

@@ -107,9 +107,6 @@ def lstm_sequence(
         projected = _per_step(x.dtype, steps).unstack(_project(x, kernel, bias))
         masks = _per_step(x.dtype, steps).unstack(step_masks)
 
-        def arrays():
-            return tuple(_per_step(x.dtype, steps) for _ in range(4))
-
         def forward(t, h, c, gates_out, h_out, c_out, y_out):
             z = projected.read(t) + tf.matmul(h, recurrent_kernel)
             i, f, g, o = tf.split(z, 4, axis=1)
@@ -122,8 +119,9 @@ def lstm_sequence(
             return (t + 1, h_next, c_next, gates_out.write(t, tf.concat([i, f, g, o], 1)),
                     h_out.write(t, h), c_out.write(t, c), y_out.write(t, y))  # fmt: skip
 
+        arrays = tuple(_per_step(x.dtype, steps) for _ in range(4))
         _, h, c, gates, h_prev, c_prev, ys = tf.while_loop(
-            lambda t, *_: t < steps, forward, (0, initial_h, initial_c, *arrays())
+            lambda t, *_: t < steps, forward, (0, initial_h, initial_c, *arrays)
         )
         outputs = _time_major(ys.stack())
 
