@@ -1,27 +1,53 @@
 """Checkpoints of a run: weights, optimizer state, and the run state (step, epoch, data position, clock).
 
 Layout in ``RUN_DIR/checkpoints/``: ``ckpt-<step>.index`` + ``ckpt-<step>.data-*`` (a ``tf.train.Checkpoint``
-of the model and optimizer) and ``ckpt-<step>.json`` (the run state). The JSON is written last, to a temporary
-name then renamed, so a checkpoint exists only once all of it is on disk: a run killed mid-save leaves
-the previous checkpoint as the latest. Only the chief worker writes here; other workers of a multi-worker
-run write the same collective save to a private scratch directory.
+of the model and optimizer) and ``ckpt-<step>.json`` (the run state, with the size and CRC32C of each TF
+file). A checkpoint is written in three moves: the TF files under a temporary prefix, renamed into place,
+then the JSON (temporary name, fsync, rename). So:
+
+- a checkpoint exists (is listed) only once its JSON is on disk: a run killed mid-save leaves the previous
+  checkpoint as the latest, and the next start removes the leftovers (``*.tmp-*``, ``*_temp/``);
+- a checkpoint whose files no longer match its JSON (truncated, emptied, bytes flipped on disk) is
+  *damaged*: :func:`restore_newest` skips it with a warning naming it and the older one used instead.
+
+Only the chief worker writes here; other workers of a multi-worker run write the same collective save to
+a private scratch directory that is removed when the process ends.
 """
 
 from __future__ import annotations
 
-import json
+import atexit
+import errno
+import functools
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import google_crc32c
+
+from asr import failpoints
+from asr.files import WriteError, read_json, remove_temporaries, temporary_name, write_json
 
 CHECKPOINT_DIR = "checkpoints"
 PREFIX = "ckpt-"
+CRC_CHUNK = 1 << 22
+T = TypeVar("T")
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the model being restored; the message names both."""
+
+
+class CheckpointDamagedError(ValueError):
+    """A checkpoint whose files are missing, cut or corrupted; the message names the file."""
+
+
+class NoValidCheckpointError(ValueError):
+    """Every checkpoint of a run is damaged; the message names each and why."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +69,7 @@ def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
-    """Complete checkpoints of a run, oldest (lowest step) first."""
+    """Complete checkpoints of a run (their JSON state is readable), oldest (lowest step) first."""
     found = []
     directory = checkpoint_dir(run_dir)
     if not directory.is_dir():
@@ -52,13 +78,12 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
         name = state_file.stem
         try:
             step = int(name[len(PREFIX) :])
-            state = json.loads(state_file.read_text())
-        except (ValueError, OSError):
+        except ValueError:
             continue
-        prefix = directory / name
-        if not Path(f"{prefix}.index").is_file():
+        state = read_json(state_file)
+        if not isinstance(state, dict) or not Path(f"{directory / name}.index").is_file():
             continue
-        found.append(CheckpointInfo(name, prefix, step, state))
+        found.append(CheckpointInfo(name, directory / name, step, state))
     return sorted(found, key=lambda c: c.step)
 
 
@@ -67,10 +92,119 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+# --------------------------------------------------------------------------- integrity
+
+
+def _crc32c(path: Path) -> int:
+    checksum = google_crc32c.Checksum()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CRC_CHUNK):
+            checksum.update(chunk)
+    return int.from_bytes(checksum.digest(), "big")
+
+
+def _tf_files(prefix: Path) -> list[Path]:
+    return [Path(f"{prefix}.index"), *sorted(prefix.parent.glob(f"{prefix.name}.data-*"))]
+
+
+def describe_files(prefix: Path) -> dict[str, dict[str, int]]:
+    """``{file name: {"bytes", "crc32c"}}`` of a TF checkpoint's files, recorded in its JSON state."""
+    return {f.name: {"bytes": f.stat().st_size, "crc32c": _crc32c(f)} for f in _tf_files(prefix)}
+
+
+def damage(info: CheckpointInfo) -> str | None:
+    """Why ``info``'s files are not the ones its state recorded (missing, cut, corrupted), or None.
+
+    Checkpoints written before sizes and checksums were recorded are checked for their files' presence
+    only; TensorFlow's own per-tensor checksums catch the rest when they are read.
+    """
+    recorded = info.state.get("files")
+    if not isinstance(recorded, dict):
+        present = [f for f in _tf_files(info.path) if f.is_file()]
+        return None if len(present) >= 2 else f"{info.name}: weight files missing"
+    for name, expected in sorted(recorded.items()):
+        path = info.path.parent / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            return f"{name} has {size} bytes, {expected.get('bytes')} were written"
+        if _crc32c(path) != expected.get("crc32c"):
+            return f"{name} does not match its checksum (corrupted)"
+    return None
+
+
+def restore_newest(
+    checkpoints: list[CheckpointInfo], restore: Callable[[CheckpointInfo], T], warn: Callable[[str], None]
+) -> tuple[CheckpointInfo, T]:
+    """``restore`` the newest undamaged checkpoint; returns it and what ``restore`` returned.
+
+    A damaged checkpoint (by :func:`damage`, or :class:`CheckpointDamagedError` from ``restore``) is
+    skipped; once one restores, one warning names what was skipped and what was used. Raises
+    :class:`NoValidCheckpointError` when none is usable.
+    """
+    skipped: list[str] = []
+    for info in reversed(checkpoints):
+        problem = damage(info)
+        if problem is None:
+            try:
+                result = restore(info)
+            except CheckpointDamagedError as error:
+                problem = str(error)
+            else:
+                if skipped:
+                    warn(f"{'; '.join(skipped)}: damaged, using the older {info.name} ({info.path})")
+                return info, result
+        skipped.append(f"{info.name} ({problem})")
+    where = checkpoints[0].path.parent if checkpoints else "the run directory"
+    raise NoValidCheckpointError(f"{where}: no usable checkpoint: {'; '.join(skipped) or 'none saved'}")
+
+
+def _restore_error(error: BaseException, path: Path, what: str) -> ValueError:
+    """A failed TF restore as damage (the files cannot be read) or a mismatch (another model)."""
+    import tensorflow as tf
+
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    _silence_unrestored_value_warnings()
+    damaged = isinstance(error, (tf.errors.DataLossError, tf.errors.OutOfRangeError, IndexError)) or any(
+        word in first.lower() for word in ("sstable", "corrupt", "truncated", "checksum", "unable to open")
+    )
+    if damaged:
+        return CheckpointDamagedError(f"{path}: unreadable ({first})")
+    return CheckpointMismatchError(f"{path}: {what} ({first})")
+
+
+_RESTORE_ERRORS = (AssertionError, ValueError, IndexError)
+
+
+def _tf_restore_errors() -> tuple[type[BaseException], ...]:
+    import tensorflow as tf
+
+    return (*_RESTORE_ERRORS, tf.errors.OpError)
+
+
+# --------------------------------------------------------------------------- saving and restoring
+
+
+@functools.cache
+def worker_scratch() -> Path:
+    """A non-chief worker's private checkpoint directory: one per process, removed when it ends."""
+    scratch = Path(tempfile.mkdtemp(prefix="asr-worker-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return scratch / CHECKPOINT_DIR
+
+
+def _write_error(prefix: Path, error: Exception) -> Exception:
+    """A failed save as :class:`WriteError` naming the checkpoint (TF reports ENOSPC/EFBIG as OpErrors whose
+    message ends with the system's reason); other errors are returned unchanged."""
+    import tensorflow as tf
+
+    if isinstance(error, OSError):
+        return WriteError(prefix, error)
+    if isinstance(error, tf.errors.OpError):
+        reason = error.message.split(" [Op:")[0].split("; ")[-1].strip()
+        return WriteError(prefix, OSError(errno.EIO, reason or type(error).__name__))
+    return error
 
 
 class Checkpointer:
@@ -86,42 +220,64 @@ class Checkpointer:
         self.keep = max(int(keep), 1)
         self.is_chief = is_chief
         self.checkpoint = tf.train.Checkpoint(**trackables)
-        if is_chief:
-            self.directory = checkpoint_dir(run_dir)
-        else:  # every worker takes part in the collective save; only the chief's copy is the run's
-            self.directory = Path(tempfile.mkdtemp(prefix="asr-worker-")) / CHECKPOINT_DIR
+        self.directory = checkpoint_dir(run_dir) if is_chief else worker_scratch()
         self.directory.mkdir(parents=True, exist_ok=True)
 
-    def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
-        """Write checkpoint ``ckpt-<step>`` (weights, optimizer, then the run state); returns it.
+    def remove_leftovers(self) -> None:
+        """Delete what a save killed midway left (temporary TF files, ``*_temp/`` shards, JSON temps)."""
+        remove_temporaries(self.directory, f"{PREFIX}*")
+        for leftover in self.directory.glob(f"{PREFIX}*_temp"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
-        Non-chief workers write the same checkpoint into a private scratch directory, which is what a
-        swap evaluation on that worker restores from.
+    def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
+        """Write checkpoint ``ckpt-<step>`` (weights and optimizer, then the run state); returns it.
+
+        The TF files go to a temporary prefix first, so overwriting a checkpoint of the same step (an
+        epoch end right after a periodic save) never leaves it half old, half new for longer than two
+        renames. Non-chief workers write the same checkpoint into their scratch directory.
         """
         name = f"{PREFIX}{step}"
         prefix = self.directory / name
-        self.checkpoint.write(str(prefix))
-        state = dict(state, step=step)
-        _write_json_atomic(self.directory / f"{name}.json", state)
+        temporary = temporary_name(prefix)
+        failpoints.hit("checkpoint.weights")
+        try:
+            self.checkpoint.write(str(temporary))
+            failpoints.hit("checkpoint.state")
+            written = _tf_files(temporary)
+            for file in written:
+                os.replace(file, self.directory / file.name.replace(temporary.name, name, 1))
+        except Exception as error:
+            self._discard(temporary)
+            raise _write_error(prefix, error) from None
+        except BaseException:
+            self._discard(temporary)
+            raise
+        state = dict(state, step=step, files=describe_files(prefix))
+        write_json(self.directory / f"{name}.json", state, sort_keys=True, fsync=True)
         self._prune()
         return CheckpointInfo(name, prefix, step, state)
 
+    def _discard(self, temporary: Path) -> None:
+        """Remove a save's temporary files (after a failure: nothing half-written is left)."""
+        for file in self.directory.glob(f"{temporary.name}*"):
+            shutil.rmtree(file, ignore_errors=True) if file.is_dir() else file.unlink(missing_ok=True)
+
     def update_state(self, info: CheckpointInfo, state: dict[str, Any]) -> CheckpointInfo:
         """Replace the run state saved with ``info`` (e.g. TTA results known after its evaluation)."""
-        state = dict(state, step=info.step)
-        _write_json_atomic(self.directory / f"{info.name}.json", state)
+        state = dict(state, step=info.step, files=info.state.get("files"))
+        write_json(self.directory / f"{info.name}.json", state, sort_keys=True, fsync=True)
         return CheckpointInfo(info.name, info.path, info.step, state)
 
     def restore(self, info: CheckpointInfo) -> dict[str, Any]:
-        """Load weights and optimizer state from ``info``; returns its run state."""
-        import tensorflow as tf
+        """Load weights and optimizer state from ``info``; returns its run state.
 
+        Raises :class:`CheckpointDamagedError` when TF cannot read the files, and
+        :class:`CheckpointMismatchError` when they hold another model.
+        """
         try:
             self.checkpoint.read(str(info.path)).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            _silence_unrestored_value_warnings()
-            raise CheckpointMismatchError(f"{info.path}: does not match this model ({first})") from None
+        except _tf_restore_errors() as error:
+            raise _restore_error(error, info.path, "does not match this model") from None
         return dict(info.state)
 
     def _prune(self) -> None:
@@ -134,7 +290,8 @@ class Checkpointer:
 def restore_weights(model, path: str | os.PathLike) -> None:
     """Load only the model's weights from a training checkpoint (evaluation models have no optimizer).
 
-    Raises :class:`CheckpointMismatchError` naming the checkpoint when layers or shapes differ.
+    Raises :class:`CheckpointMismatchError` naming the checkpoint when layers or shapes differ, and
+    :class:`CheckpointDamagedError` when its files cannot be read.
     """
     import tensorflow as tf
 
@@ -142,10 +299,8 @@ def restore_weights(model, path: str | os.PathLike) -> None:
         status = tf.train.Checkpoint(model=model).read(str(path))
         status.expect_partial()
         status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        _silence_unrestored_value_warnings()
-        raise CheckpointMismatchError(f"{path}: does not fit the recipe's model ({first})") from None
+    except _tf_restore_errors() as error:
+        raise _restore_error(error, Path(path), "does not fit the recipe's model") from None
 
 
 def _silence_unrestored_value_warnings() -> None:

@@ -5,16 +5,21 @@ overrides, key by key, so the per-rig recipes only say what differs. The merged 
 checked once, at the entry point: an unknown key, a wrong type or an impossible value raises
 :class:`ConfigError` whose message names the file and the dotted key; the entry point prints it
 on one line and exits with status 2. Everything below the entry point receives typed objects.
+Every numeric value has a range (:data:`BOUNDS`; NaN and infinities are outside every range), and an
+empty recipe file is refused rather than silently training the defaults.
 
 ``--set section.key=value`` overrides are parsed as YAML scalars and checked like the file.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +68,8 @@ class DataConfig:
     readers: int = 8
     """Shards read in parallel (the paper's "readers")."""
     shuffle_buffer: int = 1024
-    """Utterances held in the shuffle buffer."""
+    """Utterances held in the shuffle buffer; 1 turns shuffling off (the shard files' order is still
+    shuffled every epoch). 0 is refused: ``tf.data`` cannot shuffle with an empty buffer."""
     buffer: int = 40
     """Batches prefetched ahead of the accelerator (the paper's "buffer")."""
     max_frames: int = 1670
@@ -220,43 +226,31 @@ class Recipe:
     rig: RigConfig = RigConfig()
 
     def validate(self, where: str = "recipe") -> Recipe:
-        """Cross-field rules; raises :class:`ConfigError` naming ``where`` and the key."""
-        _positive(where, "train.global_batch", self.train.global_batch)
-        _positive(where, "train.epochs", self.train.epochs)
-        _positive(where, "data.readers", self.data.readers)
-        _positive(where, "data.buffer", self.data.buffer)
-        _positive(where, "data.max_frames", self.data.max_frames)
-        _positive(where, "model.conv_kernel", self.model.conv_kernel)
-        _positive(where, "model.conv_stride", self.model.conv_stride)
-        _positive(where, "model.rnn_units", self.model.rnn_units)
-        _positive(where, "tta.window", self.tta.window)
-        if self.model.rnn_layers < 1:
-            raise ConfigError(f"{where}: model.rnn_layers: must be at least 1, got {self.model.rnn_layers}")
-        if not 0.0 <= self.model.dropout < 1.0:
-            raise ConfigError(f"{where}: model.dropout: must be in [0, 1), got {self.model.dropout}")
+        """Every numeric value in its range (:data:`BOUNDS`), then the rules between fields; raises
+        :class:`ConfigError` naming ``where`` and the key."""
+        for key, bound in BOUNDS.items():
+            section, name = key.split(".")
+            bound.check(where, key, getattr(getattr(self, section), name))
+        for i, boundary in enumerate(self.data.bucket_boundaries):
+            Bound(1).check(where, f"data.bucket_boundaries[{i}]", boundary)
+        for i, target in enumerate(self.tta.targets):
+            Bound(0, 100, low_open=True, note="percent").check(where, f"tta.targets[{i}].value", target.value)
+        self._validate_together(where)
+        return self
+
+    def _validate_together(self, where: str) -> None:
+        """Rules that involve more than one value."""
         if self.data.max_frames < self.model.conv_kernel:
             raise ConfigError(
                 f"{where}: data.max_frames: {self.data.max_frames} is shorter than "
                 f"model.conv_kernel {self.model.conv_kernel}"
             )
-        if self.runtime.replicas < 0:
-            raise ConfigError(f"{where}: runtime.replicas: must be >= 0, got {self.runtime.replicas}")
         replicas = max(self.runtime.replicas, 1)
         if self.train.global_batch % replicas:
             raise ConfigError(
                 f"{where}: train.global_batch: {self.train.global_batch} utterances cannot be split "
                 f"evenly over runtime.replicas={replicas}"
             )
-        if not 0.0 < self.train.learning_rate_decay <= 1.0:
-            raise ConfigError(
-                f"{where}: train.learning_rate_decay: must be in (0, 1], got {self.train.learning_rate_decay}"
-            )
-        if self.train.max_steps < 0:
-            raise ConfigError(f"{where}: train.max_steps: must be >= 0, got {self.train.max_steps}")
-        if self.train.time_budget_minutes < 0:
-            raise ConfigError(f"{where}: train.time_budget_minutes: must be >= 0")
-        if self.eval.beam_width < 1:
-            raise ConfigError(f"{where}: eval.beam_width: must be at least 1, got {self.eval.beam_width}")
         tempo = self.data.tempo_range
         if len(tempo) != 2 or not 0.5 <= tempo[0] <= tempo[1] <= 2.0:
             raise ConfigError(
@@ -265,15 +259,129 @@ class Recipe:
             )
         if list(self.data.bucket_boundaries) != sorted(set(self.data.bucket_boundaries)):
             raise ConfigError(f"{where}: data.bucket_boundaries: must be strictly increasing")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _positive(where: str, key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{where}: {key}: must be positive, got {value}")
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """The range a numeric recipe value must be in: ``low``/``high`` (None: unbounded), each included unless
+    ``*_open``. NaN and infinities are never in range: a NaN compares false with every bound and would pass
+    any plain ``<`` test, then surface as a NaN loss or a hang hours later."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+    """What a boundary value means (``0: off``), shown with the range."""
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):  # (an int is finite, however long)
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = _plain_number(self.low), _plain_number(self.high)
+        if self.low == -math.inf and self.high is None:
+            text = "a finite number"
+        elif self.high is None:
+            text = f"greater than {low}" if self.low_open else f"at least {low}"
+        else:
+            text = f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        return f"{text} ({self.note})" if self.note else text
+
+    def check(self, where: str, key: str, value: float) -> None:
+        if not self.holds(value):
+            raise ConfigError(f"{where}: {key}: must be {self}, got {value!r}")
+
+
+def _plain_number(value: float | None) -> str:
+    """``1`` rather than ``1.0``, ``4294967296`` rather than ``4.29497e+09``."""
+    if value is None or not math.isfinite(value):
+        return str(value)
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+FINITE = Bound(-math.inf)
+"""Any finite number (``holds`` rejects NaN and infinities before comparing)."""
+_COUNT = Bound(1)
+_ZERO_IS_OFF = Bound(0, note="0: off")
+_RATE = Bound(0, 1, high_open=True)
+
+BOUNDS: dict[str, Bound] = {
+    "data.readers": _COUNT,
+    "data.shuffle_buffer": Bound(1, note="1: no shuffling; tf.data cannot shuffle with 0"),
+    "data.buffer": _COUNT,
+    "data.max_frames": _COUNT,
+    "data.freq_masks": Bound(0),
+    "data.freq_mask_width": Bound(0),
+    "data.time_masks": Bound(0),
+    "data.time_mask_width": Bound(0),
+    "model.conv_filters": _COUNT,
+    "model.conv_kernel": _COUNT,
+    "model.conv_stride": _COUNT,
+    "model.rnn_layers": _COUNT,
+    "model.rnn_units": _COUNT,
+    "model.dropout": _RATE,
+    "train.global_batch": _COUNT,
+    "train.epochs": _COUNT,
+    "train.time_budget_minutes": Bound(0, note="0: no budget"),
+    "train.max_steps": Bound(0, note="0: no limit"),
+    "train.learning_rate": Bound(0, low_open=True),
+    "train.learning_rate_decay": Bound(0, 1, low_open=True, note="1: constant"),
+    "train.learning_rate_decay_from_epoch": Bound(0),
+    "train.rho": Bound(0, 1),
+    "train.epsilon": Bound(0, low_open=True, note="AdaDelta never moves the weights with 0"),
+    "train.clip_norm": _ZERO_IS_OFF,
+    "train.sample_every_steps": _ZERO_IS_OFF,
+    "train.checkpoint_every_steps": Bound(0, note="0: only at epoch ends"),
+    "train.keep_checkpoints": _COUNT,
+    "train.max_consecutive_nan_steps": _COUNT,
+    "train.seed": Bound(0, 2**32, high_open=True, note="NumPy's seed range"),
+    "runtime.replicas": Bound(0, note="0: all GPUs, or one CPU"),
+    "eval.beam_width": Bound(1, note="1: greedy"),
+    "eval.lm_alpha": FINITE,
+    "eval.lm_beta": FINITE,
+    "eval.every_epochs": _COUNT,
+    "eval.batch_size": Bound(0, note="0: the training global batch"),
+    "eval.decode_workers": Bound(0, note="0: all CPU cores"),
+    "tta.window": _COUNT,
+    "tta.sample_interval_seconds": Bound(0, low_open=True),
+    "rig.price_usd": Bound(0),
+    "rig.depreciation_years": Bound(0, note="0: no price per hour"),
+}
+"""Range of every numeric recipe value, by dotted key (``tests/test_config.py`` checks that every numeric
+field of every section is listed)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, ``PROG: error: MESSAGE (see --help)`` with exit
+    status 2, like every other error of the stages (instead of the usage block, then the error)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def option_type(kind: type[int] | type[float], bound: Bound) -> Callable[[str], Any]:
+    """An ``argparse`` ``type=`` for a numeric command-line option that must be in ``bound``: a bad value is
+    a usage error naming the option (exit status 2), as a recipe value out of range is, instead of a
+    traceback (or a silent fallback) once the command is under way."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not bound.holds(value):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
 
 
 # --------------------------------------------------------------------------- building
@@ -356,9 +464,11 @@ def read_recipe_mapping(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[
     except OSError as error:
         raise ConfigError(f"{path}: cannot read recipe: {error.strerror or error}") from None
     try:
-        values = parse_yaml(text) or {}
+        values = parse_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+    if values is None or values == {}:  # an empty file (or a wrong one) must not train on the defaults
+        raise ConfigError(f"{path}: recipe is empty (start from recipes/cpu.yaml or name a base: recipe)")
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: top level: expected a mapping")
     base = values.pop("base", None)

@@ -32,6 +32,10 @@ MISSING_TRANSCRIPT = "missing transcript"
 UNMAPPABLE_TEXT = "unmappable text"
 EMPTY_TRANSCRIPT = "empty transcript"
 WRONG_SAMPLE_RATE = "wrong sample rate"
+CORRUPT_AUDIO = "corrupt audio"
+"""Decoded without an error, but not what the header promised: fewer or more samples, NaN or infinite
+values, samples that differ from a FLAC file's MD5 (found by ``asr.extract`` when it decodes; the detail
+after the colon says which)."""
 REASONS = (
     TOO_LONG,
     TOO_SHORT,
@@ -41,6 +45,7 @@ REASONS = (
     UNMAPPABLE_TEXT,
     EMPTY_TRANSCRIPT,
     WRONG_SAMPLE_RATE,
+    CORRUPT_AUDIO,
 )
 """Skip reasons, as counted in the manifest (``unmappable text: 'x' 'y'`` counts as ``unmappable text``)."""
 

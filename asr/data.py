@@ -17,17 +17,28 @@ batches it had already trained on and sees the rest in the same order.
 
 from __future__ import annotations
 
-import json
+import os
+import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from asr.config import DataConfig, ModelConfig
 from asr.features import FEATURE_DIM
+from asr.files import read_json, write_json
 from asr.model import output_frames
-from asr.shards import MANIFEST, TF_COMPRESSION_TYPE, ShardDirectoryError, compression_of, read_manifest
+from asr.shards import (
+    MANIFEST,
+    TF_COMPRESSION_TYPE,
+    ShardDamage,
+    ShardDirectoryError,
+    compression_of,
+    listed_utterances,
+    missing_shards,
+    read_manifest,
+)
 
 SIDECARS = "sidecars"
 
@@ -39,16 +50,32 @@ class DataError(Exception):
     """Shards the pipeline cannot use; the message names the directory, file or key."""
 
 
+Lengths = tuple[tuple[str, int, int], ...]
+"""``(utt_id, frames, labels)`` per utterance of a shard file, in record order."""
+
+
 @dataclass(frozen=True)
 class ShardSet:
-    """Shard directory and manifest; ``lengths``: ``(utt_id, frames, labels)`` per utterance."""
+    """Shard directory and manifest, the files to read and how many records of each (after a check)."""
 
     path: Path
     files: tuple[str, ...]
     manifest: dict
     mean: np.ndarray
     std: np.ndarray
-    lengths: tuple[tuple[str, int, int], ...]
+    file_lengths: tuple[Lengths, ...]
+    """Per file of ``files``: the lengths its sidecar (or its records) list."""
+    file_bytes: tuple[int | None, ...]
+    """Per file: its size as written by ``asr.extract`` (None when no sidecar records it)."""
+    readable: tuple[int, ...] | None = None
+    """Per file: whole records the pipeline reads, once :func:`check_shards` has looked (None: all)."""
+    damage: tuple[ShardDamage, ...] = ()
+
+    @property
+    def lengths(self) -> Lengths:
+        """``(utt_id, frames, labels)`` of every utterance the pipeline reads."""
+        counts = self.readable or [len(lengths) for lengths in self.file_lengths]
+        return tuple(u for lengths, n in zip(self.file_lengths, counts, strict=True) for u in lengths[:n])
 
     @property
     def utterances(self) -> int:
@@ -61,11 +88,14 @@ class ShardSet:
         return TF_COMPRESSION_TYPE[compression_of(Path(self.files[0]))]
 
 
-def open_shards(path: str | Path, key: str = "data.train") -> ShardSet:
-    """Read and check a shard directory's manifest; raise :class:`DataError` naming ``key`` and the path."""
+def open_shards(path: str | Path, key: str = "data.train", allow_missing: bool = False) -> ShardSet:
+    """Read and check a shard directory's manifest; raise :class:`DataError` naming ``key`` and the path.
+
+    ``allow_missing``: shards the manifest lists but that are gone are left out and recorded as damage.
+    """
     path = Path(path)
     try:
-        manifest, files = read_manifest(path, key)
+        manifest, files = read_manifest(path, key, allow_missing)
     except ShardDirectoryError as error:
         raise DataError(str(error)) from None
     mean = np.asarray(manifest.get("feature_mean", []), dtype=np.float32)
@@ -75,32 +105,144 @@ def open_shards(path: str | Path, key: str = "data.train") -> ShardSet:
             f"{key}: {path / MANIFEST}: feature_mean/feature_std have {mean.size} values; "
             f"the model reads {FEATURE_DIM} features per frame"
         )
+    sidecars = [read_json(path / SIDECARS / (f.name.split(".", 1)[0] + ".json"), {}) for f in files]
+    lengths = [_sidecar_lengths(sidecar) for sidecar in sidecars]
+    if any(n is None for n in lengths):
+        lengths = [_scan_lengths(f) for f in files]
+    listed = listed_utterances(manifest)
+    missing = tuple(
+        ShardDamage(str(f), f"missing (listed in {MANIFEST})", 0, listed.get(f.name))
+        for f in missing_shards(path, manifest)
+    )
     return ShardSet(
-        path, tuple(map(str, files)), manifest, mean, np.where(std > 0, std, 1.0), _lengths(path, manifest)
+        path,
+        tuple(map(str, files)),
+        manifest,
+        mean,
+        np.where(std > 0, std, 1.0),
+        tuple(lengths),  # type: ignore[arg-type]
+        tuple(s.get("bytes") if isinstance(s, dict) else None for s in sidecars),
+        damage=missing,
     )
 
 
-def _lengths(path: Path, manifest: dict) -> tuple[tuple[str, int, int], ...]:
-    found: list[tuple[str, int, int]] = []
-    for shard in manifest.get("shards", []):
-        sidecar = path / SIDECARS / (shard["file"].split(".", 1)[0] + ".json")
-        try:
-            lengths = json.loads(sidecar.read_text())["lengths"]
-        except (OSError, ValueError, KeyError):
-            return _scan_lengths(path, manifest)
-        found.extend((str(u), int(f), int(n)) for u, f, n in lengths)
-    return tuple(found)
+def _sidecar_lengths(sidecar: object) -> Lengths | None:
+    try:
+        return tuple((str(u), int(f), int(n)) for u, f, n in sidecar["lengths"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
-def _scan_lengths(path: Path, manifest: dict) -> tuple[tuple[str, int, int], ...]:
-    """Lengths read from the shards themselves (outputs of an extractor that kept no sidecar lengths)."""
-    from asr.shards import read_utterances
+def _scan_lengths(file: Path) -> Lengths:
+    """Lengths read from a shard itself (output of an extractor that kept no sidecar lengths); a damaged
+    shard gives those of its records before the damage."""
+    from asr.shards import ShardError, read_utterances
 
     found = []
-    for shard in manifest.get("shards", []):
-        for utterance in read_utterances(path / shard["file"]):
+    try:
+        for utterance in read_utterances(file):
             found.append((utterance["utt_id"], int(utterance["num_frames"]), len(utterance["labels"])))
+    except ShardError:
+        pass
     return tuple(found)
+
+
+# --------------------------------------------------------------------------- checking shards
+
+
+CHECK_CACHE_VERSION = 1
+
+
+def check_shards(
+    shards: ShardSet, mode: str = "full", cache: Path | None = None, workers: int = 1, progress: bool = False
+) -> ShardSet:
+    """The set with each file's readable record count and its damage, as TensorFlow's reader sees it.
+
+    ``mode="size"`` compares each file's size with the one ``asr.extract`` recorded (instant; finds cut
+    files). ``mode="full"`` reads every record with the same reader training uses (checking CRCs and the
+    compressed stream), so a damaged file is cut to the records before its damage and training never
+    meets a read error; results are kept in ``cache`` (a JSON file) by file size and modification time,
+    so a resumed run does not read the shards again.
+    """
+    known = read_json(cache, {}) if cache else {}
+    known = known.get("files", {}) if known.get("version") == CHECK_CACHE_VERSION else {}
+    results: dict[str, dict] = {}
+    todo = []
+    for file, expected in zip(shards.files, shards.file_bytes, strict=True):
+        stat = os.stat(file)
+        entry = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if mode == "size":
+            cut = expected is not None and stat.st_size != expected
+            reason = f"{stat.st_size} bytes, {expected} were written (cut?)" if cut else None
+            results[file] = {**entry, "readable": None, "reason": reason}
+        elif {k: known.get(file, {}).get(k) for k in entry} == entry:
+            results[file] = known[file]
+        else:
+            todo.append((file, entry))
+    for (file, entry), (count, reason) in zip(todo, _count_records(shards, [f for f, _ in todo], workers,
+                                                                    progress), strict=True):  # fmt: skip
+        results[file] = {**entry, "readable": count, "reason": reason}
+    if cache and todo:
+        write_json(cache, {"version": CHECK_CACHE_VERSION, "files": results})
+    return _with_damage(shards, results)
+
+
+def _count_records(
+    shards: ShardSet, files: list[str], workers: int, progress: bool
+) -> list[tuple[int, str | None]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        counted = pool.map(lambda f: count_readable_records(f, shards.compression_type), files)
+        bar = tqdm(counted, total=len(files), desc="checking shards", unit="shard", leave=False,
+                   disable=not progress or len(files) < 2, file=sys.stderr)  # fmt: skip
+        return list(bar)
+
+
+def count_readable_records(file: str, compression_type: str) -> tuple[int, str | None]:
+    """Whole records TensorFlow's TFRecord reader yields before an error, and the error's first line."""
+    import tensorflow as tf
+
+    dataset = tf.data.TFRecordDataset(file, compression_type=compression_type)
+    try:
+        return int(dataset.reduce(np.int64(0), lambda count, _: count + 1)), None
+    except tf.errors.OpError:
+        pass
+    count = 0
+    try:
+        for _ in dataset:
+            count += 1
+    except tf.errors.OpError as error:
+        return count, f"unreadable after record {count} ({_first_line(error.message)})"
+    return count, None
+
+
+def _first_line(message: str) -> str:
+    return (message.strip().splitlines() or [""])[0][:200]
+
+
+def _with_damage(shards: ShardSet, results: dict[str, dict]) -> ShardSet:
+    readable, damage = [], list(shards.damage)
+    for file, lengths in zip(shards.files, shards.file_lengths, strict=True):
+        result = results[file]
+        count = len(lengths) if result["readable"] is None else min(result["readable"], len(lengths))
+        if result["reason"] and result["readable"] is None:
+            count = 0  # a cut file found by its size alone: nothing in it is trusted
+        readable.append(count)
+        if result["reason"] or count < len(lengths):
+            reason = result["reason"] or "fewer records than listed"
+            damage.append(ShardDamage(file, reason, count, len(lengths)))
+    kept = [i for i, n in enumerate(readable) if n > 0]
+    return replace(
+        shards,
+        files=tuple(shards.files[i] for i in kept),
+        file_lengths=tuple(shards.file_lengths[i] for i in kept),
+        file_bytes=tuple(shards.file_bytes[i] for i in kept),
+        readable=tuple(readable[i] for i in kept),
+        damage=tuple(damage),
+    )
 
 
 def drop_reason(frames: int, label_length: int, data: DataConfig, model: ModelConfig) -> str | None:
@@ -243,11 +385,12 @@ def training_dataset(
     import tensorflow as tf
 
     epoch_seed = seed * 100_003 + epoch
-    files = tf.data.Dataset.from_tensor_slices(list(shards.files))
+    readable = shards.readable or [-1] * len(shards.files)  # -1: every record (take(-1) takes all)
+    files = tf.data.Dataset.from_tensor_slices((list(shards.files), tf.constant(readable, tf.int64)))
     if training:
         files = files.shuffle(len(shards.files), seed=epoch_seed, reshuffle_each_iteration=False)
     records = files.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=shards.compression_type),
+        lambda f, n: tf.data.TFRecordDataset(f, compression_type=shards.compression_type).take(n),
         cycle_length=min(data.readers, len(shards.files)),
         block_length=1,
         num_parallel_calls=min(data.readers, len(shards.files)),

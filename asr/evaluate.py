@@ -17,14 +17,16 @@ runs evaluate, possibly on another machine that sees the run directory.
 
 Errors that stop the command print one line naming the file or value and exit with status 2: a
 checkpoint that does not fit the recipe's model, an empty evaluation set, shards written with a
-different alphabet. A missing language model only warns: decoding falls back to beam search without it.
+different alphabet, a write that fails (disk full: the line names the file). A missing language model
+only warns: decoding falls back to beam search without it. So does a damaged or missing shard
+(:mod:`asr.shardset`): the utterances before the damage are evaluated and the rows count the rest
+(``skipped_utterances``); ``--strict`` makes it an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -34,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from asr import text
+from asr.config import FINITE, Bound, OneLineParser, option_type
 from asr.decoding import Decoder, PendingDecode, split_batch
+from asr.files import JsonError, WriteError, load_json, read_json, write_json, write_text
 from asr.metrics import SetScores, VocabularyBreakdown, score, vocabulary_breakdown
 
 EVAL_DIR = "eval"
@@ -66,6 +70,10 @@ class EvalSet:
     durations: tuple[float, ...]
     """Seconds of audio per utterance."""
     manifest: dict
+    lost: int = 0
+    """Utterances in damaged or missing shards that were not read (those the manifest counts)."""
+    damage: tuple[str, ...] = ()
+    """One line per damaged or missing shard file: which, why, utterances used and lost."""
 
     def __len__(self) -> int:
         return len(self.utt_ids)
@@ -75,34 +83,33 @@ class EvalSet:
         return float(sum(self.durations))
 
 
-def load_eval_set(path: str | os.PathLike, name: str | None = None) -> EvalSet:
-    """Read a shard directory; raises :class:`EvaluateError` for a bad or empty one."""
-    from asr.shards import ShardDirectoryError, read_manifest, read_utterances
+def load_eval_set(
+    path: str | os.PathLike, name: str | None = None, key: str = "--data", strict: bool = False
+) -> EvalSet:
+    """Read a shard directory; raises :class:`EvaluateError` (starting with ``key``, the option or recipe
+    key that named it) for a bad or empty one.
+
+    Damaged or missing shards (:mod:`asr.shardset`): by default the utterances before the damage are kept
+    and each file gets one warning line on stderr, counted in :attr:`EvalSet.lost`; ``strict`` stops.
+    """
+    from asr.shardset import ShardReader, ShardReaderError
 
     path = Path(path)
-    try:
-        manifest, files = read_manifest(path, "--data")
-    except ShardDirectoryError as error:
-        raise EvaluateError(str(error)) from None
     utt_ids, texts, feats, durations = [], [], [], []
-    for shard in files:
-        try:
-            for utterance in read_utterances(shard):
-                utt_ids.append(utterance["utt_id"])
-                texts.append(utterance["text"])
-                feats.append(np.asarray(utterance["features"], dtype=np.float32))
-                durations.append(utterance["duration"])
-        except (OSError, ValueError, KeyError, IndexError, EOFError) as error:
-            raise EvaluateError(f"{shard}: unreadable shard: {error}") from error
+    try:
+        shard_set = ShardReader(path, key, strict)
+        for utterance in shard_set.utterances():
+            utt_ids.append(utterance["utt_id"])
+            texts.append(utterance["text"])
+            feats.append(np.asarray(utterance["features"], dtype=np.float32))
+            durations.append(utterance["duration"])
+    except ShardReaderError as error:
+        raise EvaluateError(str(error)) from None
+    for warning in shard_set.warnings():
+        print(f"asr.evaluate: warning: {warning}", file=sys.stderr, flush=True)
     if not utt_ids:
-        raise EvaluateError(f"--data {path}: the evaluation set is empty (no utterances in its shards)")
-    allowed = set(text.SYMBOLS[: text.SEPARATOR_ID])
-    for utt_id, transcript in zip(utt_ids, texts, strict=True):
-        outside = sorted(set(transcript) - allowed)
-        if outside:
-            raise EvaluateError(
-                f"--data {path}: utterance {utt_id}: characters outside the alphabet {outside}"
-            )
+        raise EvaluateError(f"{key} {path}: the evaluation set is empty (no utterances in its shards)")
+    _check_alphabet(key, path, utt_ids, texts)
     return EvalSet(
         name=name or path.resolve().name,
         path=path,
@@ -110,8 +117,21 @@ def load_eval_set(path: str | os.PathLike, name: str | None = None) -> EvalSet:
         texts=tuple(texts),
         features=tuple(feats),
         durations=tuple(durations),
-        manifest=manifest,
+        manifest=shard_set.manifest,
+        lost=shard_set.lost,
+        damage=tuple(shard_set.warnings()),
     )
+
+
+def _check_alphabet(key: str, path: Path, utt_ids: Sequence[str], texts: Sequence[str]) -> None:
+    """Transcripts must be spelled in the model's alphabet (a shard written by other code may not be)."""
+    allowed = set(text.SYMBOLS[: text.SEPARATOR_ID])
+    for utt_id, transcript in zip(utt_ids, texts, strict=True):
+        outside = sorted(set(transcript) - allowed)
+        if outside:
+            raise EvaluateError(
+                f"{key} {path}: utterance {utt_id}: characters outside the alphabet {outside}"
+            )
 
 
 def padded_batches(
@@ -161,6 +181,10 @@ class SetResult:
     """Reference words in and out of the LM's dictionary and how many were recognized (with an LM)."""
     language_model: dict | None = None
     """With an LM: its directory (``lm``) and weights (``lm_alpha``, ``lm_beta``): how the row was made."""
+    skipped_utterances: int = 0
+    """Utterances of the set not evaluated because their shard was damaged or missing."""
+    damaged_shards: int = 0
+    """Damaged or missing shard files: a row with any is of an incomplete set."""
 
     def event_fields(self, source: str) -> dict:
         """Fields of an ``eval`` event (see :mod:`asr.events`)."""
@@ -180,6 +204,7 @@ class SetResult:
             "utterances": self.scores.utterances,
             "seconds": self.seconds,
             "source": source,
+            **({"skipped_utterances": self.skipped_utterances} if self.damaged_shards else {}),
         }
 
     def row(self) -> dict:
@@ -193,6 +218,8 @@ class SetResult:
             "decoder": self.decoder,
             "beam_width": self.beam_width,
             "audio_seconds": self.audio_seconds,
+            "skipped_utterances": self.skipped_utterances,
+            "damaged_shards": self.damaged_shards,
             **(self.vocabulary.summary() if self.vocabulary else {}),
             **(self.language_model or {}),
         }
@@ -245,6 +272,8 @@ def run_set(
         beam_width=decoder.beam_width,
         audio_seconds=eval_set.audio_seconds,
         vocabulary=vocabulary_breakdown(eval_set.texts, hypotheses, vocabulary) if vocabulary else None,
+        skipped_utterances=eval_set.lost,
+        damaged_shards=len(eval_set.damage),
     )
 
 
@@ -271,14 +300,6 @@ def _progress(eval_set: EvalSet, batch_size: int):
 # --------------------------------------------------------------------------- writing results
 
 
-def write_text_atomic(path: Path, content: str) -> None:
-    """Write ``content`` to ``path`` via a temporary name, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(content, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def hypotheses_tsv(eval_set: EvalSet, result: SetResult) -> str:
     """One line per utterance: id, word edits, reference words, char edits, reference, hypothesis."""
     lines = ["utt_id\tword_edits\treference_words\tchar_edits\treference\thypothesis"]
@@ -301,7 +322,7 @@ def format_table(results: Sequence[SetResult], title: str = "") -> str:
             f"{r.scores.cer_maxlen:.2f} | {w.substitutions} | {w.deletions} | {w.insertions} | "
             f"{w.reference_length} | {r.loss:.3f} | {r.seconds:.1f} |"
         )
-    table = "\n".join(line for line in lines if line or title) + "\n"
+    table = "\n".join(line for line in lines if line or title) + "\n" + _incomplete_note(results)
     with_vocabulary = [r for r in results if r.vocabulary]
     if not with_vocabulary:
         return table
@@ -318,6 +339,17 @@ def format_table(results: Sequence[SetResult], title: str = "") -> str:
             f"| {r.name} | {v['oov_rate']:.1f} | {v['iv_word_accuracy']:.1f} | {v['oov_word_accuracy']:.1f} |"
         )
     return table + "\n".join(vocabulary) + "\n"
+
+
+def _incomplete_note(results: Sequence[SetResult]) -> str:
+    """A line under the table for each set read with damaged or missing shards: its figures are partial."""
+    notes = {
+        r.name: f"\n{r.name}: incomplete: {r.skipped_utterances} utterances in {r.damaged_shards} damaged or "
+        "missing shard files were not evaluated (the warnings name them)"
+        for r in results
+        if r.damaged_shards
+    }
+    return "".join(notes.values()) + ("\n" if notes else "")
 
 
 def format_sweep(results: Sequence[SetResult]) -> str:
@@ -389,22 +421,21 @@ def save_results(
     by_name = {s.name: s for s in sets}
     for result in results:
         name = f"{result.name}.beam{result.beam_width}.hyp.tsv"
-        write_text_atomic(out / name, hypotheses_tsv(by_name[result.name], result))
+        write_text(out / name, hypotheses_tsv(by_name[result.name], result))
     rows = [{**r.row(), "checkpoint": checkpoint_name} for r in results]
     widest = max(r.beam_width for r in results)
     final = [r for r in results if r.beam_width == widest]
-    write_text_atomic(
+    write_text(
         out / "table.md",
         format_table(final, f"Checkpoint {checkpoint_name}, {final[0].decoder} beam {widest}"),
     )
     if sweep:
-        write_text_atomic(out / "sweep.md", format_sweep(results))
-    write_text_atomic(out / "results.json", json.dumps(rows, indent=1) + "\n")
+        write_text(out / "sweep.md", format_sweep(results))
+    write_json(out / "results.json", rows)
 
     merged_path = run_dir / EVAL_DIR / "results.json"
-    try:
-        previous = json.loads(merged_path.read_text(encoding="utf-8")) if merged_path.is_file() else []
-    except (OSError, ValueError):
+    previous = read_json(merged_path, default=[])
+    if not isinstance(previous, list):  # not ours (or damaged): start the merged rows afresh
         previous = []
     keys = {(r["split"], r["beam_width"], r["decoder"]) for r in rows}
     kept = [
@@ -412,55 +443,50 @@ def save_results(
         for r in previous
         if isinstance(r, dict) and (r.get("split"), r.get("beam_width"), r.get("decoder")) not in keys
     ]
-    write_text_atomic(merged_path, json.dumps(kept + rows, indent=1) + "\n")
-    write_text_atomic(run_dir / EVAL_DIR / "table.md", format_table(final, f"Checkpoint {checkpoint_name}"))
+    write_json(merged_path, kept + rows)
+    write_text(run_dir / EVAL_DIR / "table.md", format_table(final, f"Checkpoint {checkpoint_name}"))
     return out
 
 
 # --------------------------------------------------------------------------- the model (training's modules)
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckpointRef:
-    """A saved model in a run directory: ``name`` for file names, ``step`` for ``--checkpoint N``."""
-
-    name: str
-    path: str
-    step: int
-
-
-def list_checkpoints(run_dir: Path) -> list[CheckpointRef]:
-    """Checkpoints of a run, oldest first (the training stage's ``asr.checkpoint`` knows the layout)."""
-    try:
-        from asr import checkpoint as checkpoint_module
-    except ImportError as error:
-        raise EvaluateError(
-            f"cannot list checkpoints of {run_dir}: the training stage is missing ({error})"
-        ) from error
-    return [
-        CheckpointRef(c.name, str(c.path), int(c.step)) for c in checkpoint_module.list_checkpoints(run_dir)
-    ]
-
-
-def open_checkpoint(run_dir: Path, checkpoint: CheckpointRef, recipe) -> tuple[LogitsFn, dict]:
+def open_checkpoint(run_dir: Path, checkpoint, recipe) -> tuple[LogitsFn, dict]:
     """The evaluation model (dropout off, batch norm in inference mode) with the checkpoint's weights.
 
-    Returns a :data:`LogitsFn` running on every replica of the recipe's strategy and the checkpoint's
-    ``epoch``/``step``/``elapsed`` for the event log. A checkpoint that does not fit the recipe's model
-    raises :class:`EvaluateError` naming both.
+    ``checkpoint`` is an :class:`asr.checkpoint.CheckpointInfo`. Returns a :data:`LogitsFn` running on every
+    replica of the recipe's strategy and the checkpoint's ``epoch``/``step``/``elapsed`` for the event log.
+    A checkpoint that does not fit the recipe's model raises :class:`EvaluateError` naming both; one whose
+    files are damaged raises :class:`asr.checkpoint.CheckpointDamagedError`.
     """
-    try:
-        from asr.evaluators.swap import checkpoint_logits_fn
-    except ImportError as error:
-        raise EvaluateError(
-            f"cannot build the evaluation model: the training stage is missing ({error})"
-        ) from error
     from asr.checkpoint import CheckpointMismatchError
+    from asr.evaluators.swap import checkpoint_logits_fn
 
     try:
         return checkpoint_logits_fn(run_dir, checkpoint.path, recipe)
     except CheckpointMismatchError as error:
         raise EvaluateError(f"{error}; recipe {Path(run_dir) / 'recipe.yaml'}") from None
+
+
+def _warn(message: str) -> None:
+    print(f"asr.evaluate: warning: {message}", file=sys.stderr, flush=True)
+
+
+def open_newest(run_dir: Path, recipe):
+    """The newest undamaged checkpoint and its :data:`LogitsFn`; a damaged newer one is skipped with one
+    warning naming it and the one used."""
+    from asr.checkpoint import NoValidCheckpointError, list_checkpoints, restore_newest
+
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise EvaluateError(f"--run {run_dir}: no checkpoints yet")
+    try:
+        checkpoint, (logits_fn, _) = restore_newest(
+            checkpoints, lambda c: open_checkpoint(run_dir, c, recipe), _warn
+        )
+    except NoValidCheckpointError as error:
+        raise EvaluateError(str(error)) from None
+    return checkpoint, logits_fn
 
 
 def load_run_recipe(run_dir: Path):
@@ -479,38 +505,50 @@ def load_run_recipe(run_dir: Path):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m asr.evaluate",
         description="Decode shard sets with a checkpoint of a run: WER/CER tables, beam sweeps, --watch.",
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--run", metavar="RUN_DIR", help="run directory of asr.train")
     target.add_argument("--watch", metavar="RUN_DIR", help="evaluate each new checkpoint of a running run")
-    parser.add_argument("--checkpoint", type=int, metavar="N", help="checkpoint at step N (default: latest)")
+    count, zero_or_more = option_type(int, Bound(1)), option_type(int, Bound(0))
+    parser.add_argument(
+        "--checkpoint", type=zero_or_more, metavar="N", help="checkpoint at step N (default: latest)"
+    )
     parser.add_argument(
         "--data", nargs="+", metavar="SHARDS", help="shard directories (default: recipe data.dev)"
     )
-    parser.add_argument("--beam", type=int, help="beam width; 1 is greedy (default: 512; --watch: recipe's)")
+    parser.add_argument(
+        "--beam", type=count, help="beam width; 1 is greedy (default: 512; --watch: recipe's)"
+    )
     parser.add_argument("--beam-sweep", metavar="W,W,...", help="decode with each beam width (paper Table 3)")
     parser.add_argument("--lm", metavar="LM_DIR", help="asr.lm output (default: recipe eval.lm)")
-    parser.add_argument("--alpha", type=float, help="LM weight (default: recipe eval.lm_alpha)")
-    parser.add_argument("--beta", type=float, help="word bonus (default: recipe eval.lm_beta)")
-    parser.add_argument("--batch-size", type=int, help="utterances per model batch (default: recipe's)")
+    finite = option_type(float, FINITE)
+    parser.add_argument("--alpha", type=finite, help="LM weight (default: recipe eval.lm_alpha)")
+    parser.add_argument("--beta", type=finite, help="word bonus (default: recipe eval.lm_beta)")
+    parser.add_argument("--batch-size", type=count, help="utterances per model batch (default: recipe's)")
     parser.add_argument(
-        "--workers", type=int, help="decoding processes (default: recipe eval.decode_workers)"
+        "--workers",
+        type=option_type(int, Bound(0, note="0: all CPU cores")),
+        help="decoding processes (default: recipe eval.decode_workers)",
     )
     parser.add_argument(
-        "--poll", type=float, default=10.0, help="--watch: seconds between looks (default 10)"
+        "--poll",
+        type=option_type(float, Bound(0, low_open=True)),
+        default=10.0,
+        help="--watch: seconds between looks (default 10)",
     )
     parser.add_argument(
         "--stop-after",
-        type=float,
+        type=option_type(float, Bound(0, note="0: never")),
         default=0.0,
         help="--watch: stop after this many seconds without a new checkpoint (0: never)",
     )
+    parser.add_argument(
+        "--strict", action="store_true", help="stop at a damaged or missing shard instead of skipping it"
+    )
     args = parser.parse_args(argv)
-    if args.beam is not None and args.beam < 1:
-        parser.error(f"--beam: must be at least 1, got {args.beam}")
     if args.beam_sweep:
         try:
             args.beam_sweep = [int(w) for w in args.beam_sweep.split(",") if w.strip()]
@@ -531,28 +569,44 @@ def _settings(args: argparse.Namespace, recipe, default_beam: int) -> list[Decod
 
 
 def _load_sets(args: argparse.Namespace, recipe) -> list[EvalSet]:
-    return [load_eval_set(path) for path in (args.data or [recipe.data.dev])]
+    if args.data:
+        return [load_eval_set(path, strict=args.strict) for path in args.data]
+    return [load_eval_set(recipe.data.dev, key="data.dev", strict=args.strict)]
 
 
-def _pick_checkpoint(run_dir: Path, step: int | None) -> CheckpointRef:
+def open_step(run_dir: Path, step: int, recipe):
+    """``--checkpoint N``: that checkpoint and its :data:`LogitsFn`; damaged or absent: one line."""
+    from asr.checkpoint import CheckpointDamagedError, list_checkpoints
+
     checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        raise EvaluateError(f"--run {run_dir}: no checkpoints yet")
-    if step is None:
-        return checkpoints[-1]
     for checkpoint in checkpoints:
         if checkpoint.step == step:
-            return checkpoint
-    steps = ", ".join(str(c.step) for c in checkpoints)
+            try:
+                return checkpoint, open_checked(run_dir, checkpoint, recipe)[0]
+            except CheckpointDamagedError as error:
+                raise EvaluateError(f"--checkpoint {step}: {error}") from None
+    steps = ", ".join(str(c.step) for c in checkpoints) or "none"
     raise EvaluateError(f"--checkpoint {step}: not in {run_dir} (steps: {steps})")
+
+
+def open_checked(run_dir: Path, checkpoint, recipe) -> tuple[LogitsFn, dict]:
+    """:func:`open_checkpoint` after checking the files against the sizes and checksums saved with them."""
+    from asr.checkpoint import CheckpointDamagedError, damage
+
+    problem = damage(checkpoint)
+    if problem is not None:
+        raise CheckpointDamagedError(f"{checkpoint.path}: damaged ({problem})")
+    return open_checkpoint(run_dir, checkpoint, recipe)
 
 
 def run_command(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     recipe = load_run_recipe(run_dir)
     sets = _load_sets(args, recipe)
-    checkpoint = _pick_checkpoint(run_dir, args.checkpoint)
-    logits_fn, _ = open_checkpoint(run_dir, checkpoint, recipe)
+    if args.checkpoint is None:
+        checkpoint, logits_fn = open_newest(run_dir, recipe)
+    else:
+        checkpoint, logits_fn = open_step(run_dir, args.checkpoint, recipe)
     settings = _settings(args, recipe, default_beam=512)
     batch_size = args.batch_size or recipe.eval.batch_size or recipe.train.global_batch
     results = evaluate_checkpoint(sets, logits_fn, settings, batch_size)
@@ -567,6 +621,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def watch_command(args: argparse.Namespace) -> int:
     """Evaluate every checkpoint not evaluated yet; append ``eval`` events (source "external")."""
+    from asr.checkpoint import CheckpointDamagedError, list_checkpoints
     from asr.events import EventLog
 
     run_dir = Path(args.watch)
@@ -575,13 +630,18 @@ def watch_command(args: argparse.Namespace) -> int:
     settings = _settings(args, recipe, default_beam=recipe.eval.beam_width)
     batch_size = args.batch_size or recipe.eval.batch_size or recipe.train.global_batch
     state_path = run_dir / EVAL_DIR / "watched.json"
-    done: list[str] = json.loads(state_path.read_text()) if state_path.is_file() else []
+    done = _watched(state_path)
     last_new = time.monotonic()
     print(f"asr.evaluate: watching {run_dir} for new checkpoints (every {args.poll:g} s)", flush=True)
     while True:
         fresh = [c for c in list_checkpoints(run_dir) if c.name not in done]
         for checkpoint in fresh:
-            logits_fn, info = open_checkpoint(run_dir, checkpoint, recipe)
+            try:
+                logits_fn, info = open_checked(run_dir, checkpoint, recipe)
+            except CheckpointDamagedError as error:
+                _warn(f"{error}; skipped")
+                done.append(checkpoint.name)
+                continue
             results = evaluate_checkpoint(sets, logits_fn, settings, batch_size)
             save_results(run_dir, checkpoint.name, sets, results, sweep=False)
             with EventLog(run_dir) as events:
@@ -590,7 +650,7 @@ def watch_command(args: argparse.Namespace) -> int:
                         "eval", **info, **result.event_fields("external"), checkpoint=checkpoint.name
                     )
             done.append(checkpoint.name)
-            write_text_atomic(state_path, json.dumps(done) + "\n")
+            write_json(state_path, done, indent=None)
             summary = ", ".join(f"{r.name} WER {r.scores.wer:.2f} CER {r.scores.cer:.2f}" for r in results)
             print(f"asr.evaluate: {checkpoint.name}: {summary}", flush=True)
             last_new = time.monotonic()
@@ -598,6 +658,20 @@ def watch_command(args: argparse.Namespace) -> int:
             print(f"asr.evaluate: no new checkpoint for {args.stop_after:g} s; stopping", flush=True)
             return 0
         time.sleep(args.poll)
+
+
+def _watched(state_path: Path) -> list[str]:
+    """Checkpoints ``--watch`` has evaluated (``eval/watched.json``); a damaged file stops with one line
+    rather than silently evaluating every checkpoint again (and appending their events twice)."""
+    if not state_path.is_file():
+        return []
+    try:
+        done = load_json(state_path)
+    except JsonError as error:
+        raise EvaluateError(f"{error}; delete it to evaluate every checkpoint again") from None
+    if not isinstance(done, list) or not all(isinstance(name, str) for name in done):
+        raise EvaluateError(f"{state_path}: expected a list of checkpoint names; delete it to start over")
+    return done
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -608,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("always", category=UserWarning, module="asr")
     try:
         return watch_command(args) if args.watch else run_command(args)
-    except EvaluateError as error:
+    except (EvaluateError, WriteError) as error:
         print(f"asr.evaluate: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

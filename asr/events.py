@@ -12,7 +12,9 @@ time-to-accuracy report only reads. Every event has:
 Kinds and their own fields:
 
 - ``run_start``: ``recipe``, ``rig``, ``replicas``, ``workers``, ``resumed`` (bool),
-  ``downtime`` (seconds between the previous stop and this start; 0 for a fresh run).
+  ``downtime`` (seconds between the previous stop and this start; 0 for a fresh run),
+  ``damaged_shards`` = [{``file``, ``readable``, ``listed``, ``reason``}] (training shards read only
+  up to their damage, or missing).
 - ``step``: ``phase`` = "train", ``loss`` (mean CTC loss per utterance), ``batch_size`` (global
   utterances), ``replicas``, ``step_seconds``, ``elements_per_second`` (batch_size / step_seconds),
   ``elements_per_second_per_replica``, ``audio_seconds`` (unpadded audio in the batch).
@@ -22,47 +24,83 @@ Kinds and their own fields:
 - ``eval``: ``split``, ``loss``, ``wer``, ``cer``, ``cer_maxlen`` (percent), ``substitutions``,
   ``deletions``, ``insertions``, ``words``, ``decoder``, ``beam_width``, ``utterances``,
   ``seconds``, ``source`` ("swap" | "resident" | "external").
-- ``epoch_end``: ``train_seconds`` of that epoch.
+- ``epoch_end``: ``train_seconds`` of that epoch (this session's share if it was resumed midway),
+  ``learning_rate``.
 - ``target``: ``metric``, ``target``, ``rule`` ("median" | "first"), ``value``.
 - ``util``: ``cpu_percent`` (training process, 100 = one core), ``gpus`` = [{``index``,
   ``utilization``, ``memory_used_mb``, ``power_w``}].
 - ``skipped_step``: ``reason`` (non-finite loss), ``consecutive``.
 - ``run_end``: ``reason`` ("epochs" | "time_budget" | "targets" | "signal" | "nan" | "error").
+
+Lines are whole or skipped: a line cut by a kill or a full disk is left as it is, the next event starts
+on a fresh line, and :func:`read_events` returns one warning per unreadable line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from asr import failpoints
+from asr.files import WriteError
+
 EVENT_LOG_NAME = "events.jsonl"
 
 
 class EventLog:
-    """Appends events to ``RUN_DIR/events.jsonl``; each line is flushed as it is written."""
+    """Appends events to ``RUN_DIR/events.jsonl``; each line is flushed as it is written.
+
+    Every line starts on a fresh line: a log whose last line was cut (a kill or a full disk mid-write)
+    gets a newline before the first new event, so the cut line stays one unreadable line that readers
+    skip and count, and no new event is glued to it. A failed write raises :class:`asr.files.WriteError`
+    naming the log.
+    """
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / EVENT_LOG_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO | None = self.path.open("a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: TextIO | None = self.path.open("a", encoding="utf-8")
+        except OSError as error:
+            raise WriteError(self.path, error) from None
         self._lock = threading.Lock()  # the utilization sampler writes from its own thread
+        self._line_open = _ends_mid_line(self.path)
 
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"event": event, "wall_time": time.time(), **fields}
         line = json.dumps(record, separators=(",", ":"), default=_jsonable) + "\n"
         with self._lock:
             if self._file is not None:
-                self._file.write(line)
-                self._file.flush()
+                failpoints.hit("events.write")
+                try:
+                    self._file.write("\n" + line if self._line_open else line)
+                    self._file.flush()
+                    self._line_open = False
+                except OSError as error:
+                    self._line_open = True  # part of the line may be on disk
+                    self._drop_buffer()
+                    raise WriteError(self.path, error) from None
         return record
+
+    def _drop_buffer(self) -> None:
+        """After a failed write, reopen so that Python's buffer does not retry the same bytes at close."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        try:
+            self._file = self.path.open("a", encoding="utf-8")
+        except OSError:
+            self._file = None
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.close()
+                with contextlib.suppress(OSError):
+                    self._file.close()
                 self._file = None
 
     def __enter__(self) -> EventLog:
@@ -70,6 +108,19 @@ class EventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """True when the file's last byte is not a newline (its last line was cut)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def _jsonable(value: Any) -> Any:
@@ -81,7 +132,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_events(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """All readable events, and a warning for each line that is not (e.g. a run killed mid-write).
+    """All readable events, and one warning per line that is not (e.g. a run killed mid-write).
 
     ``path`` is the log itself or its run directory. A missing log raises ``FileNotFoundError``.
     """
@@ -97,7 +148,7 @@ def read_events(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                warnings.append(f"{path}:{number}: unreadable line skipped (truncated write?)")
+                warnings.append(f"{path}:{number}: unreadable line skipped (cut by a kill or a full disk?)")
                 continue
             if isinstance(record, dict) and "event" in record:
                 events.append(record)

@@ -8,17 +8,17 @@ where it stopped and K tasks can share one directory. Whichever run finds every 
 writes ``manifest.json`` (feature mean/std, counts, skipped utterances, shard list).
 Output bytes do not depend on the number of workers, tasks or interruptions.
 
-Exit status: 0 done (or this task's part done), 2 unusable input or output, 130 interrupted.
+Exit status: 0 done (or this task's part done), 2 unusable input or output (including a write that
+fails: one line naming the file, no temporary left, rerun to resume), 130 interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import importlib.metadata
 import itertools
-import json
+import math
 import multiprocessing
 import os
 import platform
@@ -26,7 +26,9 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,9 @@ import numpy as np
 import soundfile
 
 import asr
-from asr import corpus, features, shards, text
+from asr import corpus, failpoints, features, shards, text
+from asr.config import OneLineParser
+from asr.files import WriteError, read_json, remove_temporaries, write_json
 
 MANIFEST = "manifest.json"
 SIDECARS = "sidecars"
@@ -85,14 +89,16 @@ class ExtractConfig:
             raise ExtractError("give --corpus with --subsets, or --manifest-input")
         if self.corpus is not None and not self.subsets:
             raise ExtractError("--corpus needs --subsets (the subset directories to read)")
-        if self.workers < 1 or self.shard_size < 1 or self.num_tasks < 1:
-            raise ExtractError("--workers, --shard-size and --num-tasks must be at least 1")
+        for option, value in (("--workers", self.workers), ("--shard-size", self.shard_size),
+                              ("--num-tasks", self.num_tasks)):  # fmt: skip
+            if value < 1:
+                raise ExtractError(f"{option}: must be at least 1, got {value}")
         if not 0 <= self.task_index < self.num_tasks:
             raise ExtractError(f"--task-index {self.task_index} is not in [0, {self.num_tasks})")
         if self.compression != "none" and not 0 <= self.compression_level <= 9:
             raise ExtractError(f"--compression-level {self.compression_level} is not in 0..9")
-        if self.max_duration <= 0:
-            raise ExtractError(f"--max-duration {self.max_duration} must be positive")
+        if not 0 < self.max_duration < math.inf:  # NaN fails too: it would keep every utterance
+            raise ExtractError(f"--max-duration {self.max_duration} must be a positive number of seconds")
 
     def parameters(self) -> dict[str, Any]:
         """What determines the bytes written; an output directory holds one set of these."""
@@ -143,20 +149,6 @@ class Plan:
 # --------------------------------------------------------------------------- small helpers
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON to ``NAME.tmp-<pid>`` and rename it over ``NAME``."""
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def planned_digest(utterances: Sequence[corpus.Planned]) -> str:
     """Fingerprint of a shard's planned utterances (ids, paths, texts): a changed corpus redoes it."""
     digest = hashlib.sha256()
@@ -205,13 +197,22 @@ def _probe_chunk(job: tuple[list[corpus.Candidate], float, bool]) -> list[corpus
 
 
 def _load_audio(path: str, resample: bool) -> np.ndarray | str:
-    """Mono 16 kHz float32 samples, or the skip reason."""
+    """Mono 16 kHz float32 samples, or the skip reason.
+
+    A file that decodes without an error can still be damaged; :func:`audio_damage` checks the samples
+    against the header, so that no features are made from garbage or from part of an utterance.
+    """
     try:
-        samples, rate = soundfile.read(path, dtype="float32", always_2d=False)
+        with soundfile.SoundFile(path) as audio:
+            declared, rate = audio.frames, audio.samplerate
+            samples = audio.read(dtype="float32", always_2d=False)
     except Exception:  # libsndfile raises several types for a corrupt body
         return corpus.UNREADABLE_AUDIO
     if samples.ndim != 1:
         return corpus.NOT_MONO
+    damage = audio_damage(path, samples, declared)
+    if damage:
+        return f"{corpus.CORRUPT_AUDIO}: {damage}"
     if rate != features.SAMPLE_RATE:
         if not resample:
             return corpus.WRONG_SAMPLE_RATE
@@ -221,8 +222,44 @@ def _load_audio(path: str, resample: bool) -> np.ndarray | str:
     return samples
 
 
+def audio_damage(path: str, samples: np.ndarray, declared: int) -> str | None:
+    """What is wrong with decoded mono samples, or None: not as many as the header declares, NaN or
+    infinite values, or (FLAC) not the samples whose MD5 the encoder stored in the header.
+
+    libsndfile 1.2 raises for damaged FLAC frames (their CRCs fail), but other versions and formats return
+    short reads, and a damaged header can declare fewer samples than the frames hold (libsndfile then stops
+    early without an error): only the MD5 catches that.
+    """
+    if len(samples) != declared:
+        return f"decoded {len(samples)} of the {declared} samples its header declares"
+    if not np.isfinite(samples).all():
+        return "NaN or infinite samples"
+    if not flac_md5_matches(path, samples):
+        return "samples differ from the MD5 in its FLAC header"
+    return None
+
+
+def flac_md5_matches(path: str, samples: np.ndarray) -> bool:
+    """False when ``path`` is a FLAC file whose STREAMINFO MD5 is set and differs from the MD5 of the
+    decoded mono ``samples`` (the encoder's signed little-endian integers, recovered exactly from float32
+    for 8 to 24 bits per sample). True for other files, an unset MD5 or wider samples."""
+    with open(path, "rb") as handle:
+        head = handle.read(42)
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:  # STREAMINFO is always first
+        return True
+    bits = ((int.from_bytes(head[18:26], "big") >> 36) & 0x1F) + 1
+    stored = head[26:42]
+    if not any(stored) or bits > 24:
+        return True
+    integers = np.round(samples.astype(np.float64) * 2.0 ** (bits - 1)).astype("<i4")
+    width = (bits + 7) // 8  # bytes per sample: the low bytes of each little-endian int32
+    packed = integers.view(np.uint8).reshape(-1, 4)[:, :width]
+    return hashlib.md5(packed.tobytes()).digest() == stored
+
+
 def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus.Planned]) -> dict:
     """Decode, featurize and write one shard, then its sidecar; returns the sidecar."""
+    failpoints.hit("extract.shard", key=index)
     started = time.perf_counter()
     cpu_started = time.process_time()
     feature_sum = np.zeros(features.FEATURE_DIM, dtype=np.float64)
@@ -236,10 +273,10 @@ def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus
             samples = _load_audio(utterance.path, config.resample)
             if isinstance(samples, np.ndarray) and features.num_frames(len(samples)) < features.MIN_FRAMES:
                 samples = corpus.TOO_SHORT
-            if isinstance(samples, str):
-                skipped.append({"utt_id": utterance.utt_id, "path": utterance.path, "reason": samples})
+            values = _features(samples) if isinstance(samples, np.ndarray) else samples
+            if isinstance(values, str):
+                skipped.append({"utt_id": utterance.utt_id, "path": utterance.path, "reason": values})
                 continue
-            values = features.compute_features(samples)
             wide = values.astype(np.float64)
             feature_sum[:] += wide.sum(axis=0)
             feature_squares[:] += np.square(wide).sum(axis=0)
@@ -271,12 +308,26 @@ def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus
         "worker_seconds": time.perf_counter() - started,
         "worker_cpu_seconds": time.process_time() - cpu_started,
     }
-    write_json_atomic(config.sidecar_file(index), sidecar)
+    write_json(config.sidecar_file(index), sidecar)
     return sidecar
 
 
+def _features(samples: np.ndarray) -> np.ndarray | str:
+    """The utterance's features, or the skip reason when they are not all finite (finite but absurd
+    samples, such as 1e30 in a float WAV, overflow the power spectrum)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = features.compute_features(samples)
+    return values if np.isfinite(values).all() else f"{corpus.CORRUPT_AUDIO}: NaN or infinite features"
+
+
 def _extract_shard_job(job: tuple[ExtractConfig, int, tuple[corpus.Planned, ...]]) -> dict:
-    return extract_shard(*job)
+    """:func:`extract_shard` in a worker: a failed write comes back to the parent as :class:`ExtractError`,
+    whose one line pickles (a :class:`WriteError` does not survive the trip through the pool's pipe, and
+    the pool then waits forever for the result it lost)."""
+    try:
+        return extract_shard(*job)
+    except WriteError as error:
+        raise ExtractError(str(error)) from None
 
 
 # --------------------------------------------------------------------------- main side
@@ -312,7 +363,7 @@ def prepare_output(config: ExtractConfig) -> None:
         return
     existing = [config.out / MANIFEST, *sorted((config.out / SIDECARS).glob("shard-*.json"))]
     for path in existing:
-        recorded = _read_json(path) if path.is_file() else None
+        recorded = read_json(path) if path.is_file() else None
         if not isinstance(recorded, dict):
             continue
         for section, current in (("parameters", config.parameters()), ("sources", config.sources())):
@@ -349,7 +400,9 @@ def gather_candidates(config: ExtractConfig) -> tuple[list[corpus.Candidate], li
     return candidates, warnings, empty
 
 
-def make_plan(config: ExtractConfig, pool, found: tuple[list[corpus.Candidate], list[str], int]) -> Plan:
+def make_plan(
+    config: ExtractConfig, pool: WorkerPool, found: tuple[list[corpus.Candidate], list[str], int]
+) -> Plan:
     """Probe every candidate's transcript and header (in the worker pool) and cut the kept into shards.
 
     ``found`` is what :func:`gather_candidates` returned.
@@ -361,7 +414,7 @@ def make_plan(config: ExtractConfig, pool, found: tuple[list[corpus.Candidate], 
     ]
     kept: list[corpus.Planned] = []
     skipped: list[corpus.Skipped] = []
-    for results in pool.imap(_probe_chunk, chunks):
+    for results in pool.ordered(_probe_chunk, chunks):
         for result in results:
             (kept if isinstance(result, corpus.Planned) else skipped).append(result)
     size = config.shard_size
@@ -371,7 +424,7 @@ def make_plan(config: ExtractConfig, pool, found: tuple[list[corpus.Candidate], 
 
 def valid_sidecar(config: ExtractConfig, plan: Plan, index: int) -> dict | None:
     """The shard's sidecar if it and its shard file are complete and made from this plan."""
-    sidecar = _read_json(config.sidecar_file(index))
+    sidecar = read_json(config.sidecar_file(index))
     if not isinstance(sidecar, dict):
         return None
     shard_path = config.shard_file(index)
@@ -443,8 +496,16 @@ def merge(config: ExtractConfig, plan: Plan) -> dict | None:
         if stem.startswith("shard-") and int(stem[6:]) >= len(plan.shards):
             path.unlink(missing_ok=True)
     manifest = build_manifest(config, plan, sidecars)  # type: ignore[arg-type]
-    write_json_atomic(config.out / MANIFEST, manifest)
+    write_json(config.out / MANIFEST, manifest)
     return manifest
+
+
+def _remove_temporaries(config: ExtractConfig, indices: Sequence[int]) -> None:
+    """Delete ``NAME.tmp-<pid>`` files of these shards and their sidecars: left by a killed run, or by
+    workers this run stopped (after an error or Ctrl-C). Other tasks never write these shards."""
+    for index in indices:
+        remove_temporaries(config.out, f"shard-{index:05d}.*")
+        remove_temporaries(config.out / SIDECARS, f"shard-{index:05d}.json")
 
 
 def _progress(config: ExtractConfig, total_seconds: float, total_utterances: int):
@@ -486,6 +547,47 @@ def _summary(config: ExtractConfig, manifest: dict, timing: dict) -> None:
     )
 
 
+class WorkerPool:
+    """The worker processes (forkserver: they start fast and share no TensorFlow state).
+
+    A ``concurrent.futures`` pool, because it notices a worker that dies (an out-of-memory kill, a
+    SIGKILL) and fails its task with ``BrokenProcessPool``, where ``multiprocessing.Pool`` replaces the
+    worker and waits forever for the lost result. :meth:`stop` ends the workers at once (Ctrl-C, an error):
+    none is still writing when it returns.
+    """
+
+    def __init__(self, workers: int):
+        context = multiprocessing.get_context("forkserver")
+        # Not asr.extract itself: each worker runs it as its main module, which must not be preloaded.
+        context.set_forkserver_preload(["asr.corpus", "asr.features", "asr.shards", "scipy.fft"])
+        self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+    def ordered(self, function, jobs) -> Iterator:
+        return self._unbroken(self.executor.map(function, jobs))
+
+    def unordered(self, function, jobs) -> Iterator:
+        futures = [self.executor.submit(function, job) for job in jobs]
+        return self._unbroken(future.result() for future in as_completed(futures))
+
+    @staticmethod
+    def _unbroken(results: Iterator) -> Iterator:
+        try:
+            yield from results
+        except BrokenProcessPool:
+            raise ExtractError(
+                "a worker process died (killed, or out of memory?); the shards completed are kept, "
+                "rerun the same command to resume"
+            ) from None
+
+    def stop(self) -> None:
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join()
+
+
 def run(config: ExtractConfig) -> int:
     """Plan, extract this task's missing shards, merge if complete. Returns the exit status."""
     started = time.perf_counter()
@@ -494,62 +596,29 @@ def run(config: ExtractConfig) -> int:
     check_sources(config)
     prepare_output(config)
     found = gather_candidates(config)
-    context = multiprocessing.get_context("forkserver")
-    # Not asr.extract itself: each worker runs it as its main module, which must not be preloaded.
-    context.set_forkserver_preload(["asr.corpus", "asr.features", "asr.shards", "scipy.fft"])
-    pool = context.Pool(config.workers, initializer=_init_worker)
-    done = 0
-    written_seconds = 0.0
-    worker_cpu_seconds = 0.0
+    pool = WorkerPool(config.workers)
+    todo: list[int] = []
     try:
         plan = make_plan(config, pool, found)
         for warning in plan.warnings:
             print(f"asr.extract: warning: {warning}", file=sys.stderr)
         mine = [i for i in range(len(plan.shards)) if i % config.num_tasks == config.task_index]
         todo = [] if config.merge_only else [i for i in mine if valid_sidecar(config, plan, i) is None]
-        for index in todo:
-            for stale in [
-                *config.out.glob(f"shard-{index:05d}.*.tmp-*"),
-                *config.out.glob(f"{SIDECARS}/shard-{index:05d}.json.tmp-*"),
-            ]:
-                stale.unlink(missing_ok=True)
-        total_seconds = sum(u.duration for i in todo for u in plan.shards[i])
-        total_utterances = sum(len(plan.shards[i]) for i in todo)
+        _remove_temporaries(config, todo)  # a killed run's
         if len(todo) < len(mine):
             _log(config, f"{len(mine) - len(todo)} of this task's {len(mine)} shards already complete")
-        utterances = 0
-        with _progress(config, total_seconds, total_utterances) as bar:
-            jobs = [(config, index, plan.shards[index]) for index in todo]
-            timing["startup_seconds"] = since_process_start + time.perf_counter() - started
-            extract_started = time.perf_counter()
-            for sidecar in pool.imap_unordered(_extract_shard_job, jobs):
-                done += 1
-                written_seconds += sidecar["seconds"]
-                worker_cpu_seconds += sidecar["worker_cpu_seconds"]
-                utterances += sidecar["planned_utterances"]
-                bar.update(round(sum(u.duration for u in plan.shards[sidecar["shard"]]) / 3600, 4))
-                bar.set_postfix_str(f"{utterances}/{total_utterances} utts", refresh=False)
-            timing["extract_seconds"] = time.perf_counter() - extract_started
-        pool.close()
+        timing["startup_seconds"] = since_process_start + time.perf_counter() - started
+        timing.update(extract_shards(config, pool, plan, todo))
     except KeyboardInterrupt:
-        pool.terminate()
-        print(
-            f"\nasr.extract: interrupted; {done} shards completed in this run are kept, "
-            "re-run the same command to resume",
-            file=sys.stderr,
-        )
+        print("\nasr.extract: interrupted; the shards completed are kept, re-run the same command to resume",
+              file=sys.stderr)  # fmt: skip
         return 130
     finally:
-        pool.terminate()
+        pool.stop()
+        _remove_temporaries(config, todo)  # of the shards the workers were writing when stopped
     manifest = merge(config, plan)
-    timing.update(
-        total_seconds=since_process_start + time.perf_counter() - started,
-        workers=config.workers,
-        shards_written=done,
-        audio_seconds_written=written_seconds,
-        worker_cpu_seconds=worker_cpu_seconds,
-    )
-    write_json_atomic(config.out / f"timing-task{config.task_index}.json", timing)
+    timing.update(total_seconds=since_process_start + time.perf_counter() - started, workers=config.workers)
+    write_json(config.out / f"timing-task{config.task_index}.json", timing)
     if manifest is None:
         missing = sum(valid_sidecar(config, plan, i) is None for i in range(len(plan.shards)))
         if config.merge_only:
@@ -562,9 +631,27 @@ def run(config: ExtractConfig) -> int:
     return 0
 
 
+def extract_shards(config: ExtractConfig, pool: WorkerPool, plan: Plan, todo: list[int]) -> dict[str, float]:
+    """Write shards ``todo`` in the pool with a progress bar; returns their timing figures."""
+    total_utterances = sum(len(plan.shards[i]) for i in todo)
+    figures = {"shards_written": 0, "audio_seconds_written": 0.0, "worker_cpu_seconds": 0.0}
+    utterances = 0
+    began = time.perf_counter()
+    with _progress(config, sum(u.duration for i in todo for u in plan.shards[i]), total_utterances) as bar:
+        jobs = [(config, index, plan.shards[index]) for index in todo]
+        for sidecar in pool.unordered(_extract_shard_job, jobs):
+            figures["shards_written"] += 1
+            figures["audio_seconds_written"] += sidecar["seconds"]
+            figures["worker_cpu_seconds"] += sidecar["worker_cpu_seconds"]
+            utterances += sidecar["planned_utterances"]
+            bar.update(round(sum(u.duration for u in plan.shards[sidecar["shard"]]) / 3600, 4))
+            bar.set_postfix_str(f"{utterances}/{total_utterances} utts", refresh=False)
+    return {**figures, "extract_seconds": time.perf_counter() - began}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> ExtractConfig:
     """The command line as a validated :class:`ExtractConfig`."""
-    parser = argparse.ArgumentParser(prog="asr.extract", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="asr.extract", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, help="LibriSpeech-layout corpus directory")
     parser.add_argument("--subsets", nargs="+", default=[], help="subset directories to combine")
     parser.add_argument("--manifest-input", type=Path, help="CSV/JSON-lines list: audio, text[, id]")
@@ -613,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return run(parse_args(argv))
-    except (ExtractError, corpus.CorpusError) as error:
+    except (ExtractError, corpus.CorpusError, WriteError) as error:
         print(f"asr.extract: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,16 +25,22 @@ only possible by naming them explicitly.
 
 Tiny corpora (tests, the bundled corpus) do not have the count-of-counts Kneser-Ney discounts need;
 ``lmplz`` then fails and is rerun with ``--discount_fallback``, which ``lm.json`` records.
+
+Damaged or missing shards follow :mod:`asr.shardset` (warn, use what is readable, count the rest in
+``lm.json``; ``--strict`` stops). Errors are one line and exit status 2, a failed write included.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +48,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from asr.config import Bound, OneLineParser, option_type
+from asr.files import WriteError, atomic_write, temporary_name, write_text
 from asr.text import UnmappableTextError, normalize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +58,8 @@ LM_ARPA = "lm.arpa"
 LM_BINARY = "lm.binary"
 UNIGRAMS = "unigrams.txt"
 LM_INFO = "lm.json"
+DAMAGED_SHARDS = "utterances in damaged or missing shards"
+"""The ``lm.json`` ``skipped`` reason counting transcripts lost to shard damage (see :mod:`asr.shardset`)."""
 
 
 class LMError(Exception):
@@ -84,22 +94,29 @@ def find_kenlm_bin(explicit: str | os.PathLike | None = None) -> Path:
 # --------------------------------------------------------------------------- reading transcripts
 
 
-def read_shard_texts(shard_dir: str | os.PathLike) -> list[str]:
+def read_shard_texts(shard_dir: str | os.PathLike, strict: bool = False) -> list[str]:
     """The ``text`` of every utterance in a shard directory (already normalized by ``asr.extract``)."""
-    from asr.shards import ShardDirectoryError, decode_example, read_manifest, read_records
+    return shard_texts(shard_dir, strict)[0]
+
+
+def shard_texts(shard_dir: str | os.PathLike, strict: bool = False) -> tuple[list[str], int]:
+    """The transcripts of a shard directory and how many were lost to damaged or missing shards.
+
+    Damage policy of :mod:`asr.shardset`: by default the transcripts before the damage are used and each
+    damaged or missing file gets one warning line on stderr; ``strict`` raises :class:`LMError`.
+    """
+    from asr.shardset import ShardReader, ShardReaderError
 
     try:
-        _, files = read_manifest(shard_dir, "--manifest")
-    except ShardDirectoryError as error:
+        shard_set = ShardReader(shard_dir, "--manifest", strict)
+        counts = shard_set.manifest.get("counts")
+        total = counts.get("kept") if isinstance(counts, dict) else None
+        texts = [u["text"] for u in _progress(shard_set.utterances(), total, "reading transcripts")]
+    except ShardReaderError as error:
         raise LMError(str(error)) from None
-    texts: list[str] = []
-    for path in _progress(files, "reading transcripts"):
-        try:
-            for record in read_records(path):
-                texts.append(decode_example(record)["text"][0].decode())
-        except (OSError, ValueError, KeyError, IndexError) as error:
-            raise LMError(f"{path}: cannot read transcripts: {error}") from error
-    return texts
+    for warning in shard_set.warnings():
+        print(f"asr.lm: warning: {warning}", file=sys.stderr, flush=True)
+    return texts, shard_set.lost
 
 
 def normalize_lines(lines: Iterable[str]) -> tuple[list[str], Counter]:
@@ -119,12 +136,13 @@ def normalize_lines(lines: Iterable[str]) -> tuple[list[str], Counter]:
     return sentences, skipped
 
 
-def _progress(items: Sequence, what: str):
+def _progress(items: Iterable, total: int | None, what: str):
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return items
-    return tqdm(items, desc=what, unit="shard", file=sys.stderr, disable=len(items) < 2, leave=False)
+    quiet = not total or not sys.stderr.isatty()  # a log file gets the warnings and errors, not a bar
+    return tqdm(items, desc=what, total=total, unit="utt", file=sys.stderr, disable=quiet, leave=False)
 
 
 # --------------------------------------------------------------------------- building
@@ -158,8 +176,11 @@ def build_lm(
 ) -> dict:
     """Write ``lm.arpa``, ``lm.binary``, ``unigrams.txt`` and ``lm.json`` into ``out_dir``.
 
-    ``sentences`` are normalized transcripts. Files appear under their real names only when complete
-    (written to temporary names, then renamed). Returns the ``lm.json`` contents.
+    ``sentences`` are normalized transcripts. Files appear under their real names only once all four are
+    complete: ``lmplz`` and ``build_binary`` write ``NAME.tmp-<pid>`` (:func:`asr.files.temporary_name`)
+    and :func:`_install` renames them after the dictionary and ``lm.json``. A write that fails (disk
+    full, file-size limit) raises :class:`asr.files.WriteError` naming the file, with every temporary
+    removed and an earlier model in ``out_dir`` left whole. Returns the ``lm.json`` contents.
     """
     if order < 1:
         raise LMError(f"--order: must be at least 1, got {order}")
@@ -168,31 +189,26 @@ def build_lm(
         raise LMError(f"no transcripts to build a language model from (sources: {', '.join(sources)})")
     bin_dir = find_kenlm_bin(kenlm_bin)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
     corpus_text = "".join(s + "\n" for s in sentences)
-    scratch = Path(tempfile.mkdtemp(prefix=".lmplz-", dir=out))
-    corpus = scratch / "corpus.txt"
-    arpa_tmp, binary_tmp, unigrams_tmp, info_tmp = (
-        out / f".{name}.tmp" for name in (LM_ARPA, LM_BINARY, UNIGRAMS, LM_INFO)
-    )
+    arpa_tmp, binary_tmp = temporary_name(out / LM_ARPA), temporary_name(out / LM_BINARY)
+    scratch = _scratch_directory(out)
     try:
-        corpus.write_text(corpus_text, encoding="utf-8")
+        corpus = scratch / "corpus.txt"
+        write_text(corpus, corpus_text)
         lmplz = [str(bin_dir / "lmplz"), "-o", str(order), "-S", memory, "-T", str(scratch) + "/",
                  "--text", str(corpus), "--arpa", str(arpa_tmp)]  # fmt: skip
         discount_fallback = False
-        result = _run(lmplz)
+        result = _run_tool(lmplz, out / LM_ARPA)
         if result.returncode != 0 and "discount_fallback" in result.stderr:
             discount_fallback = True
-            result = _run([*lmplz, "--discount_fallback"])
+            result = _run_tool([*lmplz, "--discount_fallback"], out / LM_ARPA)
         if result.returncode != 0:
             raise LMError(f"lmplz failed (exit {result.returncode}): {_last_line(result.stderr)}")
-        result = _run([str(bin_dir / "build_binary"), str(arpa_tmp), str(binary_tmp)])
+        result = _run_tool([str(bin_dir / "build_binary"), str(arpa_tmp), str(binary_tmp)], out / LM_BINARY)
         if result.returncode != 0:
             raise LMError(f"build_binary failed (exit {result.returncode}): {_last_line(result.stderr)}")
 
         word_counts = Counter(word for sentence in sentences for word in sentence.split())
-        unigrams_tmp.write_text("".join(w + "\n" for w in sorted(word_counts)), encoding="utf-8")
         info = {
             "order": order,
             "sources": list(sources),
@@ -205,15 +221,48 @@ def build_lm(
             "discount_fallback": discount_fallback,
             "kenlm_bin": str(bin_dir),
         }
-        info_tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        for temporary, name in ((arpa_tmp, LM_ARPA), (binary_tmp, LM_BINARY), (unigrams_tmp, UNIGRAMS),
-                                (info_tmp, LM_INFO)):  # fmt: skip
-            os.replace(temporary, out / name)
+        _install(out, sorted(word_counts), info, arpa_tmp, binary_tmp)
         return info
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        for leftover in (arpa_tmp, binary_tmp, unigrams_tmp, info_tmp):
+        for leftover in (arpa_tmp, binary_tmp):
             leftover.unlink(missing_ok=True)
+
+
+def _scratch_directory(out: Path) -> Path:
+    """A fresh directory inside ``out`` for lmplz's corpus and sort files (same disk as the model)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".lmplz-", dir=out))
+    except OSError as error:
+        raise WriteError(out, error) from None
+
+
+def _run_tool(command: list[str], output: Path) -> subprocess.CompletedProcess:
+    """Run a KenLM tool; when it failed because ``output``'s disk is full or a file-size limit was hit
+    (it is then killed by SIGXFSZ or names the errno), raise :class:`WriteError` naming ``output``."""
+    result = _run(command)
+    if result.returncode == -signal.SIGXFSZ:
+        raise WriteError(output, OSError(errno.EFBIG, os.strerror(errno.EFBIG)))
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if result.returncode != 0 and os.strerror(code) in result.stderr:
+            raise WriteError(output, OSError(code, os.strerror(code)))
+    return result
+
+
+def _install(out: Path, words: list[str], info: dict, arpa_tmp: Path, binary_tmp: Path) -> None:
+    """Write the dictionary and ``lm.json``, then rename the tools' outputs into place.
+
+    The dictionary is flushed before ``lm.json`` is written, so a failed write of either raises from its
+    own :func:`atomic_write` (naming the right file) before anything is renamed.
+    """
+    with atomic_write(out / UNIGRAMS) as unigrams:
+        unigrams.write("".join(word + "\n" for word in words))
+        unigrams.flush()
+        with atomic_write(out / LM_INFO) as info_file:
+            info_file.write(json.dumps(info, indent=2) + "\n")
+    os.replace(arpa_tmp, out / LM_ARPA)
+    os.replace(binary_tmp, out / LM_BINARY)
 
 
 def _last_line(text: str) -> str:
@@ -231,7 +280,7 @@ def load_unigrams(lm_dir: str | os.PathLike) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m asr.lm",
         description="Build the KenLM n-gram model and dictionary from training transcripts. Only the "
         "sources named here are read: never point it at dev/test transcripts unless you mean to.",
@@ -250,14 +299,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="FILE",
         help="plain text files, one sentence a line (.gz read as gzip); combinable with --manifest",
     )
-    parser.add_argument("--order", type=int, default=4, help="n-gram order (default 4)")
+    order = option_type(int, Bound(1))
+    parser.add_argument("--order", type=order, default=4, help="n-gram order (default 4)")
     parser.add_argument("--out", required=True, metavar="LM_DIR", help="output directory")
     parser.add_argument("--kenlm-bin", metavar="DIR", help="directory with lmplz and build_binary")
-    parser.add_argument("--memory", default="1G", help="lmplz sorting memory, e.g. 1G or 10%% (default 1G)")
+    parser.add_argument(
+        "--memory", type=_memory, default="1G", help="lmplz sorting memory, e.g. 1G or 10%% (default 1G)"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="stop at a damaged or missing shard instead of skipping it"
+    )
     args = parser.parse_args(argv)
     if not args.manifest and not args.text:
         parser.error("name the training text: --manifest TRAIN_OUT and/or --text FILE")
     return args
+
+
+MEMORY_SYNTAX = re.compile(r"[1-9][0-9]*[bKMGTPEZY]?|(?!0+(\.0*)?%)[0-9]+(\.[0-9]+)?%")
+"""What lmplz's ``-S`` parses: a whole number of KiB or with a unit (``1G``), or a percentage of RAM."""
+
+
+def _memory(value: str) -> str:
+    """``--memory``: refuse what lmplz would fail to parse (after the whole text was read and normalized)."""
+    if not MEMORY_SYNTAX.fullmatch(value) or (value.endswith("%") and float(value[:-1]) > 100):
+        raise argparse.ArgumentTypeError(f"expected e.g. 1G, 500M or 10%, got {value!r}")
+    return value
 
 
 def read_text_lines(path: Path) -> list[str]:
@@ -271,20 +337,32 @@ def read_text_lines(path: Path) -> list[str]:
         raise LMError(f"--text {path}: cannot read: {error}") from error
 
 
+def read_sources(args: argparse.Namespace) -> tuple[list[str], Counter]:
+    """The sentences of every ``--manifest`` and ``--text`` source, and what was left out, by reason."""
+    skipped: Counter = Counter()
+    sentences: list[str] = []
+    for directory in args.manifest:
+        texts, lost = shard_texts(directory, args.strict)
+        sentences.extend(texts)
+        if lost:
+            skipped[DAMAGED_SHARDS] += lost
+    for name in args.text:
+        kept, dropped = normalize_lines(read_text_lines(Path(name)))
+        sentences.extend(kept)
+        skipped.update(dropped)
+    return sentences, skipped
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        skipped: Counter = Counter()
-        sentences = [text for directory in args.manifest for text in read_shard_texts(directory)]
-        for name in args.text:
-            kept, dropped = normalize_lines(read_text_lines(Path(name)))
-            sentences.extend(kept)
-            skipped.update(dropped)
+        sentences, skipped = read_sources(args)
         sources = [str(Path(name).resolve()) for name in [*args.manifest, *args.text]]
         for reason, count in sorted(skipped.items()):
-            print(f"asr.lm: skipped {count} line(s): {reason}", file=sys.stderr)
+            if reason != DAMAGED_SHARDS:  # those were warned about shard file by shard file
+                print(f"asr.lm: skipped {count} line(s): {reason}", file=sys.stderr)
         info = build_lm(sentences, args.out, args.order, args.kenlm_bin, sources, args.memory, dict(skipped))
-    except LMError as error:
+    except (LMError, WriteError) as error:
         print(f"asr.lm: error: {error}", file=sys.stderr)
         return 2
     ngrams = ", ".join(f"{order}-grams {count}" for order, count in info["ngrams"].items())

@@ -29,7 +29,6 @@ import html
 import io
 import json
 import math
-import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ import numpy as np
 
 from asr.config import ConfigError, Recipe, RigConfig, TTAConfig, parse_yaml, recipe_from_dict
 from asr.events import EVENT_LOG_NAME, read_events
+from asr.files import WriteError, write_bytes, write_text
 from asr.tta import METRICS, RULES, EvalPoint, active_events, eval_series, reached_at, tta_split
 
 RECIPE_NAME = "recipe.yaml"
@@ -650,17 +650,22 @@ def final_accuracy_table(report: Report) -> Table:
         cells = []
         for split in splits:
             row = best.get((run.label, split))
-            if row is None:
-                cells.append("\u2014")
-            else:
-                beam = f", beam {row['beam_width']}" if row.get("beam_width") else ""
-                cells.append(f"{_fmt(_num(row.get('wer')), 2)} ({_fmt(_num(row.get('cer')), 2)}{beam})")
+            cells.append("\u2014" if row is None else _final_cell(row))
         rows.append([run.label, *cells])
     missing = [run.label for run in report.runs if run.results is None]
     note = "WER % (CER %, beam width) of the final model, widest beam evaluated."
+    if any(row.get("damaged_shards") for row in best.values()):
+        note += " 'utt. lost': the set had damaged or missing shards; its figures leave those out."
     if missing:
         note += f" No {RESULTS_PATH} (run `python -m asr.evaluate`) for: {', '.join(missing)}."
     return Table("Final accuracy", ["run", *splits], rows, note)
+
+
+def _final_cell(row: dict[str, Any]) -> str:
+    """``WER (CER, beam W)``, and how many utterances were lost when the set had damaged shards."""
+    beam = f", beam {row['beam_width']}" if row.get("beam_width") else ""
+    lost = f"; {row.get('skipped_utterances', '?')} utt. lost" if row.get("damaged_shards") else ""
+    return f"{_fmt(_num(row.get('wer')), 2)} ({_fmt(_num(row.get('cer')), 2)}{beam}{lost})"
 
 
 def _num(value: Any) -> float | None:
@@ -1169,22 +1174,16 @@ def _inline(markdown: str) -> str:
     return text
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def write_report(report: Report, out: Path) -> list[Path]:
     """``report.md`` with ``plots/*.png`` and the self-contained ``report.html`` in ``out``."""
     plot_dir = out / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, _, png in report.plots:
-        _write_atomically(plot_dir / name, png)
+        write_bytes(plot_dir / name, png)
         written.append(plot_dir / name)
     for name, text in (("report.md", render_markdown(report)), ("report.html", render_html(report))):
-        _write_atomically(out / name, text.encode("utf-8"))
+        write_text(out / name, text)
         written.append(out / name)
     return written
 
@@ -1255,6 +1254,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     try:
         written = write_report(report, out)
+    except WriteError as error:  # names the file (disk full, file-size limit)
+        warn(str(error))
+        return 2
     except OSError as error:
         warn(f"{out}: cannot write the report: {error.strerror or error}")
         return 2

@@ -16,16 +16,18 @@ Plain ``tf.data.TFRecordDataset(path, compression_type="GZIP")`` with
 
 from __future__ import annotations
 
-import gzip
 import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import google_crc32c
 import numpy as np
+
+from asr.files import JsonError, atomic_write, load_json
 
 Compression = Literal["gzip", "zlib", "none"]
 Strategy = Literal["default", "filtered", "huffman", "rle"]
@@ -56,16 +58,17 @@ class ShardDirectoryError(ValueError):
     """A directory that is not a usable ``asr.extract`` output; the message names the key and the path."""
 
 
-def read_manifest(shard_dir: str | os.PathLike, key: str) -> tuple[dict, list[Path]]:
+def read_manifest(
+    shard_dir: str | os.PathLike, key: str, allow_missing: bool = False
+) -> tuple[dict, list[Path]]:
     """The manifest of an ``asr.extract`` output directory and its shard files that hold utterances.
 
     Every reader of shards (training, evaluation, the LM build) checks a directory the same way: it
     exists, its manifest is readable, its alphabet is :mod:`asr.text`'s, the shards it lists are all
     there and hold at least one utterance. Raises :class:`ShardDirectoryError` whose message starts
-    with ``key`` (a recipe key or a command-line option) and names the path.
+    with ``key`` (a recipe key or a command-line option) and names the path. ``allow_missing``: listed
+    shards that are missing are left out instead (:func:`missing_shards` names them) as long as one is left.
     """
-    import json
-
     from asr.text import SYMBOLS
 
     shard_dir = Path(shard_dir)
@@ -75,25 +78,41 @@ def read_manifest(shard_dir: str | os.PathLike, key: str) -> tuple[dict, list[Pa
     if not path.is_file():
         raise ShardDirectoryError(f"{key}: {shard_dir}: no {MANIFEST} (is it an asr.extract output?)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ShardDirectoryError(f"{key}: {path}: unreadable manifest ({error})") from None
+        manifest = load_json(path)
+    except JsonError as error:
+        raise ShardDirectoryError(f"{key}: {error}") from None
+    if not isinstance(manifest, dict):
+        raise ShardDirectoryError(f"{key}: {path}: not a manifest (expected a JSON object)")
     alphabet = manifest.get("alphabet")
     if alphabet is not None and list(alphabet) != list(SYMBOLS):
         raise ShardDirectoryError(
             f"{key}: {path}: alphabet {''.join(alphabet)!r} differs from this code's {''.join(SYMBOLS)!r}"
         )
-    listed = manifest.get("shards")
-    if listed is None:  # a manifest without a shard list: every shard file beside it
-        files = sorted({f for suffix in SUFFIXES.values() for f in shard_dir.glob(f"*{suffix}")})
-    else:
-        files = [shard_dir / entry["file"] for entry in listed if entry.get("utterances", 1)]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise ShardDirectoryError(f"{key}: {path}: lists shards that are missing: {', '.join(missing[:3])}")
+    files = listed_shards(shard_dir, manifest)
+    missing = missing_shards(shard_dir, manifest)
+    if files and len(missing) == len(files):
+        raise ShardDirectoryError(f"{key}: {shard_dir}: every shard its {MANIFEST} lists is missing")
+    if missing and not allow_missing:
+        raise ShardDirectoryError(
+            f"{key}: {path}: lists shards that are missing: {', '.join(map(str, missing[:3]))}"
+        )
+    files = [f for f in files if f not in missing]
     if not files:
         raise ShardDirectoryError(f"{key}: {shard_dir}: no utterances in its shards (empty split)")
     return manifest, files
+
+
+def listed_shards(shard_dir: Path, manifest: dict) -> list[Path]:
+    """Shard files that hold utterances by the manifest (every shard file beside it if it lists none)."""
+    listed = manifest.get("shards")
+    if listed is None:
+        return sorted({f for suffix in SUFFIXES.values() for f in shard_dir.glob(f"*{suffix}")})
+    return [shard_dir / entry["file"] for entry in listed if entry.get("utterances", 1)]
+
+
+def missing_shards(shard_dir: Path, manifest: dict) -> list[Path]:
+    """Shard files the manifest lists with utterances that are not on disk."""
+    return [f for f in listed_shards(shard_dir, manifest) if not f.is_file()]
 
 
 # --------------------------------------------------------------------------- protobuf encoding
@@ -187,30 +206,18 @@ def write_shard(
     level: int = DEFAULT_LEVEL,
     strategy: Strategy = "default",
 ) -> int:
-    """Write serialized records as one TFRecord file, atomically; returns the file size in bytes.
-
-    Writes ``NAME.tmp-<pid>``, fsyncs it and renames it to ``NAME``: an interrupted write leaves
-    no partial shard under the real name. Records are compressed one by one (no joined copy).
-    """
+    """Write serialized records as one TFRecord file, atomically (:func:`asr.files.atomic_write`, fsynced);
+    returns the file size in bytes. Records are compressed one by one (no joined copy)."""
     path = Path(path)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     compressor = _compressor(compression, level, strategy)
-    try:
-        with open(temporary, "wb") as handle:
-            for data in records:
-                header, footer = record_frames(data)
-                for piece in (header, data, footer):
-                    handle.write(compressor.compress(piece) if compressor else piece)
-            if compressor:
-                handle.write(compressor.flush())
-            handle.flush()
-            os.fsync(handle.fileno())
-        size = temporary.stat().st_size
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return size
+    with atomic_write(path, "wb", fsync=True) as handle:
+        for data in records:
+            header, footer = record_frames(data)
+            for piece in (header, data, footer):
+                handle.write(compressor.compress(piece) if compressor else piece)
+        if compressor:
+            handle.write(compressor.flush())
+    return path.stat().st_size
 
 
 # --------------------------------------------------------------------------- reading (tests, tools)
@@ -225,25 +232,78 @@ def compression_of(path: Path) -> Compression:
     return "none"
 
 
+class ShardError(ValueError):
+    """A damaged shard: ``records`` whole records were read before the damage ``reason`` at ``offset``
+    (bytes into the uncompressed stream). ``str()`` is one line naming the file."""
+
+    def __init__(self, path: str | os.PathLike, records: int, offset: int, reason: str):
+        super().__init__(f"{path}: {reason} after {records} whole records (byte {offset} of the records)")
+        self.path = Path(path)
+        self.records = records
+        self.offset = offset
+        self.reason = reason
+
+
+READ_CHUNK = 1 << 20
+"""Compressed bytes read at a time: a shard is never held whole in memory."""
+
+
+def _uncompressed_chunks(path: Path, compression: Compression) -> Iterator[bytes]:
+    """The shard's record bytes, decompressed as read; raises ``zlib.error`` or ``EOFError`` on damage."""
+    wbits = _WBITS.get(compression)
+    with open(path, "rb") as handle:
+        if wbits is None:
+            while chunk := handle.read(READ_CHUNK):
+                yield chunk
+            return
+        inflater, fed = zlib.decompressobj(wbits), False
+        while chunk := handle.read(READ_CHUNK):
+            while chunk:
+                fed = True
+                yield inflater.decompress(chunk)
+                chunk = b""
+                if inflater.eof:  # the next GZIP member (concatenated files), if any
+                    chunk = inflater.unused_data
+                    inflater, fed = zlib.decompressobj(wbits), False
+        if fed and not inflater.eof:
+            raise EOFError("compressed stream ends early (truncated file)")
+
+
 def read_records(path: Path) -> Iterator[bytes]:
-    """Serialized records of a TFRecord file, checking both CRCs; compression from the suffix."""
-    raw = Path(path).read_bytes()
-    compression = compression_of(path)
-    if compression == "gzip":
-        raw = gzip.decompress(raw)
-    elif compression == "zlib":
-        raw = zlib.decompress(raw)
-    offset = 0
-    while offset < len(raw):
-        length_bytes = raw[offset : offset + 8]
-        (length,) = struct.unpack("<Q", length_bytes)
-        (length_crc,) = struct.unpack("<I", raw[offset + 8 : offset + 12])
-        data = raw[offset + 12 : offset + 12 + length]
-        (data_crc,) = struct.unpack("<I", raw[offset + 12 + length : offset + 16 + length])
-        if length_crc != masked_crc32c(length_bytes) or data_crc != masked_crc32c(data):
-            raise ValueError(f"{path}: CRC mismatch in the record at byte {offset}")
-        yield data
-        offset += 16 + length
+    """Serialized records of a TFRecord file, streamed, checking both CRCs; compression from the suffix.
+
+    Damage of any kind (a bad CRC, a cut file, a corrupt GZIP stream) raises :class:`ShardError` after the
+    records before it were yielded, so a reader can keep them and say how many were lost.
+    """
+    path = Path(path)
+    buffer = bytearray()
+    records = offset = 0
+    try:
+        chunks = _uncompressed_chunks(path, compression_of(path))
+        for chunk in chunks:
+            buffer += chunk
+            while len(buffer) >= 12:
+                length_bytes = bytes(buffer[:8])
+                (length,) = struct.unpack("<Q", length_bytes)
+                (length_crc,) = struct.unpack("<I", buffer[8:12])
+                if length_crc != masked_crc32c(length_bytes):
+                    raise ShardError(path, records, offset, "CRC mismatch in a record length")
+                if len(buffer) < 16 + length:
+                    break
+                data = bytes(buffer[12 : 12 + length])
+                (data_crc,) = struct.unpack("<I", buffer[12 + length : 16 + length])
+                if data_crc != masked_crc32c(data):
+                    raise ShardError(path, records, offset, "CRC mismatch in a record")
+                yield data
+                del buffer[: 16 + length]
+                records += 1
+                offset += 16 + length
+    except (zlib.error, EOFError) as error:
+        raise ShardError(path, records, offset, f"corrupt compressed stream ({error})") from None
+    except OSError as error:
+        raise ShardError(path, records, offset, f"unreadable ({error.strerror or error})") from None
+    if buffer:
+        raise ShardError(path, records, offset, f"truncated: {len(buffer)} bytes of an incomplete record")
 
 
 def _read_varint(buffer: bytes, offset: int) -> tuple[int, int]:
@@ -307,16 +367,46 @@ def decode_example(data: bytes) -> dict[str, list[bytes] | np.ndarray]:
     return result
 
 
+def decode_utterance(data: bytes) -> dict:
+    """One serialized utterance: utt_id, text, duration (s), labels, num_frames, features (T, 93)."""
+    example = decode_example(data)
+    frames = int(example["num_frames"][0])
+    return {
+        "utt_id": example["utt_id"][0].decode(),
+        "text": example["text"][0].decode(),
+        "duration": float(example["duration"][0]),
+        "labels": np.asarray(example["labels"]),
+        "num_frames": frames,
+        "features": np.asarray(example["features"]).reshape(frames, -1),
+    }
+
+
 def read_utterances(path: Path) -> Iterator[dict]:
-    """Utterances of one shard: utt_id, text, duration (s), labels, num_frames, features (T, 93)."""
+    """Utterances of one shard (:func:`decode_utterance`); damage raises :class:`ShardError` after the
+    utterances before it."""
     for data in read_records(path):
-        example = decode_example(data)
-        frames = int(example["num_frames"][0])
-        yield {
-            "utt_id": example["utt_id"][0].decode(),
-            "text": example["text"][0].decode(),
-            "duration": float(example["duration"][0]),
-            "labels": np.asarray(example["labels"]),
-            "num_frames": frames,
-            "features": np.asarray(example["features"]).reshape(frames, -1),
-        }
+        yield decode_utterance(data)
+
+
+@dataclass(frozen=True)
+class ShardDamage:
+    """A shard file read only up to its damage, or missing: ``used`` utterances were read, of ``listed``
+    by the manifest (None when it does not say). Every reader reports damage with this one line."""
+
+    file: str
+    reason: str
+    used: int
+    listed: int | None
+
+    @property
+    def lost(self) -> int | None:
+        return None if self.listed is None else max(self.listed - self.used, 0)
+
+    def describe(self, key: str) -> str:
+        lost = "an unknown number" if self.lost is None else str(self.lost)
+        return f"{key}: {self.file}: {self.reason}; {self.used} of its utterances used, {lost} lost"
+
+
+def listed_utterances(manifest: dict) -> dict[str, int]:
+    """Utterances per shard file name, as the manifest lists them."""
+    return {e["file"]: int(e["utterances"]) for e in manifest.get("shards") or [] if "utterances" in e}

@@ -9,8 +9,14 @@ The loop trains with synchronous data parallelism on the recipe's ``tf.distribut
 recipe's evaluator (:mod:`asr.evaluators`), feeds the results to the time-to-accuracy tracker and goes on.
 It stops after ``train.epochs``, ``train.max_steps``, the ``train.time_budget_minutes`` run-clock budget,
 when every TTA target is reached (``tta.stop_at_last_target``), or on Ctrl-C/SIGTERM, saving a checkpoint
-first. Running again into the same run directory (or with ``--resume``) continues from the latest
-checkpoint with step, epoch, data position, optimizer state, TTA history and run clock intact.
+first. Running again into the same run directory (or with ``--resume``) continues from the newest
+undamaged checkpoint with step, epoch, data position, optimizer state, TTA history and run clock intact,
+first redoing an epoch-end evaluation that was interrupted; a run that is already complete says so and
+exits 0. What is guaranteed under each fault: ``docs/reliability.md``.
+
+The pieces: :class:`Schedule` (when to sample, save, evaluate and stop), :class:`Trainer` (setup and
+restore, the step loop, the epoch-end sequence checkpoint → evaluation → TTA), :class:`RunLog` (event log,
+console, TensorBoard) and :class:`asr.session.TrainingSession` (model, optimizer, compiled step).
 
 The run directory holds ``recipe.yaml`` (fully resolved), ``events.jsonl`` (see :mod:`asr.events`),
 ``checkpoints/`` and ``tensorboard/``. Errors that stop the run print one line and exit with status 2.
@@ -19,31 +25,37 @@ The run directory holds ``recipe.yaml`` (fully resolved), ``events.jsonl`` (see 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import gc
 import os
+import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from asr import text
+from asr import failpoints
 from asr.config import ConfigError, Recipe, dump_recipe, load_recipe, recipe_from_dict
-from asr.features import FEATURE_DIM
-from asr.model import output_frames, summary
+from asr.files import WriteError, write_text
+from asr.model import summary
 
 EXIT_BAD_INPUT = 2
 RECIPE_FILE = "recipe.yaml"
+SHARD_CHECK_FILE = "shard-check.json"
 SAMPLE_PAIRS = 3
 
 
 class TrainError(Exception):
     """The run cannot go on; the message names the file, key or cause (exit status 2)."""
+
+
+class NonFiniteError(TrainError):
+    """Too many non-finite steps in a row; the last good weights are saved."""
 
 
 @dataclasses.dataclass
@@ -65,207 +77,61 @@ def itstime(count: int, every: int) -> bool:
     return every > 0 and count > 0 and count % every == 0
 
 
-# --------------------------------------------------------------------------- the training session
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When the loop samples, saves, evaluates and stops: the recipe's cadences as pure rules."""
 
+    epochs: int
+    max_steps: int
+    """0: no limit."""
+    budget_seconds: float
+    """Run-clock seconds; 0: no budget."""
+    sample_every_steps: int
+    checkpoint_every_steps: int
+    eval_every_epochs: int
+    stop_at_last_target: bool
 
-class TrainingSession:
-    """The training model, optimizer and compiled step on a strategy.
-
-    ``release()`` drops them from the devices and ``restore()`` rebuilds them from a checkpoint: what the
-    swap evaluator does around each evaluation.
-    """
-
-    def __init__(self, strategy, recipe: Recipe, run_dir: Path, is_chief: bool):
-        self.strategy = strategy
-        self.recipe = recipe
-        self.run_dir = run_dir
-        self.is_chief = is_chief
-        self.model = None
-        self.optimizer = None
-        self.checkpointer = None
-        self._step_fn = None
-        self._infer = None
-        self.input_spec = None
-        self.build()
-
-    def build(self) -> None:
-        import keras
-        import tensorflow as tf
-
-        from asr.checkpoint import Checkpointer
-        from asr.model import build_model
-
-        keras.utils.set_random_seed(self.recipe.train.seed)
-        with self.strategy.scope():
-            self.model = build_model(self.recipe.model, sync_batch_norm=self.recipe.runtime.sync_batch_norm)
-            self.optimizer = make_optimizer(self.recipe)
-            self.optimizer.build(self.model.trainable_variables)
-        self.checkpointer = Checkpointer(
-            self.run_dir,
-            self.recipe.train.keep_checkpoints,
-            self.is_chief,
-            model=self.model,
-            optimizer=self.optimizer,
-            dropout_random_state=random_state_variables(self.model),
-        )
-        self._step_fn = make_train_step(
-            self.strategy, self.model, self.optimizer, self.recipe, self.input_spec
-        )
-        if self.input_spec is not None:  # compile now, so that swap-in time includes it
-            self._step_fn.get_concrete_function()
-        del tf
-
-    def set_input_spec(self, spec) -> None:
-        """Fix the step's input signature (the distributed dataset's element spec): one trace per build."""
-        if self.input_spec is None:
-            self.input_spec = spec
-            self._step_fn = make_train_step(self.strategy, self.model, self.optimizer, self.recipe, spec)
-
-    def release(self) -> None:
-        """Drop model, optimizer and compiled step so their memory can be reused by evaluation."""
-        import keras
-
-        self.model = self.optimizer = self.checkpointer = self._step_fn = self._infer = None
-        keras.backend.clear_session(free_memory=True)
-        gc.collect()
-
-    def restore(self, checkpoint) -> dict[str, Any]:
-        """(Re)build if released, then load weights, optimizer state; returns the checkpoint's run state."""
-        if self.model is None:
-            self.build()
-        return self.checkpointer.restore(checkpoint)
-
-    def save(self, step: int, state: dict[str, Any]):
-        return self.checkpointer.save(step, state)
-
-    def train_step(self, batch) -> tuple[float, bool, float]:
-        """One synchronous step: ``(mean CTC loss per utterance, applied, unpadded audio seconds)``."""
-        loss_sum, bad, frames = self._step_fn(batch)
-        applied = float(bad) == 0.0
-        return float(loss_sum) / self.recipe.train.global_batch, applied, float(frames) * 0.01
-
-    def greedy_sample(self, features, frames, labels, label_lengths, count: int) -> list[list[str]]:
-        """``[[reference, hypothesis], ...]`` for the first ``count`` utterances, greedy (beam width 1)."""
-        import tensorflow as tf
-
-        from asr.decoding import greedy_text
-
-        if self._infer is None:
-            model = self.model
-            self._infer = tf.function(
-                lambda x, n: model((x, n), training=False),
-                input_signature=[tf.TensorSpec([None, None, FEATURE_DIM]), tf.TensorSpec([None], tf.int32)],
-            )
-        features = np.asarray(features)[:count]
-        frames = np.asarray(frames)[:count]
-        logits = np.asarray(self._infer(tf.constant(features, tf.float32), tf.constant(frames, tf.int32)))
-        out = np.asarray(output_frames(frames, self.recipe.model))
-        pairs = []
-        for row in range(len(features)):
-            reference = text.decode(np.asarray(labels)[row, : int(np.asarray(label_lengths)[row])].tolist())
-            pairs.append([reference, greedy_text(logits[row, : out[row]])])
-        return pairs
-
-
-def random_state_variables(model) -> list:
-    """The dropout layers' random-generator states, which Keras leaves out of ``tf.train.Checkpoint``;
-    saved too, so that a resumed or swapped-back run draws the dropout masks it would have drawn."""
-    return [v.value for v in model.variables if "seed_generator" in v.path]
-
-
-def make_optimizer(recipe: Recipe):
-    """AdaDelta (the paper's) or Adam, loss-scaled under float16 mixed precision."""
-    import keras
-
-    train = recipe.train
-    if train.optimizer == "adadelta":
-        optimizer = keras.optimizers.Adadelta(
-            learning_rate=train.learning_rate, rho=train.rho, epsilon=train.epsilon
-        )
-    else:
-        optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate, epsilon=train.epsilon)
-    if recipe.runtime.mixed_precision == "float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def learning_rate_at(recipe: Recipe, epoch: int) -> float:
-    """The learning rate of ``epoch`` (0-based): constant, then decayed once per epoch."""
-    train = recipe.train
-    return train.learning_rate * train.learning_rate_decay ** max(
-        0, epoch - train.learning_rate_decay_from_epoch
-    )
-
-
-def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None) -> Callable:
-    """The compiled synchronous step over a distributed batch; returns (loss sum, bad-step flag, frames).
-
-    Each replica computes the CTC loss of its share divided by the *global* batch, so the gradients the
-    optimizer sums over replicas are the global batch's mean. A step whose loss or gradients are not
-    finite on any replica is skipped on all of them: no gradient is applied and the batch-norm statistics
-    it moved are put back.
-    """
-    import keras
-    import tensorflow as tf
-
-    from asr.model import ctc_loss
-
-    global_batch = recipe.train.global_batch
-    clip_norm = recipe.train.clip_norm
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    variables = model.trainable_variables
-    statistics = [v for v in model.non_trainable_variables if "seed_generator" not in v.path]
-
-    def replica_step(features, frames, labels, label_lengths):
-        before = [tf.identity(v) for v in statistics]
-        with tf.GradientTape() as tape:
-            logits = model((features, frames), training=True)
-            per_utterance = ctc_loss(labels, label_lengths, logits, output_frames(frames, recipe.model))
-            loss_sum = tf.reduce_sum(per_utterance)
-            loss = loss_sum / global_batch
-            scaled = optimizer.scale_loss(loss) if loss_scaled else loss
-        grads = tape.gradient(scaled, variables)
-        context = tf.distribute.get_replica_context()
-        bad = tf.cast(~tf.math.is_finite(loss_sum), tf.float32)
-        if not loss_scaled:  # a loss-scaled optimizer skips overflowing steps itself
-            bad += tf.cast(~tf.math.is_finite(tf.linalg.global_norm(grads)), tf.float32)
-        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
-        if clip_norm > 0:
-            norm = tf.linalg.global_norm(context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
-            grads = [g * tf.minimum(1.0, clip_norm / (norm + 1e-12)) for g in grads]
-
-        def apply_or_skip(distribution, grads, bad, before):
-            ok = tf.equal(distribution.experimental_local_results(bad)[0], 0.0)
-
-            def apply():
-                distribution.extended.call_for_each_replica(
-                    lambda g: optimizer.apply_gradients(zip(g, variables, strict=False)), args=(grads,)
-                )
-                return tf.constant(True)
-
-            def skip():
-                first = distribution.experimental_local_results(before)[0] if before else []
-                for variable, value in zip(statistics, first, strict=False):
-                    variable.assign(value)
-                return tf.constant(False)
-
-            tf.cond(ok, apply, skip)
-
-        context.merge_call(apply_or_skip, args=(grads, bad, before))
-        return loss_sum, bad, tf.cast(tf.reduce_sum(frames), tf.float32)
-
-    def step(batch):
-        loss_sum, bad, frames = strategy.run(replica_step, args=batch)
-        return (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.MEAN, bad, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.SUM, frames, axis=None),
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> Schedule:
+        return cls(
+            epochs=recipe.train.epochs,
+            max_steps=recipe.train.max_steps,
+            budget_seconds=recipe.train.time_budget_minutes * 60,
+            sample_every_steps=recipe.train.sample_every_steps,
+            checkpoint_every_steps=recipe.train.checkpoint_every_steps,
+            eval_every_epochs=recipe.eval.every_epochs,
+            stop_at_last_target=recipe.tta.stop_at_last_target,
         )
 
-    jit = recipe.runtime.xla or None
-    if input_spec is None:
-        return tf.function(step, reduce_retracing=True, jit_compile=jit)
-    return tf.function(step, input_signature=[input_spec], jit_compile=jit)
+    def sample_due(self, step: int) -> bool:
+        return itstime(step, self.sample_every_steps)
+
+    def checkpoint_due(self, step: int) -> bool:
+        return itstime(step, self.checkpoint_every_steps)
+
+    def evaluation_due(self, finished_epoch: int) -> bool:
+        """After 0-based epoch ``finished_epoch``."""
+        return itstime(finished_epoch + 1, self.eval_every_epochs)
+
+    def stop_reason(self, progress: Progress, elapsed: float, targets_reached: bool) -> str | None:
+        """Why the run must not take another step (checked before every step), or None."""
+        if progress.epoch >= self.epochs:
+            return "epochs"
+        if self.max_steps and progress.step >= self.max_steps:
+            return "max_steps"
+        if self.budget_seconds and elapsed >= self.budget_seconds:
+            return "time_budget"
+        if self.stop_at_last_target and targets_reached:
+            return "targets"
+        return None
+
+    def describe(self, reason: str) -> str:
+        return {
+            "epochs": f"all {self.epochs} epochs trained",
+            "max_steps": f"train.max_steps={self.max_steps} reached",
+            "time_budget": f"train.time_budget_minutes={self.budget_seconds / 60:g} used",
+            "targets": "every TTA target reached (tta.stop_at_last_target)",
+        }.get(reason, reason)
 
 
 # --------------------------------------------------------------------------- run directory and logging
@@ -324,7 +190,7 @@ class RunLog:
 
 
 class StopFlag:
-    """Turns the first SIGINT/SIGTERM into a request the loop honours after the current step."""
+    """Turns the first SIGINT/SIGTERM into a request the loop honours before the next step."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -347,12 +213,14 @@ class StopFlag:
 
 def resolve_run(args: argparse.Namespace) -> tuple[Recipe, Path, bool]:
     """The recipe to run, the run directory and whether it resumes an existing run."""
+    from asr.checkpoint import list_checkpoints
+
     recipe = load_recipe(args.recipe, args.set or ())
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainError(f"--run-dir {run_dir}: exists and is not a directory")
     saved = run_dir / RECIPE_FILE
-    from asr.checkpoint import latest_checkpoint
-
-    resuming = latest_checkpoint(run_dir) is not None
+    resuming = bool(list_checkpoints(run_dir))
     if args.resume and not resuming:
         raise TrainError(f"--resume: {run_dir} has no checkpoint to resume from")
     if resuming and saved.is_file():
@@ -372,283 +240,398 @@ def resolve_run(args: argparse.Namespace) -> tuple[Recipe, Path, bool]:
     return recipe, run_dir, resuming
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the trainer
 
 
-def _find_corrupt_shard(shards) -> str:
-    import tensorflow as tf
+class Trainer:
+    """One training run in this process: setup and restore, the step loop, the epoch-end sequence.
 
-    for file in shards.files:
-        try:
-            for _ in tf.data.TFRecordDataset(file, compression_type=shards.compression_type):
-                pass
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
-            return file
-    return "one of the shards"
+    ``run()`` is the whole run; each part below is short enough to read alone. Multi-worker runs build
+    one per worker: every decision that ends the loop is taken by all workers together.
+    """
 
+    def __init__(self, recipe: Recipe, run_dir: Path, resuming: bool, strict: bool = False):
+        from asr.clock import RunClock
+        from asr.session import TrainingSession
+        from asr.strategy import cluster_from_environment, make_strategy
+        from asr.tta import TTATracker
 
-def train(recipe: Recipe, run_dir: Path, resuming: bool) -> int:
-    """Run (or continue) training; returns the exit status."""
-    from asr import data
-    from asr.checkpoint import latest_checkpoint
-    from asr.clock import RunClock
-    from asr.evaluators import make_evaluator
-    from asr.sampler import UtilizationSampler
-    from asr.strategy import cluster_from_environment, describe, make_strategy
-    from asr.tta import TTATracker
+        self.recipe, self.run_dir, self.strict = recipe, run_dir, strict
+        self.schedule = Schedule.from_recipe(recipe)
+        self.cluster = cluster_from_environment()
+        self.strategy = make_strategy(recipe.runtime)
+        self.shards, self.plan = self._open_training_shards()
+        if self.cluster.is_chief:
+            self._write_run_files()
+        self.progress = Progress()
+        self.session = TrainingSession(self.strategy, recipe, run_dir, self.cluster.is_chief)
+        self.tracker = TTATracker(recipe.tta.targets, recipe.tta.window)
+        self.clock = RunClock()
+        self.restored = self._restore() if resuming else None
+        self.log: RunLog | None = None
+        self.evaluator = None
+        self.stop: StopFlag | None = None
+        self._pending_batch = None
+        self._bar = None
+        self._vote = None
 
-    cluster = cluster_from_environment()
-    strategy = make_strategy(recipe.runtime)
-    import tensorflow as tf
+    # ----------------------------------------------------------------------- setup and restore
 
-    train_shards = data.open_shards(recipe.data.train, "data.train")
-    plan = data.plan_epoch(train_shards, recipe.data, recipe.model, recipe.train.global_batch)
-    if plan.steps == 0:
-        raise TrainError(
-            f"data.train: {recipe.data.train}: {plan.kept} trainable utterances make no full global batch of "
-            f"{recipe.train.global_batch} (dropped: {plan.dropped or 'none'})"
-        )
-    if cluster.is_chief:
+    def _open_training_shards(self):
+        from asr import data
+
+        shards = data.open_shards(self.recipe.data.train, "data.train", allow_missing=not self.strict)
+        cache = self.run_dir / SHARD_CHECK_FILE if self.cluster.is_chief else None
+        shards = data.check_shards(shards, "full", cache, self.recipe.data.readers, self.cluster.is_chief)
+        if shards.damage and self.strict:
+            raise TrainError(f"{shards.damage[0].describe('data.train')} (--strict)")
+        for damage in shards.damage:
+            self._warn(damage.describe("data.train"))
+        plan = data.plan_epoch(shards, self.recipe.data, self.recipe.model, self.recipe.train.global_batch)
+        if plan.steps == 0:
+            raise TrainError(
+                f"data.train: {self.recipe.data.train}: {plan.kept} trainable utterances make no full global "
+                f"batch of {self.recipe.train.global_batch} (dropped: {plan.dropped or 'none'})"
+            )
+        return shards, plan
+
+    def _warn(self, message: str) -> None:
+        if self.cluster.is_chief:
+            print(f"asr.train: warning: {message}", file=sys.stderr, flush=True)
+
+    def _write_run_files(self) -> None:
         from asr.evaluators.common import write_normalization
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".{RECIPE_FILE}.tmp"
-        tmp.write_text(dump_recipe(recipe))
-        os.replace(tmp, run_dir / RECIPE_FILE)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / RECIPE_FILE, dump_recipe(self.recipe))
         write_normalization(
-            run_dir, train_shards.mean, train_shards.std, str(train_shards.path / data.MANIFEST)
+            self.run_dir, self.shards.mean, self.shards.std, str(self.shards.path / "manifest.json")
         )
 
-    progress = Progress()
-    session = TrainingSession(strategy, recipe, run_dir, cluster.is_chief)
-    tracker = TTATracker(recipe.tta.targets, recipe.tta.window)
-    clock = RunClock()
-    if resuming:
-        state = session.restore(latest_checkpoint(run_dir))
-        progress = Progress(**state["progress"])
-        clock = RunClock.resume(state["clock"])
-        if state.get("tta"):
-            tracker = TTATracker.from_state(state["tta"])
-    log = RunLog(run_dir, clock, progress, cluster.is_chief)
-    evaluator = make_evaluator(recipe, strategy, run_dir)
+    def _restore(self):
+        """Load the newest undamaged checkpoint (warning about any damaged one) and the run state in it."""
+        from asr.checkpoint import list_checkpoints, restore_newest
+        from asr.clock import RunClock
+        from asr.tta import TTATracker
 
-    def run_state(**extra: Any) -> dict[str, Any]:
+        if self.cluster.is_chief:
+            self.session.checkpointer.remove_leftovers()
+        checkpoint, state = restore_newest(list_checkpoints(self.run_dir), self.session.restore, self._warn)
+        self.progress = Progress(**state["progress"])
+        self.clock = RunClock.resume(state["clock"])
+        if state.get("tta"):
+            self.tracker = TTATracker.from_state(state["tta"])
+        return checkpoint
+
+    def run_state(self, **extra: Any) -> dict[str, Any]:
+        """What a checkpoint saves besides the weights."""
         return {
-            "progress": dataclasses.asdict(progress),
-            "clock": clock.state(),
-            "tta": tracker.state(),
+            "progress": dataclasses.asdict(self.progress),
+            "clock": self.clock.state(),
+            "tta": self.tracker.state(),
             **extra,
         }
 
-    def save(**extra: Any):
-        began = time.monotonic()
-        with log.phase("checkpoint"):
-            saved = session.save(progress.step, run_state(**extra))
-        log.write("checkpoint", path=str(saved.path), seconds=time.monotonic() - began)
-        return saved
+    @property
+    def evaluation_pending(self) -> bool:
+        """The restored checkpoint is an epoch end whose evaluation was interrupted."""
+        return bool(self.restored and self.restored.state.get("evaluation_pending"))
 
-    log.write(
-        "run_start",
-        recipe=recipe.name,
-        rig=recipe.rig.name,
-        replicas=strategy.num_replicas_in_sync,
-        workers=cluster.workers,
-        resumed=resuming,
-        downtime=clock.downtime,
-        strategy=describe(strategy),
-        steps_per_epoch=plan.steps,
-        utterances=plan.kept,
-        dropped=plan.dropped,
-        extract_seconds=train_shards.manifest.get("extraction_seconds"),
-        parameters=int(session.model.count_params()),
-    )
-    log.say(f"{describe(strategy)}; {session.model.count_params():,} parameters")
-    log.say(
-        f"{recipe.data.train}: {plan.kept} utterances ({plan.audio_seconds / 3600:.2f} h), "
-        f"{plan.steps} steps of {recipe.train.global_batch} per epoch; dropped "
-        + (", ".join(f"{n} {reason}" for reason, n in plan.dropped.items()) or "none")
-    )
-    if resuming:
-        log.say(
-            f"resumed at epoch {progress.epoch + 1}, step {progress.step} "
-            f"(run clock {clock.elapsed() / 60:.1f} min, downtime {clock.downtime / 60:.1f} min)"
-        )
+    def finished(self) -> str | None:
+        """Why a restored run has nothing left to do, or None."""
+        if self.evaluation_pending:
+            return None
+        return self.schedule.stop_reason(self.progress, self.clock.elapsed(), self.tracker.all_reached())
 
-    reason = "epochs"
-    budget = recipe.train.time_budget_minutes * 60
-    sampler = (
-        UtilizationSampler(
-            log,
-            recipe.tta.sample_interval_seconds,
-            clock=clock,
-            position=lambda: (progress.epoch, progress.step),
-        )
-        if cluster.is_chief
-        else None
-    )
-    if sampler:
-        sampler.start()
-    try:
-        with StopFlag() as stop:
-            stream = distributed_batches(
-                strategy,
-                data.training_stream(
-                    train_shards,
-                    recipe.data,
-                    recipe.model,
-                    recipe.train.global_batch,
-                    progress.epoch,
-                    recipe.train.epochs,
-                    recipe.train.seed,
-                    skip_batches=progress.batches_in_epoch,
-                ),
-                session,
-            )
-            pending = None
-            while progress.epoch < recipe.train.epochs:
-                epoch_started = time.monotonic()
-                session.optimizer.learning_rate = learning_rate_at(recipe, progress.epoch)
-                bar = _progress_bar(cluster.is_chief, plan.steps, progress)
-                while True:
-                    began = time.monotonic()
-                    try:
-                        tagged = pending if pending is not None else next(stream)
-                    except StopIteration:
-                        break
-                    except tf.errors.DataLossError:
-                        raise TrainError(
-                            f"data.train: {_find_corrupt_shard(train_shards)}: corrupted shard "
-                            "(TFRecord CRC or GZIP error); re-extract it"
-                        ) from None
-                    pending = None
-                    *batch, tag = tagged
-                    if int(np.asarray(strategy.experimental_local_results(tag)[0])[0]) != progress.epoch:
-                        pending = tagged  # the first batch of the next epoch
-                        break
-                    loss, applied, audio = session.train_step(tuple(batch))
-                    seconds = time.monotonic() - began
-                    progress.batches_in_epoch += 1
-                    bar.update(1)
-                    if applied:
-                        progress.step += 1
-                        progress.consecutive_bad_steps = 0
-                        eps = recipe.train.global_batch / seconds
-                        log.write(
-                            "step",
-                            phase="train",
-                            loss=loss,
-                            batch_size=recipe.train.global_batch,
-                            replicas=strategy.num_replicas_in_sync,
-                            step_seconds=seconds,
-                            elements_per_second=eps,
-                            elements_per_second_per_replica=eps / strategy.num_replicas_in_sync,
-                            audio_seconds=audio,
-                        )
-                        log.scalars(
-                            progress.step,
-                            loss=loss,
-                            utterances_per_second=eps,
-                            step_seconds=seconds,
-                            learning_rate=float(np.asarray(session.optimizer.learning_rate)),
-                        )
-                        bar.set_postfix(loss=f"{loss:.2f}", utt_s=f"{eps:.1f}", refresh=False)
-                    else:
-                        progress.skipped_steps += 1
-                        progress.consecutive_bad_steps += 1
-                        log.write(
-                            "skipped_step",
-                            reason="non-finite loss or gradient",
-                            consecutive=progress.consecutive_bad_steps,
-                        )
-                        log.say(f"step {progress.step + 1}: non-finite loss or gradient; step skipped")
-                        if progress.consecutive_bad_steps >= recipe.train.max_consecutive_nan_steps:
-                            bar.close()
-                            save()
-                            reason = "nan"
-                            raise TrainError(
-                                f"{progress.consecutive_bad_steps} non-finite steps in a row (train."
-                                "max_consecutive_nan_steps); stopped with the last good weights saved in "
-                                f"{run_dir / 'checkpoints'}; lower train.learning_rate or set train.clip_norm"
-                            )
-                    if applied and itstime(progress.step, recipe.train.sample_every_steps):
-                        local = [strategy.experimental_local_results(t)[0] for t in batch]
-                        pairs = session.greedy_sample(*local, count=SAMPLE_PAIRS)
-                        log.write("sample", pairs=pairs)
-                        if cluster.is_chief:
-                            bar.write(f"step {progress.step} greedy: {pairs[0][1]!r} (ref: {pairs[0][0]!r})")
-                    if applied and itstime(progress.step, recipe.train.checkpoint_every_steps):
-                        save()
-                    if stop.signal is not None:
-                        reason = "signal"
-                        break
-                    if budget and clock.elapsed() >= budget:
-                        reason = "time_budget"
-                        break
-                    if recipe.train.max_steps and progress.step >= recipe.train.max_steps:
-                        reason = "max_steps"
-                        break
-                bar.close()
-                if reason in ("signal", "time_budget", "max_steps"):
-                    save()
-                    break
-                train_seconds = time.monotonic() - epoch_started
-                finished_epoch = progress.epoch
-                progress.epoch += 1
-                progress.batches_in_epoch = 0
-                checkpoint = save(epoch_end=finished_epoch)
-                log.write(
-                    "epoch_end",
-                    epoch=finished_epoch,
-                    train_seconds=train_seconds,
-                    learning_rate=learning_rate_at(recipe, finished_epoch),
+    # ----------------------------------------------------------------------- the run
+
+    def run(self) -> int:
+        """Train until a stop reason; returns the exit status (128 + signal when stopped by one)."""
+        from asr.evaluators import make_evaluator
+        from asr.sampler import UtilizationSampler
+
+        done = self.finished() if self.restored else None
+        if done:
+            if self.cluster.is_chief:
+                print(
+                    f"asr.train: {self.run_dir} is complete ({self.schedule.describe(done)}; "
+                    f"{self.restored.name}); nothing to do (raise train.epochs or the limit with --set to "
+                    "train further)",
+                    file=sys.stderr,
                 )
-                if itstime(finished_epoch + 1, recipe.eval.every_epochs):
-                    results = evaluator.evaluate(session, checkpoint, log)
-                    for fields in results:
-                        event = log.write("eval", epoch=finished_epoch, checkpoint=checkpoint.name, **fields)
-                        for reached in tracker.update(event):
-                            log.write("target", **reached.event_fields())
-                            log.say(reached.describe())
-                    for fields in results:
-                        log.say(
-                            f"epoch {finished_epoch + 1}: {fields['split']} "
-                            + ", ".join(
-                                f"{k} {fields[k]:.2f}"
-                                for k in ("loss", "wer", "cer")
-                                if fields.get(k) is not None
-                            )
-                        )
-                    if results:  # the TTA state after this evaluation goes with the checkpoint
-                        session.checkpointer.update_state(checkpoint, run_state(epoch_end=finished_epoch))
-                if recipe.tta.stop_at_last_target and tracker.targets and tracker.all_reached():
-                    reason = "targets"
-                    break
-    except TrainError:
-        if reason != "nan":
-            reason = "error"
-        raise
-    except KeyboardInterrupt:
-        reason = "signal"
-        raise
-    except BaseException:
+            return 0
+        self.evaluator = make_evaluator(self.recipe, self.strategy, self.run_dir, strict=self.strict)
+        self.log = RunLog(self.run_dir, self.clock, self.progress, self.cluster.is_chief)
+        self._start_message()
+        sampler = None
+        if self.cluster.is_chief:
+            position = lambda: (self.progress.epoch, self.progress.step)  # noqa: E731
+            sampler = UtilizationSampler(self.log, self.recipe.tta.sample_interval_seconds, clock=self.clock,
+                                         position=position).start()  # fmt: skip
         reason = "error"
-        raise
-    finally:
+        try:
+            with StopFlag() as self.stop:
+                if self.evaluation_pending:
+                    self.log.say(
+                        f"redoing the interrupted evaluation of epoch {self.restored.state['epoch_end'] + 1}"
+                    )
+                    self._evaluate(self.restored)
+                reason = self._loop()
+        except NonFiniteError:
+            reason = "nan"
+            raise
+        except KeyboardInterrupt:
+            reason = "signal"
+            raise
+        finally:
+            self._close(sampler, reason)
+        return 128 + int(self.stop.signal or signal.SIGINT) if reason == "signal" else 0
+
+    def _start_message(self) -> None:
+        from asr.strategy import describe
+
+        parameters = int(self.session.model.count_params())
+        self.log.write(
+            "run_start",
+            recipe=self.recipe.name,
+            rig=self.recipe.rig.name,
+            replicas=self.strategy.num_replicas_in_sync,
+            workers=self.cluster.workers,
+            resumed=self.restored is not None,
+            downtime=self.clock.downtime,
+            strategy=describe(self.strategy),
+            steps_per_epoch=self.plan.steps,
+            utterances=self.plan.kept,
+            dropped=self.plan.dropped,
+            damaged_shards=[dataclasses.asdict(d) for d in self.shards.damage],
+            extract_seconds=self.shards.manifest.get("extraction_seconds"),
+            parameters=parameters,
+        )
+        self.log.say(f"{describe(self.strategy)}; {parameters:,} parameters")
+        self.log.say(
+            f"{self.recipe.data.train}: {self.plan.kept} utterances "
+            f"({self.plan.audio_seconds / 3600:.2f} h), "
+            f"{self.plan.steps} steps of {self.recipe.train.global_batch} per epoch; dropped "
+            + (", ".join(f"{n} {reason}" for reason, n in self.plan.dropped.items()) or "none")
+        )
+        if self.restored is not None:
+            self.log.say(
+                f"resumed at epoch {self.progress.epoch + 1}, step {self.progress.step} from "
+                f"{self.restored.name} (run clock {self.clock.elapsed() / 60:.1f} min, "
+                f"downtime {self.clock.downtime / 60:.1f} min)"
+            )
+
+    def _close(self, sampler, reason: str) -> None:
         if sampler:
             sampler.stop()
-        log.write("run_end", reason=reason, skipped_steps=progress.skipped_steps, phases=clock.phases)
-        log.close()
-        evaluator.close()
-    log.say(
-        f"stopped ({reason}) at epoch {progress.epoch}, step {progress.step}; "
-        f"run clock {clock.elapsed() / 60:.2f} min"
-    )
-    if reason == "signal":
-        return 128 + int(stop.signal or signal.SIGINT)
-    return 0
+        with contextlib.suppress(
+            WriteError
+        ):  # the error that stopped the run (a full disk) is the one to report
+            self.log.write("run_end", reason=reason, skipped_steps=self.progress.skipped_steps,
+                           phases=self.clock.phases)  # fmt: skip
+        self.log.close()
+        self.evaluator.close()
+        if reason != "error":
+            self.log.say(
+                f"stopped ({reason}) in epoch {min(self.progress.epoch + 1, self.schedule.epochs)} of "
+                f"{self.schedule.epochs}, step {self.progress.step}; "
+                f"run clock {self.clock.elapsed() / 60:.2f} min"
+            )
+        if self.cluster.workers > 1 and reason != "error" and self.session.model is not None:
+            digest = self.session.weights_digest()
+            print(f"asr.train: worker {self.cluster.task_index}: stopped ({reason}) at step "
+                  f"{self.progress.step}; weights crc32c {digest}", file=sys.stderr, flush=True)  # fmt: skip
+
+    def _loop(self) -> str:
+        """Epochs until a stop reason; returns it. A stop inside an epoch saves a checkpoint first."""
+        stream = None
+        while True:
+            reason = self._stop_reason()
+            if reason:
+                return reason
+            stream = stream or self._stream()
+            began = time.monotonic()
+            reason = self._train_epoch(stream)
+            if reason:
+                self._save()
+                return reason
+            self._end_epoch(train_seconds=time.monotonic() - began)
+
+    def _stop_reason(self) -> str | None:
+        """Why to stop before the next step, agreed by every worker (a signal, the budget, the limits)."""
+        reason = "signal" if self.stop and self.stop.signal is not None else None
+        reason = reason or self.schedule.stop_reason(
+            self.progress, self.clock.elapsed(), self.tracker.all_reached()
+        )
+        if self.cluster.workers > 1 and self._agreed_stop(reason is not None) and reason is None:
+            reason = "signal"  # another worker stopped: stop with it (a signal or its clock's budget)
+        return reason
+
+    def _agreed_stop(self, stop: bool) -> bool:
+        """True when any worker wants to stop: one all-reduce, so no worker steps alone into a collective."""
+        import tensorflow as tf
+
+        if self._vote is None:
+            strategy = self.strategy
+            self._vote = tf.function(
+                lambda x: strategy.reduce(
+                    tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(x,)), axis=None
+                )
+            )
+        return bool(self._vote(tf.constant(1.0 if stop else 0.0)) > 0)
+
+    # ----------------------------------------------------------------------- the step loop
+
+    def _stream(self):
+        from asr import data
+
+        batches = data.training_stream(
+            self.shards, self.recipe.data, self.recipe.model, self.recipe.train.global_batch,
+            self.progress.epoch, self.recipe.train.epochs, self.recipe.train.seed,
+            skip_batches=self.progress.batches_in_epoch,
+        )  # fmt: skip
+        return distributed_batches(self.strategy, batches, self.session)
+
+    def _train_epoch(self, stream) -> str | None:
+        """Steps to the end of the epoch in progress (None), or until a reason to stop inside it."""
+        from asr.session import learning_rate_at
+
+        self.session.optimizer.learning_rate = learning_rate_at(self.recipe, self.progress.epoch)
+        self._bar = _progress_bar(self.cluster.is_chief, self.plan.steps, self.progress)
+        try:
+            while True:
+                began = time.monotonic()
+                batch = self._next_batch(stream)
+                if batch is None:
+                    return None
+                reason = self._stop_reason()
+                if reason:
+                    self._pending_batch = None  # not consumed: the resumed run reads it again
+                    return reason
+                self._step(batch, began)
+        finally:
+            self._bar.close()
+
+    def _next_batch(self, stream) -> tuple | None:
+        """The epoch's next global batch, or None at its end (the next epoch's first batch is kept)."""
+        import tensorflow as tf
+
+        tagged, self._pending_batch = self._pending_batch, None
+        if tagged is None:
+            try:
+                tagged = next(stream)
+            except StopIteration:
+                return None
+            except tf.errors.DataLossError as error:
+                raise TrainError(
+                    "data.train: a shard became unreadable during training "
+                    f"({error.message.splitlines()[0]}); rerun to check the shards again"
+                ) from None
+        *batch, tag = tagged
+        if int(np.asarray(self.strategy.experimental_local_results(tag)[0])[0]) != self.progress.epoch:
+            self._pending_batch = tagged
+            return None
+        return tuple(batch)
+
+    def _step(self, batch: tuple, began: float) -> None:
+        fault = failpoints.hit("train.step", key=self.progress.step + self.progress.skipped_steps + 1)
+        if fault in ("nan", "inf"):
+            batch = self.session.poison(batch, float(fault))
+        loss, applied, audio = self.session.train_step(batch)
+        seconds = time.monotonic() - began
+        self.progress.batches_in_epoch += 1
+        self._bar.update(1)
+        if not applied:
+            self._skipped()
+            return
+        self.progress.step += 1
+        self.progress.consecutive_bad_steps = 0
+        self._log_step(loss, seconds, audio)
+        if self.schedule.sample_due(self.progress.step):
+            self._sample(batch)
+        if self.schedule.checkpoint_due(self.progress.step):
+            self._save()
+
+    def _log_step(self, loss: float, seconds: float, audio: float) -> None:
+        batch, replicas = self.recipe.train.global_batch, self.strategy.num_replicas_in_sync
+        eps = batch / seconds
+        self.log.write("step", phase="train", loss=loss, batch_size=batch, replicas=replicas,
+                       step_seconds=seconds, elements_per_second=eps,
+                       elements_per_second_per_replica=eps / replicas, audio_seconds=audio)  # fmt: skip
+        learning_rate = float(np.asarray(self.session.optimizer.learning_rate))
+        self.log.scalars(self.progress.step, loss=loss, utterances_per_second=eps, step_seconds=seconds,
+                         learning_rate=learning_rate)  # fmt: skip
+        self._bar.set_postfix(loss=f"{loss:.2f}", utt_s=f"{eps:.1f}", refresh=False)
+
+    def _skipped(self) -> None:
+        """The non-finite policy: count the skipped step; too many in a row stop the run, saved."""
+        progress = self.progress
+        progress.skipped_steps += 1
+        progress.consecutive_bad_steps += 1
+        self.log.write(
+            "skipped_step", reason="non-finite loss or gradient", consecutive=progress.consecutive_bad_steps
+        )
+        self.log.say(f"step {progress.step + 1}: non-finite loss or gradient; step skipped")
+        if progress.consecutive_bad_steps >= self.recipe.train.max_consecutive_nan_steps:
+            self._bar.close()
+            self._save()
+            raise NonFiniteError(
+                f"{progress.consecutive_bad_steps} non-finite steps in a row "
+                f"(train.max_consecutive_nan_steps); stopped with the last good weights saved in "
+                f"{self.run_dir / 'checkpoints'}; lower train.learning_rate or set train.clip_norm"
+            )
+
+    def _sample(self, batch: tuple) -> None:
+        local = [self.strategy.experimental_local_results(t)[0] for t in batch]
+        pairs = self.session.greedy_sample(*local, count=SAMPLE_PAIRS)
+        self.log.write("sample", pairs=pairs)
+        if self.cluster.is_chief:
+            self._bar.write(f"step {self.progress.step} greedy: {pairs[0][1]!r} (ref: {pairs[0][0]!r})")
+
+    def _save(self, **extra: Any):
+        began = time.monotonic()
+        with self.log.phase("checkpoint"):
+            saved = self.session.save(self.progress.step, self.run_state(**extra))
+        self.log.write("checkpoint", path=str(saved.path), seconds=time.monotonic() - began)
+        return saved
+
+    # ----------------------------------------------------------------------- the epoch end
+
+    def _end_epoch(self, train_seconds: float) -> None:
+        """Checkpoint → evaluation → TTA. The checkpoint says an evaluation is pending until its results are
+        in its state, so a run killed during the evaluation redoes it when resumed."""
+        from asr.session import learning_rate_at
+
+        finished = self.progress.epoch
+        self.progress.epoch += 1
+        self.progress.batches_in_epoch = 0
+        due = self.schedule.evaluation_due(finished) and self.recipe.eval.mode != "external"
+        checkpoint = self._save(epoch_end=finished, evaluation_pending=due)
+        self.log.write("epoch_end", epoch=finished, train_seconds=train_seconds,
+                       learning_rate=learning_rate_at(self.recipe, finished))  # fmt: skip
+        if due:
+            self._evaluate(checkpoint)
+
+    def _evaluate(self, checkpoint) -> None:
+        """Evaluate an epoch-end checkpoint, log the results, update TTA, record both in the checkpoint."""
+        finished = int(checkpoint.state["epoch_end"])
+        failpoints.hit("evaluate")
+        results = self.evaluator.evaluate(self.session, checkpoint, self.log)
+        for fields in results:
+            event = self.log.write("eval", epoch=finished, checkpoint=checkpoint.name, **fields)
+            for reached in self.tracker.update(event):
+                self.log.write("target", **reached.event_fields())
+                self.log.say(reached.describe())
+        for fields in results:
+            scores = ", ".join(
+                f"{k} {fields[k]:.2f}" for k in ("loss", "wer", "cer") if fields.get(k) is not None
+            )
+            self.log.say(f"epoch {finished + 1}: {fields['split']} {scores}")
+        state = self.run_state(epoch_end=finished, evaluation_pending=False)
+        self.session.checkpointer.update_state(checkpoint, state)
 
 
-def distributed_batches(strategy, dataset, session: TrainingSession) -> Iterator:
+def distributed_batches(strategy, dataset, session) -> Iterator:
     """An iterator of global batches split over the replicas; the step's input signature is set from it.
 
     With one replica the plain dataset is iterated: ``tf.distribute``'s multi-device iterator adds
@@ -692,9 +675,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--resume", action="store_true", help="require a checkpoint to continue from")
     parser.add_argument(
+        "--strict", action="store_true",
+        help="stop on any damaged or missing shard instead of training on the readable records",
+    )  # fmt: skip
+    parser.add_argument(
         "--summary", action="store_true", help="print the model's layers and parameters, then exit"
     )
     return parser.parse_args(argv)
+
+
+LOST_WORKER = re.compile(
+    r"(?:task:(\d+)[^\n]*heartbeat timeout|remote target /job:\w+/replica:\d+/task:(\d+))"
+)
+
+
+def lost_worker_message(error: BaseException) -> str | None:
+    """One line for a collective that failed because a worker died, or None for any other error."""
+    import tensorflow as tf
+
+    lost = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError, tf.errors.InternalError)  # fmt: skip
+    if not isinstance(error, lost):
+        return None
+    match = LOST_WORKER.search(str(error))
+    who = f"worker {match.group(1) or match.group(2)}" if match else "another worker"
+    return (
+        f"{who} of this multi-worker run was lost ({type(error).__name__}); restart every worker with the "
+        "same command to resume from the last checkpoint"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -706,19 +714,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summary(recipe.model, recipe.data.max_frames))
             return 0
         recipe, run_dir, resuming = resolve_run(args)
-        return train(recipe, run_dir, resuming)
-    except (ConfigError, TrainError) as error:
+        return Trainer(recipe, run_dir, resuming, strict=args.strict).run()
+    except (ConfigError, TrainError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as error:  # errors of the data and strategy modules carry their own one-line message
-        from asr.checkpoint import CheckpointMismatchError
-        from asr.data import DataError
-        from asr.strategy import StrategyError
+    except KeyboardInterrupt:
+        print(
+            "asr.train: interrupted; rerun the same command to resume from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGINT
+    except Exception as error:  # errors of the other stages carry their own one-line message
+        message = _one_line_error(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
-        if isinstance(error, (DataError, StrategyError, CheckpointMismatchError)):
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        raise
+
+def _one_line_error(error: Exception) -> str | None:
+    from asr.checkpoint import CheckpointMismatchError, NoValidCheckpointError
+    from asr.data import DataError
+    from asr.evaluate import EvaluateError
+    from asr.strategy import StrategyError
+
+    if isinstance(error, (DataError, StrategyError, CheckpointMismatchError, NoValidCheckpointError,
+                          EvaluateError)):  # fmt: skip
+        return str(error)
+    if "tensorflow" in sys.modules:
+        return lost_worker_message(error)
+    return None
 
 
 if __name__ == "__main__":

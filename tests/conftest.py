@@ -46,3 +46,22 @@ def tiny_shards(tmp_path_factory, tiny_corpus) -> Path:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def run_module_limited():
+    """Like ``run_module``, with every file the process writes limited to ``limit`` bytes (RLIMIT_FSIZE, as
+    a full disk would stop it: Python ignores SIGXFSZ, so a write past the limit fails with EFBIG)."""
+    import resource
+
+    def run(module: str, *args: str, limit: int, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", module, *map(str, args)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+        )
+
+    return run

@@ -15,13 +15,13 @@ def test_resume_continues_elapsed_and_counts_the_gap_as_downtime():
     state = {"elapsed": 100.0, "downtime": 5.0, "phases": {"train": 90.0}, "saved_wall_time": 1000.0}
     clock = RunClock.resume(state, now_wall_time=1060.0)
     assert 100.0 <= clock.elapsed() < 101.0
-    assert clock.downtime == 65.0
-    assert clock.phases == {"train": 90.0}
+    assert clock.downtime == 65.0  # exact: 5 + (1060 - 1000), whole numbers in doubles
+    assert clock.phases == {"train": 90.0}  # copied
 
 
 def test_state_round_trips():
     clock = RunClock(elapsed=42.0)
     state = clock.state()
     again = RunClock.resume(state, now_wall_time=state["saved_wall_time"])
-    assert again.downtime == 0.0
+    assert again.downtime == 0.0  # exact: now - saved_wall_time with now = saved_wall_time
     assert again.elapsed() >= 42.0

@@ -105,5 +105,5 @@ def test_probe_reasons(tmp_path):
     assert reason(corpus.probe(at_8k, 2.0, resample=True)) == "kept"
     assert reason(corpus.probe(at_8k, 2.0, resample=False)) == "wrong sample rate"
     planned = corpus.probe(cases["kept"], 2.0, True)
-    assert planned == corpus.Planned("ok", cases["kept"].path, "hello", 1.0)
+    assert planned == corpus.Planned("ok", cases["kept"].path, "hello", 1.0)  # exact: 16000 / 16000 samples
     assert corpus.reason_key("unmappable text: '1' '2'") == "unmappable text"

@@ -22,16 +22,18 @@ def ramp(frames: int) -> tf.Tensor:
 def test_stretch_time_by_one_is_identity_and_by_two_takes_every_other_frame():
     same, count = data.stretch_time(ramp(10), tf.constant(10), 1.0)
     assert int(count) == 10
-    np.testing.assert_allclose(same.numpy(), ramp(10).numpy())
+    # exact: positions i x 1.0 have weight 0, and frame x 1 + next x 0 is the frame on any CPU
+    np.testing.assert_array_equal(same.numpy(), ramp(10).numpy())
     faster, count = data.stretch_time(ramp(10), tf.constant(10), 2.0)
     assert int(count) == 5
-    assert faster.numpy()[:, 0].tolist() == [0, 2, 4, 6, 8]
+    assert faster.numpy()[:, 0].tolist() == [0, 2, 4, 6, 8]  # exact: integer positions, weight 0
 
 
 def test_stretch_time_slower_interpolates_between_frames():
     slower, count = data.stretch_time(ramp(4), tf.constant(4), 0.5)
     assert int(count) == 8
-    # positions 0, .5, 1, ... 3.5; the last one clamps to the last frame
+    # positions 0, .5, 1, ... 3.5; the last one clamps to the last frame. Exact: halves of small integers
+    # and their products with weights 0 or 0.5 are exactly representable, so no rounding happens
     assert slower.numpy()[:, 5].tolist() == [0, 0.5, 1, 1.5, 2, 2.5, 3, 3]
 
 
@@ -69,7 +71,7 @@ def test_spec_augment_masks_bands_and_spans_with_zeros():
     assert zero_columns.size <= 20 and zero_rows.size <= 30
     assert np.all(np.diff(zero_columns) == 1) and np.all(np.diff(zero_rows) == 1)  # contiguous
     untouched = np.delete(np.delete(masked, zero_rows, axis=0), zero_columns, axis=1)
-    assert (untouched == 1).all()
+    assert (untouched == 1).all()  # exact: 1 x 1 and 1 x 0 (the keep masks) involve no rounding
 
 
 def test_bad_tempo_range_is_named(tmp_path):
@@ -106,3 +108,62 @@ def test_an_epoch_is_the_same_batches_whatever_reads_it_and_tempo_changes_length
     assert frames_of(tempo, 0).tolist() == frames_of(tempo, 0).tolist()
     assert frames_of(tempo, 0).tolist() != frames_of(plain, 0).tolist()
     assert frames_of(tempo, 0).tolist() != frames_of(tempo, 1).tolist()
+
+
+def damaged_copy(tiny_shards, tmp_path, shard_size_bytes=None):
+    """A copy of the tiny training shards whose (single) shard is cut at two thirds."""
+    import shutil
+
+    copy = tmp_path / "train"
+    shutil.copytree(tiny_shards / "train", copy)
+    (shard,) = sorted(copy.glob("*.tfrecord.gz"))
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[: 2 * len(raw) // 3])
+    return copy, shard
+
+
+def test_check_finds_a_cut_shard_by_its_size_and_full_mode_keeps_its_readable_records(tiny_shards, tmp_path):
+    copy, shard = damaged_copy(tiny_shards, tmp_path)
+    opened = data.open_shards(copy)
+    by_size = data.check_shards(opened, "size")
+    assert by_size.files == () and by_size.damage[0].used == 0
+    assert "were written (cut?)" in by_size.damage[0].reason
+    checked = data.check_shards(opened, "full", cache=tmp_path / "check.json")
+    (damage,) = checked.damage
+    assert damage.file == str(shard) and 0 < damage.used < damage.listed == 20
+    assert checked.readable == (damage.used,) and checked.utterances == damage.used
+    assert damage.describe("data.train").startswith(f"data.train: {shard}: unreadable after record")
+    config = DataConfig(padding="bucket", bucket_boundaries=(10_000,), readers=2, buffer=2)
+    batches = list(data.training_dataset(checked, config, MODEL, 1, epoch=0, seed=1).as_numpy_iterator())
+    assert len(batches) == damage.used  # exact: every readable record, and no read error
+
+
+def test_check_results_are_cached_by_size_and_time(tiny_shards, tmp_path):
+    copy, shard = damaged_copy(tiny_shards, tmp_path)
+    cache = tmp_path / "check.json"
+    first = data.check_shards(data.open_shards(copy), "full", cache=cache)
+    recorded = data.read_json(cache)["files"][str(shard)]
+    recorded["readable"] = 1  # what a second look would not find: proves the cache was used
+    data.write_json(cache, {"version": data.CHECK_CACHE_VERSION, "files": {str(shard): recorded}})
+    assert data.check_shards(data.open_shards(copy), "full", cache=cache).readable == (1,)
+    shard.write_bytes(shard.read_bytes())  # a new modification time: read again
+    import os
+
+    os.utime(shard, ns=(recorded["mtime_ns"] + 10**9, recorded["mtime_ns"] + 10**9))
+    assert data.check_shards(data.open_shards(copy), "full", cache=cache).readable == first.readable
+
+
+def test_a_listed_shard_that_is_missing_is_damage_when_allowed(tiny_shards, tmp_path):
+    copy, shard = damaged_copy(tiny_shards, tmp_path)
+    import shutil
+
+    shutil.copy(tiny_shards / "train" / shard.name, copy / "extra.tfrecord.gz")
+    manifest = data.read_json(copy / "manifest.json")
+    manifest["shards"].append({"file": "gone.tfrecord.gz", "utterances": 5})
+    data.write_json(copy / "manifest.json", manifest)
+    with pytest.raises(data.DataError, match="lists shards that are missing"):
+        data.open_shards(copy)
+    opened = data.open_shards(copy, allow_missing=True)
+    (missing,) = opened.damage
+    assert missing.file.endswith("gone.tfrecord.gz") and missing.lost == 5
+    assert missing.reason.startswith("missing")

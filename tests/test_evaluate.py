@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,10 @@ from asr.evaluate import (
     run_set,
     save_results,
 )
-from asr.shards import utterance_example, write_shard
+from asr.shards import SUFFIXES, utterance_example, write_shard
 from asr.text import BLANK_ID, NUM_SYMBOLS, SYMBOLS, encode
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_TEXTS = ["the cat sat", "a cool dog", "it's here", "the mat"]
 
 
@@ -89,7 +91,7 @@ def test_padded_batches_sort_by_length_and_pad_with_zeros(dev_set):
     assert list(batches[1][0]) == [3]
     assert batch.shape == (3, 74, 93)
     assert list(frames) == [74, 68, 62]
-    assert batch[1, :68, 0].tolist() == [1.0] * 68
+    assert batch[1, :68, 0].tolist() == [1.0] * 68  # exact: stored float32 1.0, copied
     assert not batch[1, 68:].any()
     assert labels[1] == encode("a cool dog")
 
@@ -97,11 +99,12 @@ def test_padded_batches_sort_by_length_and_pad_with_zeros(dev_set):
 def test_run_set_scores_decoded_batches_in_set_order(dev_set):
     perfect = run_set(dev_set, oracle_logits_fn(dev_set), GreedyDecoder(), batch_size=3)
     assert perfect.hypotheses == DEV_TEXTS
+    # WER of no edits is exactly 0; the loss is a float64 mean of 1.5s (exact, approx for readability)
     assert perfect.scores.wer == 0.0 and perfect.loss == pytest.approx(1.5)
     wrong = run_set(dev_set, oracle_logits_fn(dev_set, {1: "a cool dot"}), GreedyDecoder(), batch_size=2)
     assert wrong.hypotheses[1] == "a cool dot"
     assert wrong.scores.words.substitutions == 1
-    assert wrong.scores.wer == pytest.approx(100 / 10)  # 3 + 3 + 2 + 2 words
+    assert wrong.scores.wer == pytest.approx(100 / 10)  # 3 + 3 + 2 + 2 words; Python floats: any CPU
     fields = wrong.event_fields("swap")
     assert fields["split"] == "dev-clean" and fields["source"] == "swap" and fields["words"] == 10
     assert fields["decoder"] == "greedy" and fields["beam_width"] == 1
@@ -153,7 +156,7 @@ def test_evaluate_checkpoint_sweeps_and_saves_files_report_reads(dev_set, tmp_pa
     rows = json.loads((run_dir / "eval" / "results.json").read_text())
     saved = [(r["split"], r["beam_width"], r["checkpoint"]) for r in rows]
     assert saved == [("dev-clean", 1, "ckpt-7"), ("dev-clean", 4, "ckpt-7")]
-    assert rows[0]["wer"] == 0.0 and rows[0]["utterances"] == 4
+    assert rows[0]["wer"] == 0.0 and rows[0]["utterances"] == 4  # exact: no edits, JSON round-trips floats
     # a later evaluation of the same kind replaces the row; other kinds stay
     save_results(run_dir, "ckpt-9", [dev_set], results[1:], sweep=False)
     rows = json.loads((run_dir / "eval" / "results.json").read_text())
@@ -169,7 +172,7 @@ def test_rows_decoded_with_an_lm_name_the_lm_and_its_weights(dev_set, tmp_path):
     (result,) = evaluate_checkpoint([dev_set], oracle_logits_fn(dev_set), [setting], batch_size=2)
     row = result.row()
     assert row["decoder"] == "beam+lm"
-    assert (row["lm"], row["lm_alpha"], row["lm_beta"]) == (str(lm_dir.resolve()), 0.7, 0.5)
+    assert (row["lm"], row["lm_alpha"], row["lm_beta"]) == (str(lm_dir.resolve()), 0.7, 0.5)  # copied: exact
     assert row["oov_words"] > 0  # the dictionary lacks some dev words
 
 
@@ -221,6 +224,7 @@ json.dump({
     "shape": list(two[0].shape),
     "out_frames": two[1].tolist(),
     "max_diff": float(np.abs(one[0] - two[0]).max()),
+    "max_logit": float(np.abs(one[0]).max()),
     "padded_vs_alone": max(float(np.abs(one[0][i, :len(a)] - a).max()) for i, a in enumerate(alone)),
     "loss_one": [None if np.isnan(v) else v for v in one[2].tolist()],
     "loss_two": [None if np.isnan(v) else v for v in two[2].tolist()],
@@ -244,10 +248,15 @@ def test_replica_logits_split_over_two_replicas_match_one_device(tmp_path):
     assert report["replicas"] == 2
     assert report["shape"] == [3, 15, 30]
     assert report["out_frames"] == [15, 10, 8]
-    assert report["max_diff"] < 1e-5
-    assert report["padded_vs_alone"] < 1e-4  # padding (masked) changes no utterance's logits
+    # Not bit-exact: batches of 3, 2 and 1 rows may be summed in other orders. Per side: conv 11 x 93 = 1023
+    # products, GRU 15 steps x 25 terms, dense 17: ~1400 roundoffs of the logits' scale, 2 x 1400 x 2^-24
+    # = 1.7e-4 of the largest logit (measured: 6 roundoffs). The CTC loss moves by at most twice each
+    # frame's largest logit change (log-softmax), summed over its <= 15 frames.
+    logit_bound = 1.7e-4 * report["max_logit"]
+    assert report["max_diff"] <= logit_bound
+    assert report["padded_vs_alone"] <= logit_bound  # padding (masked) changes no utterance's logits
     assert report["loss_one"][2] is None and report["loss_two"][2] is None  # 20 labels, 8 frames
-    assert report["loss_one"][:2] == pytest.approx(report["loss_two"][:2], rel=1e-5)
+    assert report["loss_one"][:2] == pytest.approx(report["loss_two"][:2], rel=0, abs=2 * 15 * logit_bound)
     assert all(v > 0 for v in report["loss_two"][:2])
     assert report["texts_equal"]
 
@@ -257,9 +266,276 @@ def test_words_outside_the_dictionary_are_counted_in_rows_and_table(dev_set):
     mistakes = {1: "a col dog", 0: "the cat sad"}
     result = run_set(dev_set, oracle_logits_fn(dev_set, mistakes), GreedyDecoder(), 4, vocabulary)
     row = result.row()
+    # ratios of word counts in Python floats (the same on every CPU); approx covers only operation order
     assert row["oov_rate"] == pytest.approx(30.0) and row["oov_words"] == 3
     assert row["oov_word_accuracy"] == pytest.approx(100 * 2 / 3)  # "cool" missed
     assert row["iv_word_accuracy"] == pytest.approx(100 * 6 / 7)  # "sat" missed
     table = format_table([result])
     assert "| dev-clean | 30.0 | 85.7 | 66.7 |" in table
     assert "oov_rate" not in run_set(dev_set, oracle_logits_fn(dev_set), GreedyDecoder(), 4).row()
+
+
+# --------------------------------------------------------------------------- damaged shards, write failures
+
+
+def write_counted_shards(directory, texts, compression="gzip"):
+    """Shards of two utterances each (feature 0 is the index) and a manifest listing them with their counts,
+    as ``asr.extract`` writes it."""
+    directory.mkdir(parents=True)
+    entries = []
+    for start in range(0, len(texts), 2):
+        records = []
+        for i, transcript in enumerate(texts[start : start + 2], start=start):
+            features = np.full((6 * len(transcript) + 8, 93), 0, np.float32)
+            features[:, 0] = i
+            records.append(utterance_example(features, encode(transcript), transcript, f"utt-{i}", 0.5))
+        name = f"shard-{start // 2:05d}{SUFFIXES[compression]}"
+        write_shard(directory / name, records, compression=compression)
+        entries.append({"file": name, "utterances": len(records)})
+    (directory / "manifest.json").write_text(json.dumps({"alphabet": list(SYMBOLS), "shards": entries}))
+    return directory
+
+
+def damage(path: Path, how: str) -> Path:
+    """Flip bytes near the start of the compressed stream, cut the file short, or delete it."""
+    data = path.read_bytes()
+    if how == "flipped":
+        path.write_bytes(data[:20] + bytes(b ^ 0xFF for b in data[20:40]) + data[40:])
+    elif how == "cut":
+        path.write_bytes(data[:-10])
+    else:
+        path.unlink()
+    return path
+
+
+@pytest.mark.parametrize(("how", "used"), [("flipped", 0), ("cut", 1), ("missing", 0)])
+def test_a_damaged_or_missing_shard_keeps_the_records_before_the_damage(tmp_path, capsys, how, used):
+    compression = "none" if how == "cut" else "gzip"  # a cut uncompressed shard: struct.error before
+    directory = write_counted_shards(tmp_path / "dev-clean", DEV_TEXTS, compression)
+    damaged = damage(directory / f"shard-00001{SUFFIXES[compression]}", how)
+    eval_set = load_eval_set(directory)
+    assert eval_set.texts == tuple(DEV_TEXTS[: 2 + used])
+    assert eval_set.lost == 2 - used and len(eval_set.damage) == 1
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1
+    assert warning.startswith(f"asr.evaluate: warning: --data: {damaged}: ")
+    assert warning.endswith(f"; {used} of its utterances used, {2 - used} lost\n")
+
+    with pytest.raises(EvaluateError) as raised:
+        load_eval_set(directory, "dev", key="data.dev", strict=True)
+    message = str(raised.value)
+    assert message.startswith(f"data.dev: {damaged}: ") and message.endswith(" (--strict)")
+    assert "\n" not in message
+
+
+def test_a_set_whose_shards_are_all_missing_is_an_error(tmp_path):
+    directory = write_counted_shards(tmp_path / "dev-clean", DEV_TEXTS)
+    for shard in directory.glob("shard-*"):
+        shard.unlink()
+    with pytest.raises(EvaluateError, match=r"^data\.dev: .*dev-clean: every shard its manifest\.json lists"):
+        load_eval_set(directory, key="data.dev")
+
+
+def test_results_of_an_incomplete_set_count_what_was_left_out(tmp_path, dev_set, capsys):
+    directory = write_counted_shards(tmp_path / "partial", DEV_TEXTS)
+    damage(directory / "shard-00001.tfrecord.gz", "missing")
+    partial = load_eval_set(directory)
+    result = run_set(partial, oracle_logits_fn(partial), GreedyDecoder(), batch_size=2)
+    row = result.row()
+    assert (row["utterances"], row["skipped_utterances"], row["damaged_shards"]) == (2, 2, 1)
+    assert result.event_fields("external")["skipped_utterances"] == 2
+    assert "partial: incomplete: 2 utterances in 1 damaged or missing shard files" in format_table([result])
+
+    complete = run_set(dev_set, oracle_logits_fn(dev_set), GreedyDecoder(), batch_size=2)
+    assert (complete.row()["skipped_utterances"], complete.row()["damaged_shards"]) == (0, 0)
+    assert "skipped_utterances" not in complete.event_fields("swap")
+    assert "incomplete" not in format_table([complete])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--batch-size", "-2", "must be at least 1, got -2"),
+        ("--batch-size", "0", "must be at least 1, got 0"),
+        ("--beam", "0", "must be at least 1, got 0"),
+        ("--workers", "-1", "must be at least 0 (0: all CPU cores), got -1"),
+        ("--poll", "0", "must be greater than 0, got 0"),
+        ("--stop-after", "-5", "must be at least 0 (0: never), got -5"),
+        ("--alpha", "nan", "must be a finite number, got nan"),
+        ("--checkpoint", "-1", "must be at least 0, got -1"),
+        ("--batch-size", "many", "expected a whole number, got 'many'"),
+    ],
+)
+def test_numeric_options_out_of_range_are_one_line_usage_errors(tmp_path, run_module, option, value, message):
+    result = run_module("asr.evaluate", "--run", tmp_path, option, value)
+    assert result.returncode == 2
+    assert result.stderr == f"python -m asr.evaluate: error: argument {option}: {message} (see --help)\n"
+
+
+TINY_RECIPE = [
+    "model.conv_filters=8", "model.rnn_layers=1", "model.rnn_units=8", "train.global_batch=4",
+    "train.epochs=1", "eval.mode=loss", "eval.lm=", "eval.beam_width=2", "eval.decode_workers=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_shards, tmp_path_factory) -> Path:
+    """A run directory of ``asr.train`` holding one checkpoint of a tiny model (one epoch, ~10 s)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run_dir)]
+    for item in (f"data.train={tiny_shards / 'train'}", f"data.dev={tiny_shards / 'dev'}", *TINY_RECIPE):
+        command += ["--set", item]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def temporaries(directory: Path) -> list[Path]:
+    return [path for path in directory.rglob("*") if ".tmp-" in path.name]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+
+
+def test_command_with_a_damaged_shard_warns_and_counts_or_stops_with_strict(
+    tiny_run, tiny_corpus, tmp_path, run_module
+):
+    dev = tmp_path / "dev-small"
+    extracted = run_module("asr.extract", "--corpus", tiny_corpus, "--subsets", "dev-clean", "--out", dev,
+                           "--shard-size", 2, "--workers", 1, "--quiet")  # fmt: skip
+    assert extracted.returncode == 0, extracted.stderr
+    damaged = damage(dev / "shard-00001.tfrecord.gz", "flipped")
+    run_dir = copy_of(tiny_run, tmp_path)
+
+    strict = run_module("asr.evaluate", "--run", run_dir, "--data", dev, "--beam", 1, "--strict")
+    assert strict.returncode == 2
+    assert strict.stderr.startswith(f"asr.evaluate: error: --data: {damaged}: ")
+    assert strict.stderr.endswith(" (--strict)\n") and strict.stderr.count("\n") == 1
+    assert not (run_dir / "eval").exists()
+
+    result = run_module("asr.evaluate", "--run", run_dir, "--data", dev, "--beam", 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "warning: --data" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"asr.evaluate: warning: --data: {damaged}: ")
+    assert warnings[0].endswith("; 0 of its utterances used, 2 lost")
+    assert "dev-small: incomplete: 2 utterances in 1 damaged or missing shard files" in result.stdout
+    (row,) = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert (row["utterances"], row["skipped_utterances"], row["damaged_shards"]) == (4, 2, 1)
+
+
+def test_a_failed_result_write_is_one_line_keeps_what_was_written_and_a_rerun_completes(
+    tiny_run, tiny_shards, tmp_path, run_module, run_module_limited
+):
+    run_dir = copy_of(tiny_run, tmp_path)
+    args = ["--run", run_dir, "--data", tiny_shards / "dev", tiny_shards / "train", "--beam", 1]
+    reference = run_module("asr.evaluate", *args)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (out,) = (run_dir / "eval").glob("ckpt-*")
+    expected = {p.name: p.read_bytes() for p in out.iterdir()}
+    dev_size, train_size = len(expected["dev.beam1.hyp.tsv"]), len(expected["train.beam1.hyp.tsv"])
+    assert dev_size < train_size  # the first file written fits the limit, the second does not
+    shutil.rmtree(run_dir / "eval")
+
+    limited = run_module_limited("asr.evaluate", *args, limit=dev_size)
+    assert limited.returncode == 2
+    assert error_lines(limited.stderr) == [limited.stderr.splitlines()[-1]]
+    assert limited.stderr.splitlines()[-1] == (
+        f"asr.evaluate: error: {out / 'train.beam1.hyp.tsv'}: cannot write (File too large); "
+        "what was written before is intact, rerun when fixed"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["dev.beam1.hyp.tsv"]
+    assert (out / "dev.beam1.hyp.tsv").read_bytes() == expected["dev.beam1.hyp.tsv"]
+    assert temporaries(run_dir) == []
+
+    rerun = run_module("asr.evaluate", *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)  # results.json, table.md: timings differ
+    for name in ("dev.beam1.hyp.tsv", "train.beam1.hyp.tsv"):
+        assert (out / name).read_bytes() == expected[name]
+
+
+def test_watch_stops_with_one_line_when_the_event_log_cannot_grow_and_a_rerun_appends(
+    tiny_run, tmp_path, run_module, run_module_limited
+):
+    run_dir = copy_of(tiny_run, tmp_path)
+    log = run_dir / "events.jsonl"
+    before = log.read_bytes()
+    args = ["--watch", run_dir, "--beam", 1, "--poll", 0.05, "--stop-after", 0.1]
+
+    limited = run_module_limited("asr.evaluate", *args, limit=len(before))  # the log is full already
+    assert limited.returncode == 2
+    assert error_lines(limited.stderr) == [limited.stderr.splitlines()[-1]]
+    assert limited.stderr.splitlines()[-1] == (
+        f"asr.evaluate: error: {log}: cannot write (File too large); "
+        "what was written before is intact, rerun when fixed"
+    )
+    assert log.read_bytes() == before
+    (out,) = (run_dir / "eval").glob("ckpt-*")
+    assert (out / "results.json").is_file()  # written before the event
+    assert not (run_dir / "eval" / "watched.json").exists()
+    assert temporaries(run_dir) == []
+
+    rerun = run_module("asr.evaluate", *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads((run_dir / "eval" / "watched.json").read_text()) == [out.name]
+    appended = [json.loads(line) for line in log.read_text()[len(before.decode()) :].splitlines()]
+    assert [(e["event"], e["source"], e["checkpoint"]) for e in appended] == [("eval", "external", out.name)]
+
+
+def test_watch_stops_with_one_line_on_a_damaged_watched_file(tiny_run, tmp_path, run_module):
+    run_dir = copy_of(tiny_run, tmp_path)
+    state = run_dir / "eval" / "watched.json"
+    state.parent.mkdir()
+    state.write_text('["ckpt-')  # cut by a full disk before this code wrote it atomically
+    result = run_module("asr.evaluate", "--watch", run_dir, "--stop-after", 0.1)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"asr.evaluate: error: {state}: not valid JSON (")
+    assert result.stderr.endswith("; delete it to evaluate every checkpoint again\n")
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_damaged_newest_checkpoint_falls_back_with_one_warning_naming_both(tiny_run, tmp_path, run_module):
+    run = copy_of(tiny_run, tmp_path)
+    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run)]
+    for item in (f"data.train={data_dir_of(tiny_run).parent / 'train'}", f"data.dev={data_dir_of(tiny_run)}",
+                 *TINY_RECIPE, "train.epochs=2"):  # fmt: skip
+        command += ["--set", item]
+    trained = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]  # a second epoch: a second checkpoint
+    steps = sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("ckpt-*.json"))
+    assert len(steps) == 2
+    newest, older = steps[-1], steps[-2]
+    (data,) = (run / "checkpoints").glob(f"ckpt-{newest}.data-*")
+    data.write_bytes(data.read_bytes()[:64])
+    dev = data_dir_of(tiny_run)
+    result = run_module("asr.evaluate", "--run", run, "--beam", 1, "--lm", "", "--data", dev)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"ckpt-{newest} (" in warnings[0]
+    assert f"using the older ckpt-{older}" in warnings[0]
+    assert (run / "eval" / f"ckpt-{older}" / "results.json").is_file()
+
+    damaged = run_module("asr.evaluate", "--run", run, "--checkpoint", newest, "--beam", 1, "--lm", "",
+                         "--data", dev)  # fmt: skip
+    lines = damaged.stderr.strip().splitlines()
+    assert damaged.returncode == 2 and lines[-1].startswith(f"asr.evaluate: error: --checkpoint {newest}: ")
+    assert "damaged" in lines[-1] and "Traceback" not in damaged.stderr
+
+    for data in (run / "checkpoints").glob("ckpt-*.data-*"):
+        data.write_bytes(b"")
+    none = run_module("asr.evaluate", "--run", run, "--beam", 1, "--lm", "", "--data", dev)
+    assert none.returncode == 2 and "no usable checkpoint" in none.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in none.stderr
+
+
+def data_dir_of(run_dir: Path) -> Path:
+    """The dev shards a run of this module was trained with (its recipe's ``data.dev``)."""
+    import yaml
+
+    return Path(yaml.safe_load((run_dir / "recipe.yaml").read_text())["data"]["dev"])

@@ -64,6 +64,30 @@ def tiny_train(tiny_corpus, tmp_path_factory) -> Path:
     return out
 
 
+MEL_SUM_TOLERANCE = 2 * features.N_BINS * 2.0**-24
+"""Largest difference between two float32 Mel energies summed in different orders, relative to the energy:
+each is a sum of at most 257 non-negative products, and float32 summation in any order is within
+(n - 1) unit roundoffs of the exact sum, so two orders differ by at most 2 x 257 x 2^-24 = 3.1e-5."""
+
+
+def assert_same_features_up_to_summation_order(stored: np.ndarray, computed: np.ndarray) -> None:
+    """Features an extraction worker stored = features this process computes, within the rounding of
+    the Mel matrix product. Not bit-exact: a worker limits BLAS to one thread and this process does not,
+    and on some CPUs (AVX-512 EPYC) the two sum the 257 products in different orders.
+
+    Log-Mel: ln(E(1 + d)) - ln(E) ~ d, so the absolute difference is at most :data:`MEL_SUM_TOLERANCE`
+    plus two float32 ulps of values below 16 (the logarithm's own rounding). MFCC: an orthonormal DCT of
+    the 80 log-Mels, computed by the same code on both sides, so each coefficient differs by at most the
+    Euclidean norm of the log-Mel differences: sqrt(80) times the log-Mel bound.
+    """
+    assert stored.shape == computed.shape and stored.dtype == computed.dtype == np.float32
+    log_mel_bound = MEL_SUM_TOLERANCE + 2 * np.spacing(np.float32(16))
+    np.testing.assert_allclose(stored[:, : features.N_MELS], computed[:, : features.N_MELS], rtol=0,
+                               atol=log_mel_bound)  # fmt: skip
+    np.testing.assert_allclose(stored[:, features.N_MELS :], computed[:, features.N_MELS :], rtol=0,
+                               atol=np.sqrt(features.N_MELS) * log_mel_bound)  # fmt: skip
+
+
 def test_shards_and_manifest_of_tiny_corpus(tiny_train, tiny_corpus):
     manifest = json.loads((tiny_train / "manifest.json").read_text())
     assert [s["file"] for s in manifest["shards"]] == [f"shard-0000{i}.tfrecord.gz" for i in range(3)]
@@ -86,7 +110,8 @@ def test_shards_and_manifest_of_tiny_corpus(tiny_train, tiny_corpus):
         assert sum(u["num_frames"] for u in read) == entry["frames"]
         for utterance in read:
             waveform = soundfile.read(audio[utterance["utt_id"]], dtype="float32")[0]
-            np.testing.assert_array_equal(utterance["features"], features.compute_features(waveform))
+            computed = features.compute_features(waveform)
+            assert_same_features_up_to_summation_order(utterance["features"], computed)
             assert utterance["text"] == text.normalize(transcripts[utterance["utt_id"]])
             assert utterance["labels"].tolist() == text.encode(utterance["text"])
             assert utterance["duration"] == pytest.approx(len(waveform) / 16000)
@@ -313,3 +338,151 @@ def test_unusable_input_is_one_line_and_exit_2(run_module, tiny_corpus, tmp_path
     assert named in result.stderr
     if "test-other" in named:
         assert "dev-clean, test-clean, train-clean" in result.stderr
+
+
+# --------------------------------------------------------------------------- write failures
+
+
+def temporaries(directory: Path) -> list[Path]:
+    return [path for path in directory.rglob("*") if ".tmp-" in path.name]
+
+
+def test_a_failed_shard_write_is_one_line_keeps_finished_shards_and_a_rerun_resumes(
+    tiny_corpus, tmp_path, run_module, run_module_limited
+):
+    common = ["--corpus", tiny_corpus, "--subsets", "train-clean", "--shard-size", 4]
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert extract_main(*common, "--out", reference) == 0
+    sizes = [len(data) for data in shard_bytes(reference).values()]
+    failing = next(i for i, size in enumerate(sizes) if size > sizes[0])  # the first shard over the limit
+
+    one_worker = [*common, "--out", out, "--workers", 1, "--quiet"]  # shards written in order
+    limited = run_module_limited("asr.extract", *one_worker, limit=sizes[0])
+    assert limited.returncode == 2
+    assert limited.stderr == (
+        f"asr.extract: error: {out / f'shard-{failing:05d}.tfrecord.gz'}: cannot write (File too large); "
+        "what was written before is intact, rerun when fixed\n"
+    )
+    assert temporaries(out) == [] and not (out / "manifest.json").exists()
+    assert shard_bytes(out) == dict(list(shard_bytes(reference).items())[:failing])
+    sidecars = sorted(p.name for p in (out / "sidecars").iterdir())
+    assert sidecars == [f"shard-{i:05d}.json" for i in range(failing)]
+
+    resumed = run_module("asr.extract", *common, "--out", out, "--workers", 2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{failing} of this task's {len(sizes)} shards already complete" in resumed.stderr
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert manifest_without_timing(out) == manifest_without_timing(reference)
+
+
+def test_a_failed_manifest_write_leaves_no_temporary_and_merge_only_completes(
+    tiny_train, tiny_corpus, tmp_path, run_module, run_module_limited
+):
+    out = tmp_path / "train"
+    shutil.copytree(tiny_train, out)
+    (out / "manifest.json").unlink()
+    args = ["--corpus", tiny_corpus, "--subsets", "train-clean", "--out", out, "--shard-size", 8]
+    args.append("--merge-only")
+
+    limited = run_module_limited("asr.extract", *args, "--quiet", limit=1000)
+    assert limited.returncode == 2
+    assert limited.stderr == (
+        f"asr.extract: error: {out / 'manifest.json'}: cannot write (File too large); "
+        "what was written before is intact, rerun when fixed\n"
+    )
+    assert temporaries(out) == [] and not (out / "manifest.json").exists()
+    assert shard_bytes(out) == shard_bytes(tiny_train)
+
+    assert run_module("asr.extract", *args).returncode == 0
+    assert manifest_without_timing(out) == manifest_without_timing(tiny_train)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--workers", 0, "--workers: must be at least 1, got 0"),
+        ("--shard-size", -1, "--shard-size: must be at least 1, got -1"),
+        ("--num-tasks", 0, "--num-tasks: must be at least 1, got 0"),
+        ("--max-duration", "nan", "--max-duration nan must be a positive number of seconds"),
+        ("--max-duration", "-2", "--max-duration -2.0 must be a positive number of seconds"),
+        ("--compression-level", 10, "--compression-level 10 is not in 0..9"),
+        ("--workers", "two", "argument --workers: invalid int value: 'two' (see --help)"),
+    ],
+)
+def test_numeric_options_out_of_range_are_one_line(run_module, tiny_corpus, tmp_path, option, value, message):
+    args = ["--corpus", tiny_corpus, "--subsets", "dev-clean", "--out", tmp_path / "o", option, value]
+    result = run_module("asr.extract", *args)
+    assert result.returncode == 2
+    assert result.stderr == f"asr.extract: error: {message}\n"
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- damaged audio
+
+
+def _with_declared_frames(flac: bytes, frames: int) -> bytes:
+    """The FLAC file with STREAMINFO's total-samples field (36 bits at byte 21.5) set to ``frames``."""
+    word = int.from_bytes(flac[18:26], "big")
+    word = (word & ~((1 << 36) - 1)) | frames
+    return flac[:18] + word.to_bytes(8, "big") + flac[26:]
+
+
+@pytest.fixture(scope="module")
+def damaged_corpus(tiny_corpus, tmp_path_factory) -> Path:
+    """Three good files of the tiny corpus and seven damaged ones, each with a transcript."""
+    root = tmp_path_factory.mktemp("damaged")
+    chapter = root / "damaged" / "7" / "70"
+    chapter.mkdir(parents=True)
+    good = sorted((tiny_corpus / "train-clean").rglob("*.flac"))[:3]
+    for number, path in enumerate(good):
+        shutil.copy(path, chapter / f"7-70-000{number}.flac")
+    body = good[0].read_bytes()
+    middle = len(body) // 2
+    declared = soundfile.info(good[0]).frames
+    damaged = {
+        "0010": body[:middle] + bytes(b ^ 0xFF for b in body[middle : middle + 64]) + body[middle + 64 :],
+        "0011": body[:middle],
+        "0012": body[:8192] + np.random.default_rng(1).bytes(len(body) - 8192),
+        "0013": b"",
+        "0014": _with_declared_frames(body, declared - 16000),  # the frames hold a second more
+    }
+    for number, data in damaged.items():
+        (chapter / f"7-70-{number}.flac").write_bytes(data)
+    nan, huge = tone(1.0), tone(1.0)
+    nan[100:200] = np.nan
+    huge[300:400] = 1e30  # finite, but the power spectrum overflows
+    soundfile.write(chapter / "7-70-0015.wav", nan, 16000, subtype="FLOAT")
+    soundfile.write(chapter / "7-70-0016.wav", huge, 16000, subtype="FLOAT")
+    numbers = [f"000{i}" for i in range(3)] + [f"00{i}" for i in range(10, 17)]
+    (chapter / "7-70.trans.txt").write_text("".join(f"7-70-{n} SOME WORDS\n" for n in numbers))
+    return root
+
+
+def test_damaged_audio_is_skipped_with_a_reason_never_featurized(damaged_corpus, tmp_path, run_module):
+    out = tmp_path / "out"
+    result = run_module("asr.extract", "--corpus", damaged_corpus, "--subsets", "damaged", "--out", out,
+                        "--workers", 2)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    reasons = {s["utt_id"]: s["reason"] for s in manifest["skipped"]}
+    assert reasons == {
+        "7-70-0010": "unreadable audio",  # flipped bytes mid-frames: libsndfile 1.2 raises (frame CRC)
+        "7-70-0011": "unreadable audio",  # cut at half: raises
+        "7-70-0012": "unreadable audio",  # valid header, random frames: raises
+        "7-70-0013": "unreadable audio",  # empty: no header (the plan skips it)
+        "7-70-0014": "corrupt audio: samples differ from the MD5 in its FLAC header",  # decodes 1 s short
+        "7-70-0015": "corrupt audio: NaN or infinite samples",
+        "7-70-0016": "corrupt audio: NaN or infinite features",
+    }
+    assert manifest["counts"]["skipped_by_reason"] == {"corrupt audio": 3, "unreadable audio": 4}
+    kept = [u for shard in manifest["shards"] for u in shards.read_utterances(out / shard["file"])]
+    assert [u["utt_id"] for u in kept] == ["7-70-0000", "7-70-0001", "7-70-0002"]
+    assert all(np.isfinite(u["features"]).all() for u in kept)
+    assert np.isfinite(manifest["feature_mean"]).all() and np.isfinite(manifest["feature_std"]).all()
+
+
+def test_the_md5_check_accepts_every_bundled_flac_file(tiny_corpus):
+    for path in sorted(tiny_corpus.rglob("*.flac")):
+        samples, _ = soundfile.read(path, dtype="float32")
+        assert extract.audio_damage(str(path), samples, soundfile.info(path).frames) is None, path

@@ -206,6 +206,7 @@ def test_resume_with_downtime_is_excluded_from_tta_and_shown_separately(tmp_path
 
 
 def test_aggregation_of_repeated_runs(tmp_path):
+    # exact: means and medians of a few whole numbers are exactly representable (Python floats, any CPU)
     assert report.aggregate([5.0, 1.0, 3.0, 100.0, 4.0]) == (4.0, 1.0, 100.0)  # mean of 3, 4, 5
     assert report.aggregate([3.0, 1.0, 2.0, 10.0]) == (2.5, 1.0, 10.0)  # median
     assert report.aggregate([1.0, None, 2.0]) == (2.0, 1.0, None)  # not reached = slowest
@@ -314,6 +315,7 @@ def test_cost_energy_and_final_accuracy(tmp_path):
 
 def test_integrate_power_by_hand():
     times, watts = np.array([0.0, 10.0]), np.array([0.0, 100.0])
+    # whole numbers and halves: float64 trapezoids are exact here, approx only for readability
     assert report.integrate(times, watts, 0, 10) == pytest.approx(500.0)
     assert report.integrate(times, watts, 5, 10) == pytest.approx(375.0)  # (50 + 100) / 2 x 5 s
     assert report.integrate(times, watts, -5, 50) == pytest.approx(500.0)  # no extrapolation
@@ -324,6 +326,7 @@ def test_energy_per_phase_and_epoch_add_up(tmp_path):
     run = report.load_run(write_run(tmp_path / "gpu", CER_A[:3], power_w=100.0))
     result = report.energy(run)
     end = eval_times(3)[-1] + 2  # last swap_in ends; samples every whole second from 1 s
+    # 100 W trapezoids between whole seconds: whole numbers, exact in any summation order
     assert result["total"] == pytest.approx(100.0 * (math.floor(end) - 1))
     assert result["phases"]["evaluate"] == pytest.approx(3 * 6 * 100.0)
     assert sum(result["phases"].values()) == pytest.approx(result["total"])
@@ -375,6 +378,7 @@ def test_feature_extraction_time_is_shown_separately(tmp_path):
 def test_windowed_throughput_counts_evaluation_as_time_without_training():
     segments = [(0.0, 10.0, 2.0), (10.0, 20.0, 0.0), (20.0, 30.0, 4.0)]  # train, evaluate, train
     centres, rates = report.windowed_throughput(segments, window=10.0, spacing=5.0)
+    # exact: whole numbers, so the BLAS product (its order chosen per CPU) rounds nothing; even 0.0 is exact
     assert centres.tolist() == [5.0, 10.0, 15.0, 20.0, 25.0]
     assert rates.tolist() == pytest.approx([2.0, 1.0, 0.0, 2.0, 4.0])
     assert report.windowed_throughput([])[0].size == 0
@@ -391,3 +395,27 @@ def test_a_setting_an_older_run_did_not_record_keeps_the_runs_apart(tmp_path):
     md = (out / "report.md").read_text()
     assert "| cpu @ laptop [model.rnn_loop=?] |" in md and "| cpu @ laptop [model.rnn_loop=fused] |" in md
     assert "n=2" not in md and "not recorded in the run's recipe.yaml" in md
+
+
+def test_final_accuracy_of_an_incomplete_set_says_how_many_utterances_were_lost(tmp_path):
+    run = write_run(tmp_path / "gpu", CER_A)
+    (run / "eval").mkdir()
+    row = {"split": "dev-clean", "wer": 20.0, "cer": 8.0, "beam_width": 512, "utterances": 60}
+    rows = [{**row, "skipped_utterances": 19, "damaged_shards": 1}, {**row, "split": "test-clean"}]
+    (run / "eval" / "results.json").write_text(json.dumps(rows))
+    status, out = run_report(tmp_path, [run])
+    assert status == 0
+    final = (out / "report.md").read_text().split("## Final accuracy")[1].split("##")[0]
+    assert "| gpu | 20.00 (8.00, beam 512; 19 utt. lost) | 20.00 (8.00, beam 512) |" in final
+    assert "'utt. lost': the set had damaged or missing shards" in final
+
+
+def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path, capsys):
+    run = write_run(tmp_path / "gpu", CER_A)
+    out = tmp_path / "out"
+    (out / "report.md").mkdir(parents=True)  # a directory where the file goes: the rename fails
+    status, _ = run_report(tmp_path, [run])
+    assert status == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"asr.report: {out / 'report.md'}: cannot write (Is a directory)")
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # the temporary was removed

@@ -36,7 +36,7 @@ def test_sampler_accepts_a_callable_clock_and_samples_another_process(tmp_path):
     with EventLog(tmp_path) as log:
         sampler = UtilizationSampler(log, interval_seconds=10.0, pid=os.getppid(), clock=lambda: 7.5)
         fields = sampler.sample()
-    assert fields["elapsed"] == 7.5 and fields["cpu_percent"] >= 0.0
+    assert fields["elapsed"] == 7.5 and fields["cpu_percent"] >= 0.0  # elapsed: the clock's value, copied
     assert [e["event"] for e in read_events(tmp_path)[0]] == ["util"]
 
 
@@ -80,6 +80,6 @@ def test_cpu_of_child_processes_is_sampled_separately(tmp_path):
             second = sampler.sample()
     finally:
         child.wait(timeout=30)
-    assert first["children_cpu_percent"] == 0.0
+    assert first["children_cpu_percent"] == 0.0  # exact: nothing counted yet, the sum's starting 0.0
     assert second["children_cpu_percent"] > 30.0
     assert second["cpu_percent"] < second["children_cpu_percent"]

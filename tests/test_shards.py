@@ -125,3 +125,50 @@ def test_reader_detects_corruption(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="CRC"):
         list(shards.read_records(path))
+
+
+def _read_until_damage(path):
+    """Records read before the reader raised, and the error (None for an intact file)."""
+    records = []
+    try:
+        for record in shards.read_records(path):
+            records.append(record)
+    except shards.ShardError as error:
+        return records, error
+    return records, None
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zlib", "none"])
+def test_cut_shard_yields_the_whole_records_before_the_cut_then_a_one_line_error(tmp_path, compression):
+    records = [serialize(u) for u in sample_utterances(3)]
+    path = tmp_path / f"shard{shards.SUFFIXES[compression]}"
+    shards.write_shard(path, records, compression)
+    whole = path.read_bytes()
+    for cut in (len(whole) - 3, len(whole) // 2, 10):
+        path.write_bytes(whole[:cut])
+        read, error = _read_until_damage(path)
+        assert error is not None, cut
+        assert read == records[: len(read)] and error.records == len(read)
+        assert len(read) < 3 or cut == len(whole) - 3  # a cut GZIP trailer: every record whole, still damage
+        assert str(path) in str(error) and "\n" not in str(error)
+    path.write_bytes(whole)
+    assert _read_until_damage(path) == (records, None)
+
+
+def test_flipped_bytes_near_the_start_of_a_gzip_shard_are_a_shard_error(tmp_path):
+    """The damage asr.evaluate and asr.lm used to crash on with zlib.error."""
+    path = tmp_path / "shard.tfrecord.gz"
+    shards.write_shard(path, [serialize(u) for u in sample_utterances(3)], "gzip")
+    data = bytearray(path.read_bytes())
+    for offset in range(12, 40):
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    read, error = _read_until_damage(path)
+    assert error is not None and error.records == len(read) == 0
+
+
+def test_empty_shard_file_has_no_records_and_no_error(tmp_path):
+    for compression in ("gzip", "none"):
+        path = tmp_path / f"empty{shards.SUFFIXES[compression]}"
+        shards.write_shard(path, [], compression)
+        assert _read_until_damage(path) == ([], None)

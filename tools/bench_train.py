@@ -60,7 +60,8 @@ def project_runner(recipe, strategy, batches, shards=None, warmup: int = 2):
     import tensorflow as tf
 
     from asr import data
-    from asr.train import TrainingSession, distributed_batches
+    from asr.session import TrainingSession
+    from asr.train import distributed_batches
 
     session = TrainingSession(strategy, recipe, Path(tempfile.mkdtemp()), is_chief=True)
     if shards is None:
@@ -96,8 +97,8 @@ def fit_runner(recipe, batches, warmup: int = 2):
     import tensorflow as tf
 
     from asr.model import build_model, output_frames
+    from asr.session import make_optimizer
     from asr.text import BLANK_ID
-    from asr.train import make_optimizer
 
     features = np.concatenate([b[0] for b in batches])
     frames = np.concatenate([b[1] for b in batches])

@@ -30,21 +30,22 @@ class Evaluator(Protocol):
         ...
 
 
-def make_evaluator(recipe: Recipe, strategy: Any, run_dir: Path) -> Evaluator:
-    """The evaluator ``recipe.eval.mode`` names, ready to run on ``strategy``."""
+def make_evaluator(recipe: Recipe, strategy: Any, run_dir: Path, strict: bool = False) -> Evaluator:
+    """The evaluator ``recipe.eval.mode`` names, ready to run on ``strategy``; it reads ``data.dev`` now,
+    so a missing or damaged validation set stops the run before it trains (``strict``: any damage)."""
     mode = recipe.eval.mode
     if mode == "swap":
         from asr.evaluators.swap import SwapEvaluator
 
-        return SwapEvaluator(recipe, strategy)
+        return SwapEvaluator(recipe, strategy, strict)
     if mode == "resident":
         from asr.evaluators.resident import ResidentEvaluator
 
-        return ResidentEvaluator(recipe, strategy)
+        return ResidentEvaluator(recipe, strategy, strict)
     if mode == "external":
         from asr.evaluators.external import ExternalEvaluator
 
         return ExternalEvaluator(recipe, run_dir)
     from asr.evaluators.loss import LossEvaluator
 
-    return LossEvaluator(recipe, strategy)
+    return LossEvaluator(recipe, strategy, strict)

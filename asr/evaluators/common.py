@@ -60,11 +60,12 @@ def model_logits_fn(recipe: Recipe, strategy: Any, model: Any, mean: np.ndarray,
 class Validation:
     """The validation set (kept in memory for the whole run) and its decoder (process pool kept too)."""
 
-    def __init__(self, recipe: Recipe, decode: bool = True):
+    def __init__(self, recipe: Recipe, decode: bool = True, strict: bool = False):
         from asr.evaluate import load_eval_set
 
         self.recipe = recipe
-        self.eval_set = load_eval_set(recipe.data.dev, name=Path(recipe.data.dev).resolve().name)
+        name = Path(recipe.data.dev).resolve().name
+        self.eval_set = load_eval_set(recipe.data.dev, name=name, key="data.dev", strict=strict)
         self.batch_size = recipe.eval.batch_size or recipe.train.global_batch
         self.decoder = None
         if decode:

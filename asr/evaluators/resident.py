@@ -11,12 +11,12 @@ class ResidentEvaluator:
     source = "resident"
     decode = True
 
-    def __init__(self, recipe, strategy):
+    def __init__(self, recipe, strategy, strict: bool = False):
         from asr.evaluators.common import Validation, build_eval_model
 
         self.recipe = recipe
         self.strategy = strategy
-        self.validation = Validation(recipe, decode=self.decode)
+        self.validation = Validation(recipe, decode=self.decode, strict=strict)
         self.model = build_eval_model(recipe, strategy)
         self._logits_fn = None
 

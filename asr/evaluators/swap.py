@@ -129,12 +129,12 @@ class SwapEvaluator:
     where it would have without evaluation.
     """
 
-    def __init__(self, recipe, strategy):
+    def __init__(self, recipe, strategy, strict: bool = False):
         from asr.evaluators.common import Validation
 
         self.recipe = recipe
         self.strategy = strategy
-        self.validation = Validation(recipe)
+        self.validation = Validation(recipe, strict=strict)
 
     def evaluate(self, session, checkpoint, log) -> list[dict]:
         from asr.checkpoint import restore_weights

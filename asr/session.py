@@ -1,0 +1,235 @@
+"""The training model, its optimizer and the compiled synchronous step, on a ``tf.distribute`` strategy.
+
+:class:`TrainingSession` is what the training loop (:mod:`asr.train`) drives one batch at a time and what
+the swap evaluator releases and rebuilds around an evaluation; :func:`make_train_step` is the step itself
+(CTC loss over the global batch, non-finite steps skipped on every replica, optional clipping).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr import text
+from asr.config import Recipe
+from asr.features import FEATURE_DIM
+from asr.model import output_frames
+
+
+class TrainingSession:
+    """The training model, optimizer and compiled step on a strategy.
+
+    ``release()`` drops them from the devices and ``restore()`` rebuilds them from a checkpoint: what the
+    swap evaluator does around each evaluation.
+    """
+
+    def __init__(self, strategy, recipe: Recipe, run_dir: Path, is_chief: bool):
+        self.strategy = strategy
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.is_chief = is_chief
+        self.model = None
+        self.optimizer = None
+        self.checkpointer = None
+        self._step_fn = None
+        self._infer = None
+        self.input_spec = None
+        self.build()
+
+    def build(self) -> None:
+        import keras
+
+        from asr.checkpoint import Checkpointer
+        from asr.model import build_model
+
+        keras.utils.set_random_seed(self.recipe.train.seed)
+        with self.strategy.scope():
+            self.model = build_model(self.recipe.model, sync_batch_norm=self.recipe.runtime.sync_batch_norm)
+            self.optimizer = make_optimizer(self.recipe)
+            self.optimizer.build(self.model.trainable_variables)
+        self.checkpointer = Checkpointer(
+            self.run_dir,
+            self.recipe.train.keep_checkpoints,
+            self.is_chief,
+            model=self.model,
+            optimizer=self.optimizer,
+            dropout_random_state=random_state_variables(self.model),
+        )
+        self._step_fn = make_train_step(
+            self.strategy, self.model, self.optimizer, self.recipe, self.input_spec
+        )
+        if self.input_spec is not None:  # compile now, so that swap-in time includes it
+            self._step_fn.get_concrete_function()
+
+    def set_input_spec(self, spec) -> None:
+        """Fix the step's input signature (the distributed dataset's element spec): one trace per build."""
+        if self.input_spec is None:
+            self.input_spec = spec
+            self._step_fn = make_train_step(self.strategy, self.model, self.optimizer, self.recipe, spec)
+
+    def release(self) -> None:
+        """Drop model, optimizer and compiled step so their memory can be reused by evaluation."""
+        import keras
+
+        self.model = self.optimizer = self.checkpointer = self._step_fn = self._infer = None
+        keras.backend.clear_session(free_memory=True)
+        gc.collect()
+
+    def restore(self, checkpoint) -> dict[str, Any]:
+        """(Re)build if released, then load weights, optimizer state; returns the checkpoint's run state."""
+        if self.model is None:
+            self.build()
+        return self.checkpointer.restore(checkpoint)
+
+    def save(self, step: int, state: dict[str, Any]):
+        return self.checkpointer.save(step, state)
+
+    def train_step(self, batch) -> tuple[float, bool, float]:
+        """One synchronous step: ``(mean CTC loss per utterance, applied, unpadded audio seconds)``."""
+        loss_sum, bad, frames = self._step_fn(batch)
+        applied = float(bad) == 0.0
+        return float(loss_sum) / self.recipe.train.global_batch, applied, float(frames) * 0.01
+
+    def poison(self, batch, value: float) -> tuple:
+        """``batch`` with its features multiplied by ``value`` on every replica (``nan``/``inf``: a fault
+        injected on purpose through :mod:`asr.failpoints`, so the real skip path runs)."""
+        features, *rest = batch
+        return (self.strategy.run(lambda f: f * value, args=(features,)), *rest)
+
+    def weights_digest(self) -> str:
+        """CRC32C of the trainable weights, printed by each worker of a multi-worker run at its end: the
+        synchronous all-reduce makes them equal on every worker. Batch-norm statistics are left out: each
+        replica keeps its own unless ``runtime.sync_batch_norm``."""
+        import google_crc32c
+
+        checksum = google_crc32c.Checksum()
+        for weight in self.model.trainable_weights:
+            checksum.update(np.ascontiguousarray(weight.numpy()).tobytes())
+        return checksum.hexdigest().decode()
+
+    def greedy_sample(self, features, frames, labels, label_lengths, count: int) -> list[list[str]]:
+        """``[[reference, hypothesis], ...]`` for the first ``count`` utterances, greedy (beam width 1)."""
+        import tensorflow as tf
+
+        from asr.decoding import greedy_text
+
+        if self._infer is None:
+            model = self.model
+            self._infer = tf.function(
+                lambda x, n: model((x, n), training=False),
+                input_signature=[tf.TensorSpec([None, None, FEATURE_DIM]), tf.TensorSpec([None], tf.int32)],
+            )
+        features = np.asarray(features)[:count]
+        frames = np.asarray(frames)[:count]
+        logits = np.asarray(self._infer(tf.constant(features, tf.float32), tf.constant(frames, tf.int32)))
+        out = np.asarray(output_frames(frames, self.recipe.model))
+        pairs = []
+        for row in range(len(features)):
+            reference = text.decode(np.asarray(labels)[row, : int(np.asarray(label_lengths)[row])].tolist())
+            pairs.append([reference, greedy_text(logits[row, : out[row]])])
+        return pairs
+
+
+def random_state_variables(model) -> list:
+    """The dropout layers' random-generator states, which Keras leaves out of ``tf.train.Checkpoint``;
+    saved too, so that a resumed or swapped-back run draws the dropout masks it would have drawn."""
+    return [v.value for v in model.variables if "seed_generator" in v.path]
+
+
+def make_optimizer(recipe: Recipe):
+    """AdaDelta (the paper's) or Adam, loss-scaled under float16 mixed precision."""
+    import keras
+
+    train = recipe.train
+    if train.optimizer == "adadelta":
+        optimizer = keras.optimizers.Adadelta(
+            learning_rate=train.learning_rate, rho=train.rho, epsilon=train.epsilon
+        )
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate, epsilon=train.epsilon)
+    if recipe.runtime.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def learning_rate_at(recipe: Recipe, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based): constant, then decayed once per epoch."""
+    train = recipe.train
+    return train.learning_rate * train.learning_rate_decay ** max(
+        0, epoch - train.learning_rate_decay_from_epoch
+    )
+
+
+def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None) -> Callable:
+    """The compiled synchronous step over a distributed batch; returns (loss sum, bad-step flag, frames).
+
+    Each replica computes the CTC loss of its share divided by the *global* batch, so the gradients the
+    optimizer sums over replicas are the global batch's mean. A step whose loss or gradients are not
+    finite on any replica is skipped on all of them: no gradient is applied and the batch-norm statistics
+    it moved are put back.
+    """
+    import keras
+    import tensorflow as tf
+
+    from asr.model import ctc_loss
+
+    global_batch = recipe.train.global_batch
+    clip_norm = recipe.train.clip_norm
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    variables = model.trainable_variables
+    statistics = [v for v in model.non_trainable_variables if "seed_generator" not in v.path]
+
+    def replica_step(features, frames, labels, label_lengths):
+        before = [tf.identity(v) for v in statistics]
+        with tf.GradientTape() as tape:
+            logits = model((features, frames), training=True)
+            per_utterance = ctc_loss(labels, label_lengths, logits, output_frames(frames, recipe.model))
+            loss_sum = tf.reduce_sum(per_utterance)
+            loss = loss_sum / global_batch
+            scaled = optimizer.scale_loss(loss) if loss_scaled else loss
+        grads = tape.gradient(scaled, variables)
+        context = tf.distribute.get_replica_context()
+        bad = tf.cast(~tf.math.is_finite(loss_sum), tf.float32)
+        if not loss_scaled:  # a loss-scaled optimizer skips overflowing steps itself
+            bad += tf.cast(~tf.math.is_finite(tf.linalg.global_norm(grads)), tf.float32)
+        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+        if clip_norm > 0:
+            norm = tf.linalg.global_norm(context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
+            grads = [g * tf.minimum(1.0, clip_norm / (norm + 1e-12)) for g in grads]
+
+        def apply_or_skip(distribution, grads, bad, before):
+            ok = tf.equal(distribution.experimental_local_results(bad)[0], 0.0)
+
+            def apply():
+                distribution.extended.call_for_each_replica(
+                    lambda g: optimizer.apply_gradients(zip(g, variables, strict=False)), args=(grads,)
+                )
+                return tf.constant(True)
+
+            def skip():
+                first = distribution.experimental_local_results(before)[0] if before else []
+                for variable, value in zip(statistics, first, strict=False):
+                    variable.assign(value)
+                return tf.constant(False)
+
+            tf.cond(ok, apply, skip)
+
+        context.merge_call(apply_or_skip, args=(grads, bad, before))
+        return loss_sum, bad, tf.cast(tf.reduce_sum(frames), tf.float32)
+
+    def step(batch):
+        loss_sum, bad, frames = strategy.run(replica_step, args=batch)
+        return (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.MEAN, bad, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, frames, axis=None),
+        )
+
+    jit = recipe.runtime.xla or None
+    if input_spec is None:
+        return tf.function(step, reduce_retracing=True, jit_compile=jit)
+    return tf.function(step, input_signature=[input_spec], jit_compile=jit)
