@@ -18,6 +18,7 @@ batches it had already trained on and sees the rest in the same order.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -196,8 +197,9 @@ def _count_records(
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         counted = pool.map(lambda f: count_readable_records(f, shards.compression_type), files)
+        quiet = not progress or len(files) < 2 or not sys.stderr.isatty()
         bar = tqdm(counted, total=len(files), desc="checking shards", unit="shard", leave=False,
-                   disable=not progress or len(files) < 2, file=sys.stderr)  # fmt: skip
+                   disable=quiet, file=sys.stderr)  # fmt: skip
         return list(bar)
 
 
@@ -220,7 +222,9 @@ def count_readable_records(file: str, compression_type: str) -> tuple[int, str |
 
 
 def _first_line(message: str) -> str:
-    return (message.strip().splitlines() or [""])[0][:200]
+    """TensorFlow's reason without its op decorations (``{{function_node ...}}``, ``[Op:...]``)."""
+    line = (message.strip().splitlines() or [""])[0]
+    return re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", line)[:200]
 
 
 def _with_damage(shards: ShardSet, results: dict[str, dict]) -> ShardSet:

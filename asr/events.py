@@ -13,6 +13,8 @@ Kinds and their own fields:
 
 - ``run_start``: ``recipe``, ``rig``, ``replicas``, ``workers``, ``resumed`` (bool),
   ``downtime`` (seconds between the previous stop and this start; 0 for a fresh run),
+  ``restart_elapsed`` (the run clock saved with the checkpoint it resumed from: events of the stopped
+  session later than this were lost work),
   ``damaged_shards`` = [{``file``, ``readable``, ``listed``, ``reason``}] (training shards read only
   up to their damage, or missing).
 - ``step``: ``phase`` = "train", ``loss`` (mean CTC loss per utterance), ``batch_size`` (global
@@ -23,7 +25,8 @@ Kinds and their own fields:
 - ``checkpoint``: ``path``, ``seconds``.
 - ``eval``: ``split``, ``loss``, ``wer``, ``cer``, ``cer_maxlen`` (percent), ``substitutions``,
   ``deletions``, ``insertions``, ``words``, ``decoder``, ``beam_width``, ``utterances``,
-  ``seconds``, ``source`` ("swap" | "resident" | "external").
+  ``seconds``, ``source`` ("swap" | "resident" | "external"); ``skipped_utterances`` only when
+  damaged or missing shards left utterances of the set out.
 - ``epoch_end``: ``train_seconds`` of that epoch (this session's share if it was resumed midway),
   ``learning_rate``.
 - ``target``: ``metric``, ``target``, ``rule`` ("median" | "first"), ``value``.

@@ -14,6 +14,7 @@ fails: one line naming the file, no temporary left, rerun to resume), 130 interr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -22,8 +23,10 @@ import math
 import multiprocessing
 import os
 import platform
+import select
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -180,9 +183,11 @@ def _log(config: ExtractConfig, message: str) -> None:
 # --------------------------------------------------------------------------- worker side
 
 
-def _init_worker() -> None:
-    """Worker start: leave Ctrl-C to the parent, one BLAS thread, build the Mel matrix once."""
+def _init_worker(main_pid: int) -> None:
+    """Worker start: leave Ctrl-C to the parent, end when the main process ends, one BLAS thread, build
+    the Mel matrix once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_gone, args=(main_pid,), name="main-watch", daemon=True).start()
     try:
         import threadpoolctl
 
@@ -190,6 +195,28 @@ def _init_worker() -> None:
     except ImportError:  # pragma: no cover - librosa depends on it through scikit-learn
         pass
     features.mel_filterbank()
+
+
+def _exit_when_gone(pid: int) -> None:
+    """End this worker once process ``pid`` (``asr.extract``'s main process) has ended: after a kill -9 of
+    it no worker goes on writing behind a rerun, or lingers idle (its task queue never reports EOF)."""
+    try:
+        with contextlib.closing(os.pidfd_open(pid)) as handle:  # Linux >= 5.3: readable once pid has ended
+            select.select([handle], [], [])
+    except (AttributeError, OSError):
+        while _alive(pid):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _probe_chunk(job: tuple[list[corpus.Candidate], float, bool]) -> list[corpus.Planned | corpus.Skipped]:
@@ -560,7 +587,9 @@ class WorkerPool:
         context = multiprocessing.get_context("forkserver")
         # Not asr.extract itself: each worker runs it as its main module, which must not be preloaded.
         context.set_forkserver_preload(["asr.corpus", "asr.features", "asr.shards", "scipy.fft"])
-        self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+        self.executor = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+        )
 
     def ordered(self, function, jobs) -> Iterator:
         return self._unbroken(self.executor.map(function, jobs))
@@ -580,12 +609,14 @@ class WorkerPool:
             ) from None
 
     def stop(self) -> None:
+        """Terminate the workers, then wait for the pool's manager thread to see them gone and end (left
+        running, it races the interpreter's exit and prints a traceback)."""
         processes = list((getattr(self.executor, "_processes", None) or {}).values())
-        self.executor.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
         for process in processes:
             process.join()
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def run(config: ExtractConfig) -> int:

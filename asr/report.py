@@ -39,7 +39,7 @@ import numpy as np
 
 from asr.config import ConfigError, Recipe, RigConfig, TTAConfig, parse_yaml, recipe_from_dict
 from asr.events import EVENT_LOG_NAME, read_events
-from asr.files import WriteError, write_bytes, write_text
+from asr.files import JsonError, WriteError, load_json, read_json, write_bytes, write_text
 from asr.tta import METRICS, RULES, EvalPoint, active_events, eval_series, reached_at, tta_split
 
 RECIPE_NAME = "recipe.yaml"
@@ -111,11 +111,10 @@ class Run:
                 return float(event["extract_seconds"])
         path = self.path / "extract.json"
         if path.is_file():
-            try:
-                seconds = json.loads(path.read_text()).get("seconds")
-                return float(seconds) if _number(seconds) else None
-            except (ValueError, AttributeError):
-                warn(f"{path}: not a JSON object with 'seconds', feature extraction time not shown")
+            recorded = read_json(path)
+            if isinstance(recorded, dict) and "seconds" in recorded:
+                return float(recorded["seconds"]) if _number(recorded["seconds"]) else None
+            warn(f"{path}: not a JSON object with 'seconds', feature extraction time not shown")
         return self._extract_seconds_from_features()
 
     def _extract_seconds_from_features(self) -> float | None:
@@ -128,10 +127,8 @@ class Run:
             for base in (self.path, Path.cwd()):
                 task_seconds = []
                 for timing in sorted((base / directory).glob("timing-task*.json")):
-                    try:
-                        value = json.loads(timing.read_text()).get("total_seconds")
-                    except (OSError, ValueError, AttributeError):
-                        continue
+                    recorded = read_json(timing)
+                    value = recorded.get("total_seconds") if isinstance(recorded, dict) else None
                     if _number(value):
                         task_seconds.append(float(value))
                 if task_seconds:
@@ -160,6 +157,8 @@ def load_run(path: str | Path) -> Run | None:
     raw, problems = read_events(path)
     for problem in problems:
         warn(problem)
+    if problems:
+        warn(f"{path / EVENT_LOG_NAME}: {len(raw)} events read, {len(problems)} line(s) skipped")
     if not raw:
         warn(f"{path / EVENT_LOG_NAME}: no events, run skipped")
         return None
@@ -214,9 +213,9 @@ def _load_results(path: Path) -> list[dict[str, Any]] | None:
     if not results_path.is_file():
         return None
     try:
-        rows = json.loads(results_path.read_text())
-    except ValueError as error:
-        warn(f"{results_path}: not valid JSON ({error}); final accuracy not shown for this run")
+        rows = load_json(results_path)
+    except JsonError as error:
+        warn(f"{error}; final accuracy not shown for this run")
         return None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "split" in r for r in rows):
         warn(f"{results_path}: expected a list of rows with 'split'; final accuracy not shown for this run")

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -240,6 +241,24 @@ def resolve_run(args: argparse.Namespace) -> tuple[Recipe, Path, bool]:
     return recipe, run_dir, resuming
 
 
+def completed(recipe: Recipe, run_dir: Path) -> str | None:
+    """Why the run in ``run_dir`` has nothing left to do (its epochs, step limit, time budget or targets
+    reached, no evaluation pending), judged from its newest undamaged checkpoint's state alone, so that a
+    finished run answers at once, before TensorFlow and the model are loaded; None if it has work left."""
+    from asr.checkpoint import damage, list_checkpoints
+    from asr.tta import TTATracker
+
+    newest = next((c for c in reversed(list_checkpoints(run_dir)) if damage(c) is None), None)
+    if newest is None or newest.state.get("evaluation_pending") or "progress" not in newest.state:
+        return None
+    state = newest.state
+    tracker = TTATracker.from_state(state["tta"]) if state.get("tta") else None
+    schedule = Schedule.from_recipe(recipe)
+    reason = schedule.stop_reason(Progress(**state["progress"]), float(state["clock"]["elapsed"]),
+                                  bool(tracker and tracker.all_reached()))  # fmt: skip
+    return f"{schedule.describe(reason)}; {newest.name}" if reason else None
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -337,12 +356,6 @@ class Trainer:
         """The restored checkpoint is an epoch end whose evaluation was interrupted."""
         return bool(self.restored and self.restored.state.get("evaluation_pending"))
 
-    def finished(self) -> str | None:
-        """Why a restored run has nothing left to do, or None."""
-        if self.evaluation_pending:
-            return None
-        return self.schedule.stop_reason(self.progress, self.clock.elapsed(), self.tracker.all_reached())
-
     # ----------------------------------------------------------------------- the run
 
     def run(self) -> int:
@@ -350,16 +363,6 @@ class Trainer:
         from asr.evaluators import make_evaluator
         from asr.sampler import UtilizationSampler
 
-        done = self.finished() if self.restored else None
-        if done:
-            if self.cluster.is_chief:
-                print(
-                    f"asr.train: {self.run_dir} is complete ({self.schedule.describe(done)}; "
-                    f"{self.restored.name}); nothing to do (raise train.epochs or the limit with --set to "
-                    "train further)",
-                    file=sys.stderr,
-                )
-            return 0
         self.evaluator = make_evaluator(self.recipe, self.strategy, self.run_dir, strict=self.strict)
         self.log = RunLog(self.run_dir, self.clock, self.progress, self.cluster.is_chief)
         self._start_message()
@@ -398,6 +401,7 @@ class Trainer:
             replicas=self.strategy.num_replicas_in_sync,
             workers=self.cluster.workers,
             resumed=self.restored is not None,
+            restart_elapsed=self.restored.state["clock"]["elapsed"] if self.restored else 0.0,
             downtime=self.clock.downtime,
             strategy=describe(self.strategy),
             steps_per_epoch=self.plan.steps,
@@ -685,8 +689,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 LOST_WORKER = re.compile(
-    r"(?:task:(\d+)[^\n]*heartbeat timeout|remote target /job:\w+/replica:\d+/task:(\d+))"
+    r"Task /job:\w+/replica:\d+/task:(\d+) heartbeat timeout|remote target /job:\w+/replica:\d+/task:(\d+)"
 )
+"""Where TensorFlow's collective errors name the dead task: its heartbeat timed out at the chief, or a
+worker could not reach the chief's coordination service."""
 
 
 def lost_worker_message(error: BaseException) -> str | None:
@@ -709,27 +715,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ info/warning lines would drown the progress
     try:
-        if args.summary:
-            recipe = load_recipe(args.recipe, args.set or ())
-            print(summary(recipe.model, recipe.data.max_frames))
-            return 0
-        recipe, run_dir, resuming = resolve_run(args)
-        return Trainer(recipe, run_dir, resuming, strict=args.strict).run()
+        return command(args)
     except (ConfigError, TrainError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(
-            "asr.train: interrupted; rerun the same command to resume from the last checkpoint",
-            file=sys.stderr,
-        )
+        print("asr.train: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)  # fmt: skip
         return 128 + signal.SIGINT
     except Exception as error:  # errors of the other stages carry their own one-line message
         message = _one_line_error(error)
         if message is None:
-            raise
+            lost = lost_worker_message(error) if "tensorflow" in sys.modules else None
+            if lost is None:
+                raise
+            exit_after_lost_worker(lost)
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def command(args: argparse.Namespace) -> int:
+    """``--summary``, a run that is already complete, or training."""
+    if args.summary:
+        recipe = load_recipe(args.recipe, args.set or ())
+        print(summary(recipe.model, recipe.data.max_frames))
+        return 0
+    recipe, run_dir, resuming = resolve_run(args)
+    done = completed(recipe, run_dir) if resuming else None
+    if done:
+        print(f"asr.train: {run_dir} is complete ({done}); nothing to do (raise train.epochs or the "
+              "limit with --set to train further)", file=sys.stderr)  # fmt: skip
+        return 0
+    return Trainer(recipe, run_dir, resuming, strict=args.strict).run()
+
+
+def exit_after_lost_worker(message: str) -> None:
+    """Print the one line and end the process now: its collectives are aborted, and TensorFlow's threads
+    would print more errors and tracebacks while the interpreter shuts down, after the line that matters."""
+    from asr.checkpoint import worker_scratch
+
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    if worker_scratch.cache_info().currsize:
+        shutil.rmtree(worker_scratch().parent, ignore_errors=True)
+    os._exit(EXIT_BAD_INPUT)
 
 
 def _one_line_error(error: Exception) -> str | None:
@@ -741,8 +772,6 @@ def _one_line_error(error: Exception) -> str | None:
     if isinstance(error, (DataError, StrategyError, CheckpointMismatchError, NoValidCheckpointError,
                           EvaluateError)):  # fmt: skip
         return str(error)
-    if "tensorflow" in sys.modules:
-        return lost_worker_message(error)
     return None
 
 

@@ -133,14 +133,19 @@ def time_to_accuracy(evals: Sequence[EvalPoint], target: float, window: int, rul
 def active_events(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The events of the run as it finally happened, in log order.
 
-    A resumed run restarts from its last checkpoint, so the run clock of a ``run_start`` with
-    ``resumed`` true can be earlier than events logged before the stop: those events describe
-    work that was lost and redone, and are dropped (an evaluation of a lost epoch does not count).
+    A resumed run restarts from its checkpoint, so events logged before the stop whose run clock is later
+    than that checkpoint's describe work that was lost and redone, and are dropped (an evaluation of a lost
+    epoch does not count). The restart point is the ``run_start``'s ``restart_elapsed`` (the checkpoint's
+    saved clock); logs written before that field existed use the ``run_start``'s own ``elapsed``, which is
+    later by the resumed session's set-up time. A ``run_start`` that did not resume (a session killed before
+    its first checkpoint was rerun from scratch) drops everything before it.
     """
     kept: list[dict[str, Any]] = []
     for event in events:
+        if event.get("event") == "run_start" and event.get("resumed") is False:
+            kept = []  # a start from scratch: whatever came before never reached a checkpoint
         if event.get("event") == "run_start" and event.get("resumed"):
-            restart = _elapsed(event)
+            restart = _elapsed({"elapsed": event.get("restart_elapsed", event.get("elapsed"))})
             if restart is not None:
                 kept = [e for e in kept if (_elapsed(e) or 0.0) <= restart + 1e-9]
         kept.append(event)

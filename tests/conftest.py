@@ -18,18 +18,29 @@ def tiny_corpus() -> Path:
     return TINY_CORPUS
 
 
+def run_python_module(module: str, *args, timeout: float, limit: int | None = None):
+    """``python -m MODULE ARGS...`` from the repository root as a real process; ``limit``: every file it
+    writes is limited to that many bytes (RLIMIT_FSIZE, as a full disk would stop it: Python ignores
+    SIGXFSZ, so a write past the limit fails with EFBIG)."""
+    import resource
+
+    limited = None if limit is None else (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limited,
+    )
+
+
 @pytest.fixture(scope="session")
 def run_module():
     """Run ``python -m MODULE ARGS...`` from the repository root; returns the CompletedProcess."""
 
     def run(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", module, *map(str, args)],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return run_python_module(module, *args, timeout=timeout)
 
     return run
 
@@ -50,18 +61,9 @@ def tiny_shards(tmp_path_factory, tiny_corpus) -> Path:
 
 @pytest.fixture(scope="session")
 def run_module_limited():
-    """Like ``run_module``, with every file the process writes limited to ``limit`` bytes (RLIMIT_FSIZE, as
-    a full disk would stop it: Python ignores SIGXFSZ, so a write past the limit fails with EFBIG)."""
-    import resource
+    """Like ``run_module``, with every file the process writes limited to ``limit`` bytes."""
 
     def run(module: str, *args: str, limit: int, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", module, *map(str, args)],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
-        )
+        return run_python_module(module, *args, timeout=timeout, limit=limit)
 
     return run

@@ -236,7 +236,9 @@ def test_truncated_last_line_missing_log_and_unknown_baseline(tmp_path, capsys):
     status, out = run_report(tmp_path, [a, tmp_path / "nothing-here", b], "--baseline", "sys10")
     err = capsys.readouterr().err
     assert status == 0
-    assert "truncated" in err and "nothing-here: no such directory, run skipped" in err
+    assert f"{a / EVENT_LOG_NAME}:618: unreadable line skipped" in err
+    assert "nothing-here: no such directory, run skipped" in err
+    assert f"{a / EVENT_LOG_NAME}: 617 events read, 1 line(s) skipped" in err
     assert "baseline 'sys10' matches no run" in err
     lines = [line for line in err.splitlines() if line]
     assert all(line.startswith("asr.report: ") for line in lines)

@@ -292,35 +292,51 @@ def with_faults(spec: str) -> dict:
     return {**os.environ, "ASR_FAILPOINTS": spec}
 
 
-def test_injected_non_finite_steps_are_skipped_counted_and_stop_the_run_at_the_limit(shards, tmp_path):
-    """train.step=nan@N poisons the N-th batch: the real skip path runs (no update, a count), and the
-    configured number in a row stops the run with the last good weights saved and exit status 2."""
-    one = tmp_path / "one"
-    result = train(shards, one, "train.epochs=1", "eval.mode=external", env=with_faults("train.step=nan@2"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    skipped = [e for e in events(one) if e["event"] == "skipped_step"]
-    assert len(skipped) == 1 and skipped[0]["step"] == 1 and events(one)[-1]["skipped_steps"] == 1
-
+def test_injected_non_finite_steps_are_counted_and_stop_the_run_at_the_limit_with_the_last_good_weights(
+    shards, tmp_path
+):
+    """train.step=inf@2+3 poisons the 2nd and 3rd batches: the real skip path runs (no update, a count), and
+    two in a row stop the run with the weights after step 1 saved and exit status 2. (One skipped step that
+    the run trains past: tools/faults.py --quick, nan-inject.)"""
     run, reference = tmp_path / "run", tmp_path / "reference"
     result = train(shards, run, "train.max_consecutive_nan_steps=2", "train.epochs=5", "eval.mode=external",
                    env=with_faults("train.step=inf@2+3"))  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 2 non-finite steps in a row"), result.stderr[-3000:]
-    kinds = [e["event"] for e in events(run)]
-    assert kinds.count("skipped_step") == 2 and events(run)[-1]["reason"] == "nan"
+    skipped = [e for e in events(run) if e["event"] == "skipped_step"]
+    assert [(e["step"], e["consecutive"]) for e in skipped] == [(1, 1), (1, 2)]
+    assert events(run)[-1]["reason"] == "nan" and events(run)[-1]["skipped_steps"] == 2
     assert train(shards, reference, "train.max_steps=1", "eval.mode=external").returncode == 0
     assert latest(run).name == "ckpt-1"
     # exact: skipped steps change no weight, so the saved weights are those after step 1
     assert_same_weights(model_weights(latest(run)), model_weights(latest(reference)))
 
 
-def test_rerunning_a_finished_run_says_it_is_complete_and_changes_nothing(shards, tmp_path):
-    for limit in ("train.epochs=1", "train.max_steps=3"):
-        run = tmp_path / limit
-        assert train(shards, run, limit, "eval.mode=external").returncode == 0
+FINISHED = ("train.epochs=2", "eval.mode=external")
+
+
+@pytest.fixture(scope="module")
+def finished_run(shards, tmp_path_factory) -> Path:
+    """A run of two epochs (checkpoints ckpt-4 and ckpt-8), finished; tests work on copies of it."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    result = train(shards, run, *FINISHED)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_rerunning_a_finished_run_says_it_is_complete_and_changes_nothing(shards, finished_run, tmp_path):
+    stopped = tmp_path / "stopped"
+    assert train(shards, stopped, "train.max_steps=3", "eval.mode=external").returncode == 0
+    for run, sets in ((copy_run(finished_run, tmp_path), FINISHED), (stopped, ("train.max_steps=3",))):
         log, checkpoints = (run / "events.jsonl").read_bytes(), sorted((run / "checkpoints").iterdir())
-        again = train(shards, run, limit, "eval.mode=external")
+        again = train(shards, run, *sets, "eval.mode=external")
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stderr.strip().splitlines()[-1].startswith(f"asr.train: {run} is complete")
         assert (run / "events.jsonl").read_bytes() == log
@@ -347,51 +363,52 @@ def test_kill_during_evaluation_redoes_it_on_resume(shards, tmp_path):
     assert "is complete" in train(shards, run, *sets).stderr
 
 
-def test_kill_between_weights_and_state_resumes_from_the_checkpoint_before(shards, tmp_path):
+def test_kill_between_weights_and_state_resumes_from_the_checkpoint_before(shards, finished_run, tmp_path):
     """SIGKILL after a checkpoint's weights are written but before its state: that checkpoint does not
     exist, the rerun resumes from the one before, cleans the leftovers and ends with the weights of an
     uninterrupted run (exact: the computation is deterministic on one CPU process)."""
-    sets = ("train.epochs=3", "eval.mode=external")
-    straight, run = tmp_path / "straight", tmp_path / "run"
-    assert train(shards, straight, *sets).returncode == 0
-    killed = train(shards, run, *sets, env=with_faults("checkpoint.state=kill@2"))
+    run = tmp_path / "run"
+    killed = train(shards, run, *FINISHED, env=with_faults("checkpoint.state=kill@2"))
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in (run / "checkpoints").glob("*.json")] == ["ckpt-4.json"]
     assert list((run / "checkpoints").glob("ckpt-8.tmp-*"))
-    resumed = train(shards, run, *sets)
+    resumed = train(shards, run, *FINISHED)
     assert resumed.returncode == 0 and "step 4 from ckpt-4" in resumed.stderr, resumed.stderr[-3000:]
     assert not list((run / "checkpoints").glob("*.tmp-*")) and not list((run / "checkpoints").glob("*_temp"))
-    assert latest(run).name == latest(straight).name
-    assert_same_weights(model_weights(latest(run)), model_weights(latest(straight)))
+    assert latest(run).name == latest(finished_run).name
+    assert_same_weights(model_weights(latest(run)), model_weights(latest(finished_run)))
 
 
-def test_damaged_latest_checkpoint_falls_back_with_one_warning_and_none_valid_is_exit_2(shards, tmp_path):
-    sets = ("train.epochs=2", "eval.mode=external")
-    run = tmp_path / "run"
-    assert train(shards, run, *sets).returncode == 0
+def test_damaged_latest_checkpoint_falls_back_with_one_warning_and_none_valid_is_exit_2(
+    shards, finished_run, tmp_path
+):
+    run = copy_run(finished_run, tmp_path)
     (data,) = (run / "checkpoints").glob("ckpt-8.data-*")
     data.write_bytes(data.read_bytes()[:100])
-    resumed = train(shards, run, *sets)
+    resumed = train(shards, run, *FINISHED)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     warnings = [line for line in resumed.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "ckpt-8 (" in warnings[0] and "using the older ckpt-4" in warnings[0]
     assert "step 4 from ckpt-4" in resumed.stderr
+    # exact: epoch 2 trained again from ckpt-4 gives the bytes the damaged checkpoint held
+    assert_same_weights(model_weights(latest(run)), model_weights(latest(finished_run)))
     for data in (run / "checkpoints").glob("ckpt-*.data-*"):
         data.write_bytes(b"")
-    failed = train(shards, run, *sets)
+    failed = train(shards, run, *FINISHED)
     lines = failed.stderr.strip().splitlines()
     assert failed.returncode == 2 and len(lines) == 1 and "no usable checkpoint" in lines[0], failed.stderr
 
 
-def test_a_cut_event_log_line_is_skipped_and_the_resumed_session_starts_a_fresh_line(shards, tmp_path):
+def test_a_cut_event_log_line_is_skipped_and_the_resumed_session_starts_a_fresh_line(
+    shards, finished_run, tmp_path
+):
     from asr.events import read_events
     from asr.report import load_run
 
-    run = tmp_path / "run"
-    assert train(shards, run, "train.epochs=1", "eval.mode=external").returncode == 0
+    run = copy_run(finished_run, tmp_path)
     with (run / "events.jsonl").open("a") as log:
         log.write('{"event":"step","wall_time":17')
-    assert train(shards, run, "train.epochs=2", "eval.mode=external").returncode == 0
+    assert train(shards, run, "train.epochs=3", "eval.mode=external").returncode == 0
     found, warnings = read_events(run)
     assert len(warnings) == 1
     starts = [e for e in found if e["event"] == "run_start"]

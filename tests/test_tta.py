@@ -154,3 +154,30 @@ def test_resume_drops_lost_work_and_the_clock_excludes_downtime():
     tracker = TTATracker.from_events(RESUMED_LOG, [("cer", 10.0)], window=3)
     assert tracker.reached[("cer", 10.0, "first")].elapsed == 320.0
     assert ("cer", 10.0, "median") not in tracker.reached  # median(40, 20, 9) = 20
+
+
+def test_the_restart_point_is_the_checkpoint_clock_not_the_resumed_sessions_first_event():
+    """The resumed session's run_start comes after its set-up time (evaluator, decoder pool), so it is later
+    than the checkpoint it resumed from; a lost step logged in between must still be dropped."""
+    log = [
+        {"event": "run_start", "elapsed": 0.0, "resumed": False},
+        {"event": "step", "step": 60, "elapsed": 28.08},
+        {"event": "checkpoint", "step": 60, "elapsed": 28.13},
+        {"event": "step", "step": 61, "elapsed": 28.27},  # lost: the kill came before the next checkpoint
+        {"event": "run_start", "elapsed": 28.32, "restart_elapsed": 28.09, "resumed": True},
+        {"event": "step", "step": 61, "elapsed": 33.26},
+    ]
+    assert [e.get("step") for e in active_events(log) if e["event"] == "step"] == [60, 61]
+    assert [e["elapsed"] for e in active_events(log) if e["event"] == "step"] == [28.08, 33.26]
+
+
+def test_a_fresh_start_after_a_session_that_saved_no_checkpoint_drops_that_session():
+    log = [
+        {"event": "run_start", "elapsed": 0.0, "resumed": False},
+        {"event": "step", "step": 1, "elapsed": 2.0},
+        {"event": "step", "step": 2, "elapsed": 3.0},  # killed before the first checkpoint
+        {"event": "run_start", "elapsed": 0.1, "resumed": False},
+        {"event": "step", "step": 1, "elapsed": 2.1},
+    ]
+    kept = active_events(log)
+    assert [e["event"] for e in kept] == ["run_start", "step"] and kept[1]["elapsed"] == 2.1

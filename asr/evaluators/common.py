@@ -9,31 +9,27 @@ only the run directory and the shards it decodes.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from asr.config import Recipe
+from asr.files import read_json, write_json
 
 NORMALIZATION_FILE = "normalization.json"
 
 
 def write_normalization(run_dir: Path, mean: np.ndarray, std: np.ndarray, source: str) -> None:
-    """Save the training features' per-dimension mean/std (written to a temporary name, then renamed)."""
-    path = run_dir / NORMALIZATION_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"source": source, "mean": mean.tolist(), "std": std.tolist()}) + "\n")
-    os.replace(tmp, path)
+    """Save the training features' per-dimension mean/std (atomically: :func:`asr.files.write_json`)."""
+    write_json(run_dir / NORMALIZATION_FILE, {"source": source, "mean": mean.tolist(), "std": std.tolist()},
+               indent=None)  # fmt: skip
 
 
 def read_normalization(run_dir: Path, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
     """Mean/std saved in the run directory, else from the recipe's training manifest."""
-    path = Path(run_dir) / NORMALIZATION_FILE
-    if path.is_file():
-        values = json.loads(path.read_text())
+    values = read_json(Path(run_dir) / NORMALIZATION_FILE)
+    if isinstance(values, dict) and "mean" in values and "std" in values:
         return np.asarray(values["mean"], np.float32), np.asarray(values["std"], np.float32)
     from asr.data import open_shards
 

@@ -164,11 +164,11 @@ def checkpoint_logits_fn(run_dir, checkpoint_path, recipe):
     Returns the :data:`asr.evaluate.LogitsFn` and the checkpoint's ``epoch``/``step``/``elapsed``;
     raises :class:`asr.checkpoint.CheckpointMismatchError` when the checkpoint does not fit the recipe.
     """
-    import json
     from pathlib import Path
 
     from asr.checkpoint import restore_weights
     from asr.evaluators.common import build_eval_model, local_runtime, model_logits_fn, read_normalization
+    from asr.files import read_json
     from asr.strategy import make_strategy
 
     recipe = local_runtime(recipe)
@@ -176,8 +176,7 @@ def checkpoint_logits_fn(run_dir, checkpoint_path, recipe):
     model = build_eval_model(recipe, strategy)
     restore_weights(model, checkpoint_path)
     mean, std = read_normalization(Path(run_dir), recipe)
-    state_path = Path(f"{checkpoint_path}.json")
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    state = read_json(Path(f"{checkpoint_path}.json"), {})
     progress = state.get("progress", {})
     info = {
         "epoch": int(state.get("epoch_end", progress.get("epoch", 0))),
