@@ -291,6 +291,7 @@ class Trainer:
         self.evaluator = None
         self.stop: StopFlag | None = None
         self._pending_batch = None
+        self._batches = None
         self._bar = None
         self._vote = None
 
@@ -447,15 +448,16 @@ class Trainer:
                   f"{self.progress.step}; weights crc32c {digest}", file=sys.stderr, flush=True)  # fmt: skip
 
     def _loop(self) -> str:
-        """Epochs until a stop reason; returns it. A stop inside an epoch saves a checkpoint first."""
-        stream = None
+        """Epochs until a stop reason; returns it. A stop inside an epoch saves a checkpoint first. The batch
+        iterator outlives the loop (``self._batches``): tearing a ``tf.data`` iterator down can take seconds,
+        which must not fall between the last checkpoint and ``run_end`` on the run clock."""
         while True:
             reason = self._stop_reason()
             if reason:
                 return reason
-            stream = stream or self._stream()
+            self._batches = self._batches or self._stream()
             began = time.monotonic()
-            reason = self._train_epoch(stream)
+            reason = self._train_epoch(self._batches)
             if reason:
                 self._save()
                 return reason
