@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -122,13 +121,14 @@ def initial_weights(run_dir: Path, *sets: str) -> dict[str, np.ndarray]:
 
 
 def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    """Ports free on localhost now (the harness's helper: one copy)."""
+    import importlib.util
+
+    if "faults" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("faults", REPO_ROOT / "tools" / "faults.py")
+        sys.modules["faults"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["faults"])
+    return sys.modules["faults"].free_ports(count)
 
 
 def start_workers(shards: Path, run: Path, tmp_path: Path, *sets: str) -> list[subprocess.Popen]:

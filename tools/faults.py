@@ -1604,6 +1604,7 @@ def worker_kill(ctx: Context, specs: list[dict]) -> list[Trial]:
 
 
 def free_ports(count: int) -> list[int]:
+    """Ports free on localhost now, for a multi-worker cluster's TF_CONFIG (tests/test_train.py uses it)."""
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
         s.bind(("localhost", 0))
