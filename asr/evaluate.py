@@ -30,7 +30,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +39,10 @@ from asr import text
 from asr.config import FINITE, Bound, OneLineParser, option_type
 from asr.decoding import Decoder, PendingDecode, split_batch
 from asr.files import JsonError, WriteError, load_json, read_json, write_json, write_text
+from asr.inference import LogitsFn
 from asr.metrics import SetScores, VocabularyBreakdown, score, vocabulary_breakdown
 
 EVAL_DIR = "eval"
-
-LogitsFn = Callable[
-    [np.ndarray, np.ndarray, Sequence[Sequence[int]]], tuple[np.ndarray, np.ndarray, np.ndarray]
-]
-"""``(features [B, T, 93], frames [B], labels) -> (logits [B, T_out, 30], output frames [B], loss [B])``:
-what evaluation needs from a model. ``loss`` is the CTC loss per utterance (nan where undefined)."""
 
 
 class EvaluateError(Exception):
@@ -460,10 +455,10 @@ def open_checkpoint(run_dir: Path, checkpoint, recipe) -> tuple[LogitsFn, dict]:
     files are damaged raises :class:`asr.checkpoint.CheckpointDamagedError`.
     """
     from asr.checkpoint import CheckpointMismatchError
-    from asr.evaluators.swap import checkpoint_logits_fn
+    from asr.inference import load_checkpoint
 
     try:
-        return checkpoint_logits_fn(run_dir, checkpoint.path, recipe)
+        return load_checkpoint(run_dir, checkpoint.path, recipe)
     except CheckpointMismatchError as error:
         raise EvaluateError(f"{error}; recipe {Path(run_dir) / 'recipe.yaml'}") from None
 

@@ -26,11 +26,15 @@ from asr.text import BLANK_ID, NUM_SYMBOLS
 
 
 def output_frames(frames, config: ModelConfig):
-    """Logit frames for ``frames`` input frames: ``floor((frames - kernel) / stride) + 1`` (valid conv).
+    """Logit frames for ``frames`` input frames (:func:`valid_conv_frames` with the model's convolution)."""
+    return valid_conv_frames(frames, config.conv_kernel, config.conv_stride)
 
-    Works on Python ints, numpy arrays and tensors; inputs shorter than the kernel give 0 or less.
-    """
-    return (frames - config.conv_kernel) // config.conv_stride + 1
+
+def valid_conv_frames(frames, kernel: int, stride: int):
+    """``floor((frames - kernel) / stride) + 1``: a ``valid`` convolution's output length, the one copy of
+    the formula. Works on Python ints, numpy arrays and tensors; inputs shorter than the kernel give 0 or
+    less."""
+    return (frames - kernel) // stride + 1
 
 
 def min_input_frames(label_length: int, config: ModelConfig) -> int:
@@ -56,7 +60,7 @@ def _layers():
             self.kernel, self.stride = kernel, stride
 
         def call(self, outputs, frames):
-            valid = (keras.ops.cast(frames, "int32") - self.kernel) // self.stride + 1
+            valid = valid_conv_frames(keras.ops.cast(frames, "int32"), self.kernel, self.stride)
             return keras.ops.arange(keras.ops.shape(outputs)[1])[None, :] < valid[:, None]
 
         def compute_output_shape(self, outputs_shape, frames_shape):

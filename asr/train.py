@@ -320,7 +320,7 @@ class Trainer:
             print(f"asr.train: warning: {message}", file=sys.stderr, flush=True)
 
     def _write_run_files(self) -> None:
-        from asr.evaluators.common import write_normalization
+        from asr.inference import write_normalization
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / RECIPE_FILE, dump_recipe(self.recipe))

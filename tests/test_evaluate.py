@@ -192,9 +192,8 @@ import numpy as np, tensorflow as tf, keras
 cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 from asr.decoding import GreedyDecoder, split_batch
-from asr.evaluators.swap import conv_output_frames, replica_logits_fn
-
 from asr.config import ModelConfig
+from asr.inference import replica_logits_fn
 from asr.model import build_model
 
 config = ModelConfig(conv_filters=16, conv_stride=2, rnn="gru", bidirectional=True, rnn_layers=1, rnn_units=8,
@@ -214,8 +213,8 @@ features = rng.normal(size=(3, 40, 93)).astype(np.float32)
 frames = np.array([40, 30, 25])
 labels = [[1, 2, 3], [4, 5], [6] * 20]
 mean, std = features.mean(axis=(0, 1)), features.std(axis=(0, 1))
-on_one = replica_logits_fn(tf.distribute.get_strategy(), single, conv_output_frames(11, 2), mean, std)
-on_two = replica_logits_fn(strategy, mirrored, conv_output_frames(11, 2), mean, std)
+on_one = replica_logits_fn(tf.distribute.get_strategy(), single, config, mean, std)
+on_two = replica_logits_fn(strategy, mirrored, config, mean, std)
 one, two = on_one(features, frames, labels), on_two(features, frames, labels)
 alone = [single(((features[i:i + 1, :n] - mean) / std, np.array([n])), training=False).numpy()[0]
          for i, n in enumerate(frames)]

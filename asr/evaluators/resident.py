@@ -12,7 +12,8 @@ class ResidentEvaluator:
     decode = True
 
     def __init__(self, recipe, strategy, strict: bool = False):
-        from asr.evaluators.common import Validation, build_eval_model
+        from asr.evaluators.common import Validation
+        from asr.inference import build_eval_model
 
         self.recipe = recipe
         self.strategy = strategy
@@ -21,7 +22,7 @@ class ResidentEvaluator:
         self._logits_fn = None
 
     def evaluate(self, session, checkpoint, log) -> list[dict]:
-        from asr.evaluators.common import model_logits_fn, read_normalization
+        from asr.inference import model_logits_fn, read_normalization
 
         with log.phase("evaluate"):
             self.model.set_weights(session.model.get_weights())

@@ -1,0 +1,287 @@
+"""Run a trained acoustic model: features (or waveforms) in, logits and output frames out.
+
+Every consumer runs the model through here: evaluation during training (:mod:`asr.evaluators`),
+``asr.evaluate``, ``asr.transcribe`` and ``asr.export``. The model is the training architecture called
+with ``training=False`` (dropout off, batch normalization with its moving statistics); features are
+normalized with the training split's mean and standard deviation, which ``asr.train`` copies into
+``RUN_DIR/normalization.json`` so that a run directory alone is enough to use the model.
+
+:func:`replica_logits_fn` turns any Keras model ``features [B, T, 93] -> logits [B, T_out, 30]`` into a
+:data:`LogitsFn` that runs it on every replica of a ``tf.distribute`` strategy; :func:`load_checkpoint`
+builds one from a run directory's checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr.config import ModelConfig, Recipe
+from asr.files import read_json, write_json
+from asr.model import output_frames
+
+NORMALIZATION_FILE = "normalization.json"
+
+LogitsFn = Callable[
+    [np.ndarray, np.ndarray, Sequence[Sequence[int]]], tuple[np.ndarray, np.ndarray, np.ndarray]
+]
+"""``(features [B, T, 93], frames [B], labels) -> (logits [B, T_out, 30], output frames [B], loss [B])``:
+what evaluation needs from a model. ``loss`` is the CTC loss per utterance (nan where undefined)."""
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def write_normalization(run_dir: Path, mean: np.ndarray, std: np.ndarray, source: str) -> None:
+    """Save the training features' per-dimension mean/std (atomically: :func:`asr.files.write_json`)."""
+    write_json(run_dir / NORMALIZATION_FILE, {"source": source, "mean": mean.tolist(), "std": std.tolist()},
+               indent=None)  # fmt: skip
+
+
+def read_normalization(run_dir: Path, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+    """Mean/std saved in the run directory, else from the recipe's training manifest."""
+    values = read_json(Path(run_dir) / NORMALIZATION_FILE)
+    if isinstance(values, dict) and "mean" in values and "std" in values:
+        return np.asarray(values["mean"], np.float32), np.asarray(values["std"], np.float32)
+    from asr.data import open_shards
+
+    shards = open_shards(recipe.data.train, "data.train")
+    return shards.mean, shards.std
+
+
+# --------------------------------------------------------------------------- the evaluation model
+
+
+def build_eval_model(recipe: Recipe, strategy: Any):
+    """The evaluation model (same layers, no optimizer) with variables on every replica."""
+    from asr.model import build_model
+
+    with strategy.scope():
+        return build_model(recipe.model, sync_batch_norm=False, name="evaluation_model")
+
+
+def local_runtime(recipe: Recipe) -> Recipe:
+    """The recipe with a strategy for one machine: inference outside training never joins a cluster."""
+    runtime = recipe.runtime
+    if runtime.strategy == "multi_worker":
+        runtime = dataclasses.replace(runtime, strategy="auto")
+    return dataclasses.replace(recipe, runtime=runtime)
+
+
+def replica_logits_fn(
+    strategy, model, config: ModelConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None
+) -> LogitsFn:
+    """A :data:`LogitsFn` that runs ``model`` in inference mode on every replica.
+
+    Each batch ``[B, T, 93]`` is normalized with the training set's ``mean``/``std`` (per feature,
+    over valid frames only), padded with empty utterances to a multiple of the replica count, split
+    evenly (replica r gets rows ``r*B/R .. (r+1)*B/R``), and the replicas' logits and CTC losses are
+    gathered back in row order. Returns ``(logits float32 [B, T_out, 30], output frames int [B],
+    CTC loss per utterance float [B])``; the loss is ``nan`` where the transcript (separators
+    included) is longer than the output.
+    """
+    step = _replica_step(strategy, model)
+    replicas = strategy.num_replicas_in_sync
+
+    def logits_fn(features: np.ndarray, frames: np.ndarray, labels: Sequence[Sequence[int]]):
+        import tensorflow as tf
+
+        features = normalize(np.asarray(features, dtype=np.float32), np.asarray(frames), mean, std)
+        frames = np.asarray(frames, dtype=np.int64)
+        batch = features.shape[0]
+        out = np.asarray(output_frames(frames, config))
+        padded = -(-batch // replicas) * replicas
+        label_lengths = np.array([len(label) for label in labels] + [0] * (padded - batch), np.int32)
+        dense_labels = np.zeros((padded, max(1, int(label_lengths.max()))), np.int32)
+        for row, label in enumerate(labels):
+            dense_labels[row, : len(label)] = label
+        if padded > batch:  # empty utterances, so that every replica gets an equal share
+            features = np.concatenate([features, np.zeros((padded - batch, *features.shape[1:]), np.float32)])
+            frames = np.concatenate([frames, np.zeros(padded - batch, np.int64)])
+            out = np.concatenate([out, np.ones(padded - batch, np.int64)])
+        logit_steps = int(output_frames(features.shape[1], config))
+        # TF's CTC kernel refuses empty and too-long transcripts (padding rows, short utterances): those
+        # are scored against one label instead, and their loss reported as nan
+        unfit = (label_lengths > out) | (label_lengths == 0)
+        logits, loss = step(
+            tf.constant(features),
+            tf.constant(frames, tf.int32),
+            tf.constant(np.maximum(out, 1), tf.int32),
+            tf.constant(dense_labels),
+            tf.constant(np.where(unfit, 1, label_lengths).astype(np.int32)),
+        )
+        loss = loss.numpy()[:batch].astype(np.float64)
+        loss[~np.isfinite(loss) | unfit[:batch]] = np.nan
+        return logits.numpy()[:batch, :logit_steps], out[:batch], loss
+
+    return logits_fn
+
+
+def normalize(features: np.ndarray, frames: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None):
+    """``(features - mean) / std`` per feature, and padded frames (past each utterance's ``frames``) zero."""
+    if mean is None or std is None:
+        return features
+    features = (features - mean) / np.where(std > 0, std, 1.0)
+    features[np.arange(features.shape[1])[None, :] >= np.asarray(frames)[:, None]] = 0.0
+    return features.astype(np.float32, copy=False)
+
+
+def _replica_step(strategy, model):
+    """The compiled step: each replica's rows through the model, logits and CTC loss gathered back."""
+    import tensorflow as tf
+
+    from asr.model import ctc_loss
+
+    replicas = strategy.num_replicas_in_sync
+    signature = [
+        tf.TensorSpec([None, None, None], tf.float32),  # features
+        tf.TensorSpec([None], tf.int32),  # input frames
+        tf.TensorSpec([None], tf.int32),  # output frames
+        tf.TensorSpec([None, None], tf.int32),  # labels
+        tf.TensorSpec([None], tf.int32),  # label lengths
+    ]
+
+    @tf.function(input_signature=signature)
+    def step(*batch):
+        def on_replica(features, frames, out_frames, labels, label_lengths):
+            logits = tf.cast(model((features, frames), training=False), tf.float32)
+            return logits, ctc_loss(labels, label_lengths, logits, out_frames)
+
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda ctx: _replica_slice(batch, ctx, replicas)
+        )
+        logits, loss = strategy.run(on_replica, args=per_replica)
+        return strategy.gather(logits, axis=0), strategy.gather(loss, axis=0)
+
+    return step
+
+
+def _replica_slice(tensors, ctx, replicas: int):
+    """Rows of the batch that replica ``ctx.replica_id_in_sync_group`` computes."""
+    import tensorflow as tf
+
+    index = ctx.replica_id_in_sync_group
+    out = []
+    for tensor in tensors:
+        share = tf.shape(tensor)[0] // replicas
+        out.append(tensor[index * share : (index + 1) * share])
+    return tuple(out)
+
+
+def model_logits_fn(recipe: Recipe, strategy: Any, model: Any, mean: np.ndarray, std: np.ndarray) -> LogitsFn:
+    """:func:`replica_logits_fn` for a model of ``recipe``."""
+    return replica_logits_fn(strategy, model, recipe.model, mean, std)
+
+
+# --------------------------------------------------------------------------- from a run directory
+
+
+def checkpoint_info(state: dict) -> dict[str, Any]:
+    """``epoch``/``step``/``elapsed`` of a checkpoint's run state, for the event log."""
+    progress = state.get("progress", {})
+    info = {
+        "epoch": int(state.get("epoch_end", progress.get("epoch", 0))),
+        "step": int(state.get("step", progress.get("step", 0))),
+    }
+    if "clock" in state:
+        info["elapsed"] = float(state["clock"].get("elapsed", 0.0))
+    return info
+
+
+def load_checkpoint(run_dir: Path, checkpoint_path: str | Path, recipe: Recipe) -> tuple[LogitsFn, dict]:
+    """The evaluation model of ``recipe`` with a checkpoint's weights, on every local replica.
+
+    Returns the :data:`LogitsFn` and the checkpoint's ``epoch``/``step``/``elapsed``; raises
+    :class:`asr.checkpoint.CheckpointMismatchError` when the checkpoint does not fit the recipe and
+    :class:`asr.checkpoint.CheckpointDamagedError` when its files cannot be read.
+    """
+    from asr.checkpoint import restore_weights
+    from asr.strategy import make_strategy
+
+    recipe = local_runtime(recipe)
+    strategy = make_strategy(recipe.runtime, env={})
+    model = build_eval_model(recipe, strategy)
+    restore_weights(model, checkpoint_path)
+    mean, std = read_normalization(Path(run_dir), recipe)
+    state = read_json(Path(f"{checkpoint_path}.json"), {})
+    return model_logits_fn(recipe, strategy, model, mean, std), checkpoint_info(state)
+
+
+# --------------------------------------------------------------------------- a model ready to use
+
+
+@dataclasses.dataclass
+class AcousticModel:
+    """A trained model ready to run on audio, whatever it was loaded from (a checkpoint or an export).
+
+    ``run`` takes utterances of any lengths, batches them by length and returns each one's logits
+    ``float32 [T_out, 30]`` trimmed to its output frames; ``run_waveforms`` computes the features of 16 kHz
+    mono waveforms first (:func:`asr.features.compute_features`, the definition ``asr.extract`` uses).
+    """
+
+    logits_fn: LogitsFn
+    recipe: Recipe
+    source: str
+    """Where the weights come from (``RUN_DIR/checkpoints/ckpt-N`` or an export directory)."""
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_size: int = 16
+
+    @property
+    def max_frames(self) -> int:
+        """The longest input (10 ms frames) the model was trained on (``data.max_frames``)."""
+        return self.recipe.data.max_frames
+
+    def run(self, features: Sequence[np.ndarray]) -> list[np.ndarray]:
+        order = sorted(range(len(features)), key=lambda i: len(features[i]), reverse=True)
+        results: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(features)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            frames = np.array([len(features[i]) for i in rows], np.int64)
+            batch = np.zeros((len(rows), int(frames.max()), features[rows[0]].shape[1]), np.float32)
+            for row, i in enumerate(rows):
+                batch[row, : frames[row]] = features[i]
+            logits, out, _ = self.logits_fn(batch, frames, [[] for _ in rows])
+            for row, i in enumerate(rows):
+                results[i] = logits[row, : max(int(out[row]), 0)]
+        return results
+
+    def run_waveforms(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from asr.features import compute_features
+
+        return self.run([compute_features(w) for w in waveforms])
+
+
+def open_run(
+    run_dir: str | Path, step: int | None = None, warn: Callable[[str], None] = print
+) -> AcousticModel:
+    """The newest undamaged checkpoint of a run directory (or the one at ``step``) as an
+    :class:`AcousticModel`; a damaged newer one is skipped with ``warn`` naming it and the one used.
+
+    Raises ``ValueError`` subclasses with one-line messages: no recipe, no (usable) checkpoint, a
+    checkpoint of another model.
+    """
+    from asr.checkpoint import NoValidCheckpointError, damage, list_checkpoints, restore_newest
+    from asr.config import load_recipe
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise NoValidCheckpointError(f"{run_dir}: no recipe.yaml (is it a run directory of asr.train?)")
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    checkpoints = list_checkpoints(run_dir)
+    if step is not None:
+        checkpoints = [c for c in checkpoints if c.step == step]
+        if not checkpoints:
+            raise NoValidCheckpointError(f"{run_dir}: no checkpoint at step {step}")
+        problem = damage(checkpoints[0])
+        if problem:
+            raise NoValidCheckpointError(f"{checkpoints[0].path}: damaged ({problem})")
+    if not checkpoints:
+        raise NoValidCheckpointError(f"{run_dir}: no checkpoints yet")
+    checkpoint, (logits_fn, info) = restore_newest(
+        checkpoints, lambda c: load_checkpoint(run_dir, c.path, recipe), warn
+    )
+    return AcousticModel(logits_fn, recipe, str(checkpoint.path), info)
