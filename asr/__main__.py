@@ -15,6 +15,8 @@ STAGES: dict[str, str] = {
     "train": "recipe YAML -> trained model, checkpoints, event log, per-epoch evaluation, TTA",
     "evaluate": "checkpoint + shards -> WER/CER tables (beam search + LM), beam sweeps, --watch",
     "report": "run directories -> time-to-accuracy, cost, energy and throughput report (Markdown + HTML)",
+    "export": "checkpoint -> SavedModel (waveform in, text out) and TFLite float32 / int8 models",
+    "transcribe": "audio files (any format, rate, channels, length) + run or export -> text, word times",
 }
 
 USAGE = "usage: python -m asr STAGE [ARGS...]   (python -m asr STAGE --help for a stage's options)"

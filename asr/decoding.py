@@ -35,7 +35,10 @@ from typing import Protocol
 import numpy as np
 
 from asr.lm import LM_BINARY, UNIGRAMS, load_unigrams
-from asr.text import BLANK_ID, NUM_SYMBOLS, SEPARATOR_ID, SYMBOLS, ctc_collapse, decode
+from asr.text import BLANK_ID, NUM_SYMBOLS, SEPARATOR_ID, SPACE_ID, SYMBOLS, ctc_collapse, decode
+
+FrameWord = tuple[str, int, int]
+"""A word and its output frames ``[start, end)`` within one matrix of logits."""
 
 BEAM_LABELS: tuple[str, ...] = (*SYMBOLS[:SEPARATOR_ID], "")
 """pyctcdecode labels for the 29 beam-search columns: space, a–z, apostrophe, blank ``""`` last."""
@@ -117,6 +120,33 @@ def greedy_text(logits: np.ndarray) -> str:
     return decode(ctc_collapse(np.argmax(logits, axis=1)))
 
 
+def greedy_frame_words(path: Sequence[int]) -> list[FrameWord]:
+    """Words of a best path (one label id per output frame) with their frames ``[start, end)``.
+
+    The same text as :func:`greedy_text` split into words: runs of a label are one symbol,
+    blanks and separators are dropped, spaces end words. A word starts at the first frame of its first
+    letter and ends after the last frame of its last letter.
+    """
+    words: list[FrameWord] = []
+    letters: list[str] = []
+    start = end = 0
+    previous = None
+    for frame, label in enumerate(int(x) for x in path):
+        if label == previous and letters and label not in (BLANK_ID, SEPARATOR_ID, SPACE_ID):
+            end = frame + 1  # the same letter held on
+        elif label != previous and label == SPACE_ID and letters:
+            words.append(("".join(letters), start, end))
+            letters = []
+        elif label != previous and label not in (BLANK_ID, SEPARATOR_ID, SPACE_ID):
+            start = frame if not letters else start
+            letters.append(SYMBOLS[label])
+            end = frame + 1
+        previous = label
+    if letters:
+        words.append(("".join(letters), start, end))
+    return words
+
+
 class GreedyDecoder:
     """Beam width 1: the most likely symbol per frame, collapsed. Fast enough to run inline."""
 
@@ -126,6 +156,10 @@ class GreedyDecoder:
 
     def decode(self, logits: Sequence[np.ndarray]) -> list[str]:
         return [greedy_text(matrix) for matrix in logits]
+
+    def words(self, logits: np.ndarray) -> list[FrameWord]:
+        """Words and their output frames ``[start, end)`` of one ``[T_out, 30]`` matrix."""
+        return greedy_frame_words(np.argmax(logits, axis=1)) if len(logits) else []
 
     def submit(self, logits: Sequence[np.ndarray]) -> PendingDecode:
         return PendingDecode(texts=self.decode(logits))
@@ -191,6 +225,16 @@ def _decode_in_worker(log_probs: np.ndarray) -> str:
     return _WORKER["decoder"].decode(log_probs, **_WORKER["options"])
 
 
+def _best_beam_words(decoder, log_probs: np.ndarray, options: dict) -> list[FrameWord]:
+    """The best beam's words with their frames (pyctcdecode's ``decode_beams``, same pruning as decode)."""
+    beams = decoder.decode_beams(log_probs, **options)
+    return [(word, int(a), int(b)) for word, (a, b) in beams[0][2]]
+
+
+def _words_in_worker(log_probs: np.ndarray) -> list[FrameWord]:
+    return _best_beam_words(_WORKER["decoder"], log_probs, _WORKER["options"])
+
+
 class BeamSearchDecoder:
     """CTC prefix beam search (pyctcdecode) with an optional KenLM model and dictionary.
 
@@ -249,6 +293,18 @@ class BeamSearchDecoder:
 
     def decode(self, logits: Sequence[np.ndarray]) -> list[str]:
         return self.submit(logits).result()
+
+    def words(self, logits: np.ndarray) -> list[FrameWord]:
+        """The best beam's words and their output frames ``[start, end)`` of one ``[T_out, 30]`` matrix
+        (the frames pyctcdecode aligns each word to; same text as :meth:`decode`)."""
+        if not len(logits):
+            return []
+        log_probs = beam_log_probs(logits)
+        if self._pool is not None:
+            return self._pool.apply(_words_in_worker, (log_probs,))
+        if self._local is None:
+            raise RuntimeError("decoder is closed")
+        return _best_beam_words(self._local, log_probs, self._options)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -4,7 +4,8 @@ The definition is restated in ``docs/extract.md``.
 
 80 log-Mel energies followed by 13 MFCCs, from 512-sample periodic-Hann windows every 160
 samples of 16 kHz audio, without centering or padding. Pure numpy/scipy (pocketfft) so that
-extraction workers start in well under a second: importing TensorFlow alone takes ~5 s.
+extraction workers start in well under a second: importing TensorFlow alone takes ~5 s. The same
+pipeline runs in a TensorFlow graph (:func:`graph_features`, the front end of an exported model).
 """
 
 from __future__ import annotations
@@ -64,6 +65,90 @@ def _mel_transposed() -> np.ndarray:
     return np.ascontiguousarray(mel_filterbank().T)
 
 
+@functools.cache
+def dct_matrix() -> np.ndarray:
+    """``float32 [80, 13]``: the first 13 orthonormal DCT-II basis vectors, so ``log_mel @ dct_matrix()``
+    equals ``scipy.fft.dct(log_mel, type=2, norm="ortho")[..., :13]`` (a product also runs in a graph)."""
+    n = np.arange(N_MELS)[:, None]
+    k = np.arange(N_MFCC)[None, :]
+    basis = np.cos(np.pi * k * (2 * n + 1) / (2 * N_MELS)) * np.sqrt(2.0 / N_MELS)
+    basis[:, 0] /= np.sqrt(2.0)
+    return np.ascontiguousarray(basis.astype(np.float32))
+
+
+class _NumpyOps:
+    """The feature pipeline's array operations on one numpy waveform ``[N]``."""
+
+    @staticmethod
+    def frames(samples, frame_count: int):
+        return np.lib.stride_tricks.as_strided(
+            samples,
+            shape=(frame_count, WINDOW),
+            strides=(HOP * samples.strides[0], samples.strides[0]),
+            writeable=False,
+        )
+
+    @staticmethod
+    def power(windowed):
+        spectrum = scipy.fft.rfft(windowed, n=N_FFT, axis=-1)
+        power = np.square(spectrum.real)
+        power += np.square(spectrum.imag)
+        return power
+
+    matmul = staticmethod(np.matmul)
+
+    @staticmethod
+    def log(values):
+        return np.log(values)
+
+    @staticmethod
+    def concat(parts):
+        return np.concatenate(parts, axis=-1)
+
+
+class _TensorFlowOps:
+    """The same operations on a TensorFlow waveform batch ``[B, N]`` (inside a graph: ``asr.export``)."""
+
+    @staticmethod
+    def frames(samples, frame_count):
+        import tensorflow as tf
+
+        return tf.signal.frame(samples, WINDOW, HOP, pad_end=False)[:, :frame_count]
+
+    @staticmethod
+    def power(windowed):
+        import tensorflow as tf
+
+        spectrum = tf.signal.rfft(windowed, fft_length=[N_FFT])
+        return tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))
+
+    @staticmethod
+    def matmul(a, b):
+        import tensorflow as tf
+
+        return tf.matmul(a, b)
+
+    @staticmethod
+    def log(values):
+        import tensorflow as tf
+
+        return tf.math.log(values)
+
+    @staticmethod
+    def concat(parts):
+        import tensorflow as tf
+
+        return tf.concat(parts, axis=-1)
+
+
+def _feature_pipeline(samples, frame_count, ops):
+    """THE feature definition, written once for both array libraries: frames of 512 samples every 160,
+    periodic Hann window, power spectrum, Slaney Mel, ``ln(energy + 1e-6)``, orthonormal DCT-II."""
+    power = ops.power(ops.frames(samples, frame_count) * _window())
+    log_mel = ops.log(ops.matmul(power, _mel_transposed()) + np.float32(LOG_OFFSET))
+    return ops.concat([log_mel, ops.matmul(log_mel, dct_matrix())])
+
+
 def compute_features(waveform: np.ndarray) -> np.ndarray:
     """Features of a mono 16 kHz waveform in [-1, 1): float32 array of shape (T, 93).
 
@@ -76,19 +161,22 @@ def compute_features(waveform: np.ndarray) -> np.ndarray:
     frame_count = num_frames(samples.shape[0])
     if frame_count == 0:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    frames = np.lib.stride_tricks.as_strided(
-        samples,
-        shape=(frame_count, WINDOW),
-        strides=(HOP * samples.strides[0], samples.strides[0]),
-        writeable=False,
-    )
-    spectrum = scipy.fft.rfft(frames * _window(), n=N_FFT, axis=-1)
-    power = np.square(spectrum.real)
-    power += np.square(spectrum.imag)
-    output = np.empty((frame_count, FEATURE_DIM), dtype=np.float32)
-    log_mel = output[:, :N_MELS]
-    np.matmul(power, _mel_transposed(), out=log_mel)
-    log_mel += np.float32(LOG_OFFSET)
-    np.log(log_mel, out=log_mel)
-    output[:, N_MELS:] = scipy.fft.dct(log_mel, type=2, norm="ortho", axis=-1)[:, :N_MFCC]
-    return output
+    return _feature_pipeline(samples, frame_count, _NumpyOps)
+
+
+def graph_features(waveforms, lengths):
+    """:func:`compute_features` of a padded TensorFlow batch, in a graph (the exported model's front end).
+
+    ``waveforms``: ``float32 [B, N]`` 16 kHz mono samples, each row valid up to ``lengths`` (``int32 [B]``
+    samples). Returns ``(features float32 [B, T, 93], frames int32 [B])`` with ``T = num_frames(N)`` and
+    ``frames = num_frames(lengths)``; a row's frames past its own count overlap its padding (the model
+    ignores them). Same pipeline as :func:`compute_features` (``tests/test_features.py`` compares them).
+    """
+    import tensorflow as tf
+
+    waveforms = tf.convert_to_tensor(waveforms, tf.float32)
+    lengths = tf.cast(lengths, tf.int32)
+    frame_count = tf.maximum(0, 1 + (tf.shape(waveforms)[1] - WINDOW) // HOP)
+    frames = tf.where(lengths < WINDOW, 0, 1 + (lengths - WINDOW) // HOP)
+    padded = tf.pad(waveforms, [[0, 0], [0, tf.maximum(0, WINDOW - tf.shape(waveforms)[1])]])
+    return _feature_pipeline(padded, frame_count, _TensorFlowOps), frames

@@ -8,7 +8,9 @@ normalized with the training split's mean and standard deviation, which ``asr.tr
 
 :func:`replica_logits_fn` turns any Keras model ``features [B, T, 93] -> logits [B, T_out, 30]`` into a
 :data:`LogitsFn` that runs it on every replica of a ``tf.distribute`` strategy; :func:`load_checkpoint`
-builds one from a run directory's checkpoint.
+builds one from a run directory's checkpoint (:func:`compiled_logits_fn`: XLA on one device instead).
+:func:`open_run` and :func:`open_export` give an :class:`AcousticModel` from a run directory or from an
+``asr.export`` directory (SavedModel, TFLite float32/int8, ONNX), the same interface for every backend.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from asr.files import read_json, write_json
 from asr.model import output_frames
 
 NORMALIZATION_FILE = "normalization.json"
+T = TypeVar("T")
 
 LogitsFn = Callable[
     [np.ndarray, np.ndarray, Sequence[Sequence[int]]], tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -192,8 +195,11 @@ def checkpoint_info(state: dict) -> dict[str, Any]:
     return info
 
 
-def load_checkpoint(run_dir: Path, checkpoint_path: str | Path, recipe: Recipe) -> tuple[LogitsFn, dict]:
-    """The evaluation model of ``recipe`` with a checkpoint's weights, on every local replica.
+def load_checkpoint(
+    run_dir: Path, checkpoint_path: str | Path, recipe: Recipe, xla: bool = False
+) -> tuple[LogitsFn, dict]:
+    """The evaluation model of ``recipe`` with a checkpoint's weights, on every local replica (or, with
+    ``xla``, XLA-compiled on one device: :func:`compiled_logits_fn`).
 
     Returns the :data:`LogitsFn` and the checkpoint's ``epoch``/``step``/``elapsed``; raises
     :class:`asr.checkpoint.CheckpointMismatchError` when the checkpoint does not fit the recipe and
@@ -203,12 +209,45 @@ def load_checkpoint(run_dir: Path, checkpoint_path: str | Path, recipe: Recipe) 
     from asr.strategy import make_strategy
 
     recipe = local_runtime(recipe)
-    strategy = make_strategy(recipe.runtime, env={})
+    if xla:
+        import tensorflow as tf
+
+        strategy = tf.distribute.get_strategy()
+    else:
+        strategy = make_strategy(recipe.runtime, env={})
     model = build_eval_model(recipe, strategy)
     restore_weights(model, checkpoint_path)
     mean, std = read_normalization(Path(run_dir), recipe)
     state = read_json(Path(f"{checkpoint_path}.json"), {})
+    if xla:
+        return compiled_logits_fn(model, recipe.model, mean, std), checkpoint_info(state)
     return model_logits_fn(recipe, strategy, model, mean, std), checkpoint_info(state)
+
+
+def compiled_logits_fn(
+    model, config: ModelConfig, mean: np.ndarray, std: np.ndarray, pad_frames: int = 100
+) -> LogitsFn:
+    """A :data:`LogitsFn` running ``model`` XLA-compiled (``jit_compile``) on one device.
+
+    On a CPU at batch 1 the recurrent loop's per-step overhead dominates (the cpu model: 3 × 2 loops of
+    ~530 steps for 16 s); XLA compiles each loop into one kernel, ~3× faster (``tools/bench_infer.py``).
+    Each new input shape compiles once (~1 s), so inputs are padded to a multiple of ``pad_frames``
+    (10 ms frames): padding changes no logits (the model masks it).
+    """
+    import tensorflow as tf
+
+    infer = tf.function(lambda x, n: model((x, n), training=False), jit_compile=True)
+
+    def logits_fn(features: np.ndarray, frames: np.ndarray, labels: Sequence[Sequence[int]]):
+        features = normalize(np.asarray(features, dtype=np.float32), np.asarray(frames), mean, std)
+        steps = features.shape[1]
+        padded = -(-steps // pad_frames) * pad_frames
+        features = np.pad(features, ((0, 0), (0, padded - steps), (0, 0)))
+        logits = infer(tf.constant(features), tf.constant(np.asarray(frames), tf.int32)).numpy()
+        out = np.asarray(output_frames(np.asarray(frames, np.int64), config))
+        return logits[:, : int(output_frames(steps, config))], out, np.full(len(frames), np.nan)
+
+    return logits_fn
 
 
 # --------------------------------------------------------------------------- a model ready to use
@@ -255,11 +294,15 @@ class AcousticModel:
         return self.run([compute_features(w) for w in waveforms])
 
 
-def open_run(
-    run_dir: str | Path, step: int | None = None, warn: Callable[[str], None] = print
-) -> AcousticModel:
-    """The newest undamaged checkpoint of a run directory (or the one at ``step``) as an
-    :class:`AcousticModel`; a damaged newer one is skipped with ``warn`` naming it and the one used.
+def restore_run(
+    run_dir: str | Path,
+    step: int | None,
+    restore: Callable[[Recipe, Any], T],
+    warn: Callable[[str], None] = print,
+) -> tuple[Recipe, Any, T]:
+    """``restore(recipe, checkpoint)`` on the newest undamaged checkpoint of a run directory (or the one at
+    ``step``); a damaged newer one is skipped with ``warn`` naming it and the one used. Returns the recipe,
+    the checkpoint's :class:`asr.checkpoint.CheckpointInfo` and what ``restore`` returned.
 
     Raises ``ValueError`` subclasses with one-line messages: no recipe, no (usable) checkpoint, a
     checkpoint of another model.
@@ -281,7 +324,129 @@ def open_run(
             raise NoValidCheckpointError(f"{checkpoints[0].path}: damaged ({problem})")
     if not checkpoints:
         raise NoValidCheckpointError(f"{run_dir}: no checkpoints yet")
-    checkpoint, (logits_fn, info) = restore_newest(
-        checkpoints, lambda c: load_checkpoint(run_dir, c.path, recipe), warn
+    checkpoint, result = restore_newest(checkpoints, lambda c: restore(recipe, c), warn)
+    return recipe, checkpoint, result
+
+
+def open_run(
+    run_dir: str | Path, step: int | None = None, warn: Callable[[str], None] = print, xla: bool = False
+) -> AcousticModel:
+    """The newest undamaged checkpoint of a run directory (or the one at ``step``) as an
+    :class:`AcousticModel` (:func:`restore_run`); ``xla``: :func:`compiled_logits_fn` instead."""
+    recipe, checkpoint, (logits_fn, info) = restore_run(
+        run_dir, step, lambda recipe, c: load_checkpoint(Path(run_dir), c.path, recipe, xla), warn
     )
     return AcousticModel(logits_fn, recipe, str(checkpoint.path), info)
+
+
+# --------------------------------------------------------------------------- from an export
+
+
+TFLITE_BACKENDS = {"tflite": "model.tflite", "tflite-int8": "model-int8.tflite"}
+EXPORT_BACKENDS = ("savedmodel", *TFLITE_BACKENDS, "onnx")
+
+
+class ExportNotFoundError(ValueError):
+    """An export directory that is missing, incomplete or lacks the requested backend."""
+
+
+def open_export(export_dir: str | Path, backend: str = "tflite", threads: int | None = None) -> AcousticModel:
+    """An ``asr.export`` directory as an :class:`AcousticModel` running ``backend``: ``savedmodel``
+    (TensorFlow, batches of utterances), ``tflite`` or ``tflite-int8`` (one utterance per call; the small
+    ``ai-edge-litert`` interpreter when installed, else TensorFlow's). ``threads``: interpreter threads
+    (TFLite; default: its own choice)."""
+    from asr.config import load_recipe
+
+    export_dir = Path(export_dir)
+    if not (export_dir / "export.json").is_file() or not (export_dir / "recipe.yaml").is_file():
+        raise ExportNotFoundError(f"{export_dir}: not an export directory of asr.export (no export.json)")
+    if backend not in EXPORT_BACKENDS:
+        raise ExportNotFoundError(f"backend {backend!r}: choose from {', '.join(EXPORT_BACKENDS)}")
+    metadata = read_json(export_dir / "export.json")
+    recipe = load_recipe(export_dir / "recipe.yaml")
+    info = {key: metadata[key] for key in ("epoch", "step", "elapsed") if key in metadata}
+    if backend == "savedmodel":
+        if not (export_dir / "saved_model.pb").is_file():
+            raise ExportNotFoundError(f"{export_dir}: no saved_model.pb (exported with --formats without it)")
+        return AcousticModel(_saved_model_logits_fn(export_dir), recipe, str(export_dir), info)
+    if backend == "onnx":
+        path = export_dir / "model.onnx"
+        if not path.is_file():
+            raise ExportNotFoundError(f"{path}: missing (export with --formats ... onnx)")
+        return AcousticModel(onnx_logits_fn(path, threads), recipe, str(path), info)
+    path = export_dir / TFLITE_BACKENDS[backend]
+    if not path.is_file():
+        raise ExportNotFoundError(f"{path}: missing (exported with --formats without {backend})")
+    return AcousticModel(tflite_logits_fn(path, threads), recipe, str(path), info, batch_size=1)
+
+
+def _saved_model_logits_fn(export_dir: Path) -> LogitsFn:
+    """A :data:`LogitsFn` calling the SavedModel's ``features`` signature (normalization inside)."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(export_dir)).signatures["features"]
+
+    def logits_fn(features, frames, labels):
+        out = signature(features=tf.constant(features, tf.float32), frames=tf.constant(frames, tf.int32))
+        loss = np.full(len(frames), np.nan)
+        return out["logits"].numpy(), out["output_frames"].numpy().astype(np.int64), loss
+
+    return logits_fn
+
+
+def onnx_logits_fn(path: Path, threads: int | None = None) -> LogitsFn:
+    """A :data:`LogitsFn` through ONNX Runtime (optional: ``onnxruntime``; see ``docs/inference.md``)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportNotFoundError(f"{path}: onnxruntime is not installed (see docs/inference.md)") from None
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def logits_fn(features, frames, labels):
+        inputs = {"features": np.asarray(features, np.float32), "frames": np.asarray(frames, np.int32)}
+        logits, out = session.run(["logits", "output_frames"], inputs)
+        return logits, out.astype(np.int64), np.full(len(frames), np.nan)
+
+    return logits_fn
+
+
+def tflite_interpreter(path: str | Path, threads: int | None = None):
+    """A TFLite interpreter for ``path``: ``ai_edge_litert`` (starts in ~0.1 s) or TensorFlow's."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - installed with the package
+        from tensorflow.lite.python.interpreter import Interpreter
+    return Interpreter(model_path=str(path), num_threads=threads)
+
+
+def tflite_logits_fn(path: str | Path, threads: int | None = None) -> LogitsFn:
+    """A :data:`LogitsFn` through an exported TFLite model (raw features ``[1, T, 93]`` and frames ``[1]`` in,
+    normalization inside): one interpreter call per utterance, each cut to its own frames."""
+    interpreter = tflite_interpreter(path, threads)
+    features_input, frames_input = (d["index"] for d in interpreter.get_input_details())
+    outputs = {len(d["shape_signature"]): d["index"] for d in interpreter.get_output_details()}
+    shape: list[tuple[int, ...]] = [()]
+
+    def one(features: np.ndarray) -> np.ndarray:
+        if features.shape != shape[0]:
+            interpreter.resize_tensor_input(features_input, features.shape)
+            interpreter.allocate_tensors()
+            shape[0] = features.shape
+        interpreter.set_tensor(features_input, features)
+        interpreter.set_tensor(frames_input, np.array([features.shape[1]], np.int32))
+        interpreter.invoke()
+        return interpreter.get_tensor(outputs[3])[0].copy()
+
+    def logits_fn(features, frames, labels):
+        rows = [one(np.ascontiguousarray(features[row : row + 1, : int(n)], np.float32))
+                for row, n in enumerate(frames)]  # fmt: skip
+        steps = max(len(r) for r in rows)
+        logits = np.zeros((len(rows), steps, rows[0].shape[1]), np.float32)
+        for row, values in enumerate(rows):
+            logits[row, : len(values)] = values
+        return logits, np.array([len(r) for r in rows], np.int64), np.full(len(rows), np.nan)
+
+    return logits_fn

@@ -36,11 +36,12 @@ def _time_major(x):
     return tf.transpose(x, [1, 0, *range(2, x.shape.rank)])
 
 
-def _per_step(dtype, steps):
-    """A TensorArray of one tensor per time step, readable more than once (forward and backward)."""
+def _per_step(dtype, steps, element_shape=None):
+    """A TensorArray of one tensor per time step, readable more than once (forward and backward).
+    ``element_shape`` (static where known) lets converters such as TFLite's lower it to plain tensors."""
     import tensorflow as tf
 
-    return tf.TensorArray(dtype, size=steps, clear_after_read=False)
+    return tf.TensorArray(dtype, size=steps, clear_after_read=False, element_shape=element_shape)
 
 
 def _step_masks(inputs, mask, zero_output_for_mask: bool):
@@ -108,15 +109,8 @@ def lstm_sequence(
         masks = _per_step(x.dtype, steps).unstack(step_masks)
 
         def forward(t, h, c, gates_out, h_out, c_out, y_out):
-            z = projected.read(t) + tf.matmul(h, recurrent_kernel)
-            i, f, g, o = tf.split(z, 4, axis=1)
-            i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-            c_new = f * c + i * g
-            h_new = o * tf.tanh(c_new)
-            m, carry = tf.split(masks.read(t), 2, axis=1)
-            h_next, c_next = h + m * (h_new - h), c + m * (c_new - c)
-            y = m * h_new + carry * h
-            return (t + 1, h_next, c_next, gates_out.write(t, tf.concat([i, f, g, o], 1)),
+            h_next, c_next, y, gates = _lstm_step(projected.read(t), h, c, recurrent_kernel, masks.read(t))
+            return (t + 1, h_next, c_next, gates_out.write(t, gates),
                     h_out.write(t, h), c_out.write(t, c), y_out.write(t, y))  # fmt: skip
 
         arrays = tuple(_per_step(x.dtype, steps) for _ in range(4))
@@ -176,16 +170,8 @@ def gru_sequence(inputs, mask, initial_h, kernel, recurrent_kernel, bias, zero_o
         masks = _per_step(x.dtype, steps).unstack(step_masks)
 
         def forward(t, h, gates_out, h_out, y_out):
-            x_z, x_r, x_h = tf.split(projected.read(t), 3, axis=1)
-            a_z, a_r, a_h = tf.split(tf.matmul(h, recurrent_kernel) + bias[1], 3, axis=1)
-            z, r = tf.sigmoid(x_z + a_z), tf.sigmoid(x_r + a_r)
-            hh = tf.tanh(x_h + r * a_h)
-            h_new = z * h + (1 - z) * hh
-            m, carry = tf.split(masks.read(t), 2, axis=1)
-            h_next = h + m * (h_new - h)
-            y = m * h_new + carry * h
-            return (t + 1, h_next, gates_out.write(t, tf.concat([z, r, hh, a_h], 1)), h_out.write(t, h),
-                    y_out.write(t, y))  # fmt: skip
+            h_next, y, gates = _gru_step(projected.read(t), h, recurrent_kernel, bias[1], masks.read(t))
+            return t + 1, h_next, gates_out.write(t, gates), h_out.write(t, h), y_out.write(t, y)
 
         arrays = tuple(_per_step(x.dtype, steps) for _ in range(3))
         _, h, gates, h_prev, ys = tf.while_loop(lambda t, *_: t < steps, forward, (0, initial_h, *arrays))
@@ -223,6 +209,62 @@ def gru_sequence(inputs, mask, initial_h, kernel, recurrent_kernel, bias, zero_o
     return run(inputs, initial_h, kernel, recurrent_kernel, bias)
 
 
+def _lstm_step(projected, h, c, recurrent_kernel, step_mask):
+    """One LSTM step: ``(h_next, c_next, output, gates [B, 4U])`` from the step's input projection."""
+    import tensorflow as tf
+
+    i, f, g, o = tf.split(projected + tf.matmul(h, recurrent_kernel), 4, axis=1)
+    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    c_new = f * c + i * g
+    h_new = o * tf.tanh(c_new)
+    m, carry = tf.split(step_mask, 2, axis=1)
+    return h + m * (h_new - h), c + m * (c_new - c), m * h_new + carry * h, tf.concat([i, f, g, o], 1)
+
+
+def _gru_step(projected, h, recurrent_kernel, recurrent_bias, step_mask):
+    """One GRU step (``reset_after``): ``(h_next, output, [z, r, hh, a_h] [B, 4U])``."""
+    import tensorflow as tf
+
+    x_z, x_r, x_h = tf.split(projected, 3, axis=1)
+    a_z, a_r, a_h = tf.split(tf.matmul(h, recurrent_kernel) + recurrent_bias, 3, axis=1)
+    z, r = tf.sigmoid(x_z + a_z), tf.sigmoid(x_r + a_r)
+    hh = tf.tanh(x_h + r * a_h)
+    h_new = z * h + (1 - z) * hh
+    m, carry = tf.split(step_mask, 2, axis=1)
+    return h + m * (h_new - h), m * h_new + carry * h, tf.concat([z, r, hh, a_h], 1)
+
+
+def forward_only(cell: str, inputs, mask, states, kernel, recurrent_kernel, bias, zero_output_for_mask=False):
+    """Inference: the same steps as :func:`lstm_sequence` / :func:`gru_sequence` (``cell`` "lstm" or "gru"),
+    without what the backward pass keeps (gates, previous states) and without a custom gradient, so that a
+    SavedModel and the TFLite converter take it. Returns ``(outputs [B, T, U], *final states)``."""
+    import tensorflow as tf
+
+    x = _time_major(inputs)
+    steps = tf.shape(x)[0]
+    step_masks = _step_masks(inputs, mask, zero_output_for_mask)
+    input_bias = bias if cell == "lstm" else bias[0]
+    gate_shape = x.shape[1:2] + kernel.shape[1:]
+    projected = _per_step(x.dtype, steps, gate_shape).unstack(_project(x, kernel, input_bias))
+    masks = _per_step(x.dtype, steps, step_masks.shape[1:]).unstack(step_masks)
+    output_shape = x.shape[1:2] + recurrent_kernel.shape[:1]
+
+    def forward(t, y_out, *states):
+        if cell == "lstm":
+            h, c, y, _ = _lstm_step(projected.read(t), *states, recurrent_kernel, masks.read(t))
+            return t + 1, y_out.write(t, y), h, c
+        h, y, _ = _gru_step(projected.read(t), *states, recurrent_kernel, bias[1], masks.read(t))
+        return t + 1, y_out.write(t, y), h
+
+    _, ys, *final = tf.while_loop(
+        lambda t, *_: t < steps,
+        forward,
+        (0, _per_step(x.dtype, steps, output_shape), *states),
+        maximum_iterations=steps,
+    )
+    return (_time_major(ys.stack()), *final)
+
+
 @functools.cache
 def layers():
     """``(LSTM, GRU)``: Keras' layers whose inner loop off cuDNN is :func:`lstm_sequence` /
@@ -245,8 +287,11 @@ def layers():
                 mask = mask[0]
             if self.go_backwards:
                 sequences, mask = reverse_time(sequences), reverse_time(mask)
-            weights = _weights(self.cell, sequences.dtype)
-            outputs, *states = self._sequence(sequences, mask, *states, *weights, self.zero_output_for_mask)
+            weights = (*_weights(self.cell, sequences.dtype), self.zero_output_for_mask)
+            if training:
+                outputs, *states = self._sequence(sequences, mask, *states, *weights)
+            else:
+                outputs, *states = forward_only(self._cell_kind, sequences, mask, states, *weights)
             return states[0], outputs, states
 
         def _fusable(self) -> bool:
@@ -262,12 +307,16 @@ def layers():
     class LSTM(FusedLoop, keras.layers.LSTM):
         """Keras' LSTM; off cuDNN, its loop is :func:`lstm_sequence`."""
 
+        _cell_kind = "lstm"
+
         def _sequence(self, *args):
             return lstm_sequence(*args)
 
     @keras.saving.register_keras_serializable(package="asr")
     class GRU(FusedLoop, keras.layers.GRU):
         """Keras' GRU (``reset_after``); off cuDNN, its loop is :func:`gru_sequence`."""
+
+        _cell_kind = "gru"
 
         def _sequence(self, *args):
             return gru_sequence(*args)

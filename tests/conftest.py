@@ -67,3 +67,21 @@ def run_module_limited():
         return run_python_module(module, *args, timeout=timeout, limit=limit)
 
     return run
+
+
+TINY_RECIPE = [
+    "model.conv_filters=8", "model.rnn_layers=1", "model.rnn_units=8", "train.global_batch=4",
+    "train.epochs=1", "eval.mode=loss", "eval.lm=", "eval.beam_width=2", "eval.decode_workers=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_shards, tmp_path_factory) -> Path:
+    """A run directory of ``asr.train`` holding one checkpoint of a tiny model (one epoch, ~10 s)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run_dir)]
+    for item in (f"data.train={tiny_shards / 'train'}", f"data.dev={tiny_shards / 'dev'}", *TINY_RECIPE):
+        command += ["--set", item]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_RECIPE
 
 from asr.decoding import BeamSearchDecoder, GreedyDecoder
 from asr.evaluate import (
@@ -369,24 +370,6 @@ def test_numeric_options_out_of_range_are_one_line_usage_errors(tmp_path, run_mo
     result = run_module("asr.evaluate", "--run", tmp_path, option, value)
     assert result.returncode == 2
     assert result.stderr == f"python -m asr.evaluate: error: argument {option}: {message} (see --help)\n"
-
-
-TINY_RECIPE = [
-    "model.conv_filters=8", "model.rnn_layers=1", "model.rnn_units=8", "train.global_batch=4",
-    "train.epochs=1", "eval.mode=loss", "eval.lm=", "eval.beam_width=2", "eval.decode_workers=1",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_shards, tmp_path_factory) -> Path:
-    """A run directory of ``asr.train`` holding one checkpoint of a tiny model (one epoch, ~10 s)."""
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run_dir)]
-    for item in (f"data.train={tiny_shards / 'train'}", f"data.dev={tiny_shards / 'dev'}", *TINY_RECIPE):
-        command += ["--set", item]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
 
 
 def copy_of(run_dir: Path, tmp_path: Path) -> Path:

@@ -102,3 +102,25 @@ def test_window_is_scipys_periodic_hann():
     expected = scipy.signal.get_window("hann", 512, fftbins=True)
     # ours is the float64 window rounded to float32: at most half an ulp of values <= 1, 2^-25 = 3e-8
     np.testing.assert_allclose(features._window(), expected, atol=1e-7)
+
+
+def test_dct_matrix_is_scipys_orthonormal_dct():
+    log_mel = np.random.default_rng(1).normal(size=(7, 80)).astype(np.float32)
+    expected = scipy.fft.dct(log_mel.astype(np.float64), type=2, norm="ortho", axis=-1)[:, :13]
+    np.testing.assert_allclose(log_mel @ features.dct_matrix(), expected, atol=1e-5)  # 80 float32 terms
+
+
+def test_graph_features_of_a_padded_batch_are_the_numpy_features(tiny_waveforms):
+    """The exported model's front end (TensorFlow graph) against asr.extract's (numpy): each is within
+    REFERENCE_TOLERANCE of the float64 reference, so they agree within twice that."""
+    import tensorflow as tf
+
+    waveforms = [*tiny_waveforms[:3], np.zeros(300, np.float32)]
+    longest = max(len(w) for w in waveforms)
+    batch = np.stack([np.pad(w, (0, longest - len(w))) for w in waveforms])
+    values, frames = features.graph_features(tf.constant(batch), tf.constant([len(w) for w in waveforms]))
+    for row, waveform in enumerate(waveforms):
+        expected = features.compute_features(waveform)
+        assert int(frames[row]) == len(expected) == features.num_frames(len(waveform))
+        difference = np.abs(values.numpy()[row, : len(expected)] - expected)
+        assert difference.max(initial=0) < 2 * REFERENCE_TOLERANCE

@@ -41,7 +41,7 @@ def outputs_and_gradients(layer, x, mask, initial_state):
     rng = np.random.default_rng(1)
     with tf.GradientTape() as tape:
         tape.watch([x, *initial_state])
-        outputs = layer(x, mask=mask, initial_state=initial_state)
+        outputs = layer(x, mask=mask, initial_state=initial_state, training=True)
         loss = sum(
             tf.reduce_sum(o * rng.normal(size=o.shape).astype("float32")) for o in tf.nest.flatten(outputs)
         )
@@ -57,15 +57,21 @@ def outputs_and_gradients(layer, x, mask, initial_state):
     [{}, {"go_backwards": True}, {"zero_output_for_mask": True}],
     ids=["forward", "backward", "zero"],
 )
-def test_fused_layer_gives_keras_outputs_and_gradients(cell, options, fused_calls):
+def keras_and_fused_layers(cell: str, options: dict):
+    """Keras' layer and ours with the same random weights, returning sequences and states."""
     fused_class = dict(zip(("LSTM", "GRU"), layers(), strict=True))[cell]
-    x, mask = inputs_and_mask()
     kwargs = {"return_sequences": True, "return_state": True, **options}
     reference, fused = getattr(keras.layers, cell)(UNITS, **kwargs), fused_class(UNITS, **kwargs)
     for layer in (reference, fused):
         layer.build((None, None, FEATURES))
     reference.set_weights([np.random.default_rng(2).normal(size=w.shape) for w in reference.get_weights()])
     fused.set_weights(reference.get_weights())
+    return reference, fused
+
+
+def test_fused_layer_gives_keras_outputs_and_gradients(cell, options, fused_calls):
+    x, mask = inputs_and_mask()
+    reference, fused = keras_and_fused_layers(cell, options)
     states = 2 if cell == "LSTM" else 1
     initial_state = [tf.constant(np.random.default_rng(3 + i).normal(size=(BATCH, UNITS)), tf.float32)
                      for i in range(states)]  # fmt: skip
@@ -83,6 +89,20 @@ def test_fused_layer_gives_keras_outputs_and_gradients(cell, options, fused_call
     for expected, actual in zip(expected_gradients, actual_gradients, strict=True):
         assert np.abs(expected).max() > 0
         assert_same_layer_gradient(actual, expected)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("options", [{}, {"go_backwards": True}, {"zero_output_for_mask": True}])
+def test_inference_runs_the_forward_only_loop_with_keras_outputs(cell, options, fused_calls):
+    """``training=False`` (evaluation, export) runs :func:`asr.recurrent.forward_only`: no custom gradient,
+    nothing kept for a backward pass; same outputs and final states as Keras."""
+    x, mask = inputs_and_mask()
+    reference, fused = keras_and_fused_layers(cell, options)
+    expected = reference(x, mask=mask, training=False)
+    actual = fused(x, mask=mask, training=False)
+    assert not fused_calls
+    for want, got in zip(tf.nest.flatten(expected), tf.nest.flatten(actual), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)  # as above
 
 
 def assert_same_layer_gradient(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -190,7 +210,7 @@ def test_fused_loop_compiles_with_xla_to_the_same_results():
     def run(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.reduce_sum(tf.square(layer(x, mask=mask)))
+            loss = tf.reduce_sum(tf.square(layer(x, mask=mask, training=True)))
         return loss, tape.gradient(loss, [x, *layer.trainable_variables])
 
     eager_loss, eager_gradients = run(x)
@@ -206,8 +226,8 @@ def test_configurations_the_fused_loop_does_not_implement_run_keras_loop(fused_c
     x, mask = inputs_and_mask()
     lstm, gru = layers()
     lstm(UNITS, recurrent_dropout=0.1)(x, mask=mask, training=True)
-    gru(UNITS, reset_after=False)(x, mask=mask)
-    lstm(UNITS, activation="relu")(x, mask=mask)
+    gru(UNITS, reset_after=False)(x, mask=mask, training=True)
+    lstm(UNITS, activation="relu")(x, mask=mask, training=True)
     assert fused_calls == []
-    lstm(UNITS)(x, mask=mask)
+    lstm(UNITS)(x, mask=mask, training=True)
     assert fused_calls == ["lstm_sequence"]
