@@ -113,12 +113,13 @@ def serving_module(model, recipe: Recipe, mean: np.ndarray, std: np.ndarray):
     from asr.features import graph_features
     from asr.model import output_frames
 
+    mean_values = np.asarray(mean, np.float32)  # graph constants: ONNX keeps captured tensors as inputs
+    std_values = np.where(std > 0, std, 1.0).astype(np.float32)
+
     class ServingModule(tf.Module):
         def __init__(self):
             super().__init__(name="asr_export")
             self.model = model
-            self.mean = tf.constant(mean, tf.float32)
-            self.std = tf.constant(np.where(std > 0, std, 1.0), tf.float32)
             self.alphabet = tf.constant(list(SYMBOLS))
             self.recipe_yaml = tf.constant(dump_recipe(recipe))
 
@@ -126,7 +127,7 @@ def serving_module(model, recipe: Recipe, mean: np.ndarray, std: np.ndarray):
             """Raw features ``[B, T, 93]`` -> ``(logits, output frames)``; padded frames zeroed after
             normalization, exactly as evaluation does (:func:`asr.inference.normalize`)."""
             valid = tf.sequence_mask(frames, tf.shape(features)[1])[..., None]
-            normalized = tf.where(valid, (features - self.mean) / self.std, 0.0)
+            normalized = tf.where(valid, (features - mean_values) / std_values, 0.0)
             return self.model((normalized, frames), training=False), output_frames(frames, recipe.model)
 
         def waveform_logits(self, waveforms, lengths):

@@ -133,3 +133,16 @@ def test_open_export_names_what_is_missing(tmp_path, exported):
         open_export(exported, "coreml")
     with pytest.raises(ExportNotFoundError, match=r"model\.onnx: missing"):
         open_export(exported, "onnx")
+
+
+def test_onnx_export_equals_the_checkpoint_model(tiny_run, tmp_path, dev_waveforms, reference):
+    """Optional format: runs where tf2onnx and onnxruntime are installed (docs/inference.md)."""
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    from asr.export import ExportOptions, write_export
+
+    write_export(ExportOptions(tiny_run, tmp_path / "onnx", formats=("onnx",)), log=lambda line: None)
+    model = open_export(tmp_path / "onnx", "onnx")
+    for logits, expected in zip(model.run_waveforms(dev_waveforms), reference, strict=True):
+        assert logits.shape == expected.shape
+        assert np.abs(logits - expected).max() < SAME_FEATURES_TOLERANCE

@@ -343,12 +343,15 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {backend: f"C{i}" for i, backend in enumerate(BACKENDS)}
     for axis, model in zip(axes, ("cpu", "paper"), strict=True):
         for result in (r for r in results if r["cell"]["model"] == model):
             cell = result["cell"]
             x = [r["seconds"] for r in result["lengths"]]
             y = [(r["features"] + r["network"] + r["greedy"]) * 1e3 for r in result["lengths"]]
-            axis.plot(x, y, marker="o", label=f"{cell['backend']}, {cell['threads']} thr")
+            style = "-" if cell["threads"] == 1 else "--"
+            axis.plot(x, y, marker="o", color=colours.get(cell["backend"]), linestyle=style,
+                      label=f"{cell['backend']}, {cell['threads']} thr")  # fmt: skip
         axis.set(
             title=f"{model} model", xlabel="audio seconds", ylabel="latency ms (features+network+greedy)"
         )
@@ -382,7 +385,11 @@ def main() -> None:
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="directory for results.md/json and the plot")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--replot", type=Path, help="only redraw the plot from a results.json")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.replot.read_text()), args.replot.with_name("latency.png"))
+        return
     if args.child:
         print(json.dumps(run_cell(Cell(**json.loads(args.child)))))
         return
