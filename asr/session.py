@@ -164,6 +164,26 @@ def learning_rate_at(recipe: Recipe, epoch: int) -> float:
     )
 
 
+def loss_scale(optimizer):
+    """The factor a :class:`keras.optimizers.LossScaleOptimizer` multiplies the loss by right now."""
+    return optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale
+
+
+def clip_gradients(grads, global_grads, clip_norm: float, scale=1.0):
+    """``grads`` scaled so that the global gradient's norm is at most ``clip_norm``.
+
+    ``global_grads``: the gradients summed over replicas, whose norm decides (every replica applies the
+    same factor to its share). Under float16 loss scaling the gradients carry the loss scale ``scale``:
+    the norm is measured on the unscaled gradients (divided by ``scale``), so that the clip does not
+    tighten by the loss scale (2^15 at the start); the factor applies to scaled and unscaled alike.
+    """
+    import tensorflow as tf
+
+    norm = tf.linalg.global_norm(global_grads) / tf.cast(scale, tf.float32)
+    factor = tf.minimum(1.0, clip_norm / (norm + 1e-12))
+    return [g * tf.cast(factor, g.dtype) for g in grads]
+
+
 def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None) -> Callable:
     """The compiled synchronous step over a distributed batch; returns (loss sum, bad-step flag, frames).
 
@@ -198,8 +218,8 @@ def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None)
             bad += tf.cast(~tf.math.is_finite(tf.linalg.global_norm(grads)), tf.float32)
         bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
         if clip_norm > 0:
-            norm = tf.linalg.global_norm(context.all_reduce(tf.distribute.ReduceOp.SUM, grads))
-            grads = [g * tf.minimum(1.0, clip_norm / (norm + 1e-12)) for g in grads]
+            summed = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            grads = clip_gradients(grads, summed, clip_norm, loss_scale(optimizer) if loss_scaled else 1.0)
 
         def apply_or_skip(distribution, grads, bad, before):
             ok = tf.equal(distribution.experimental_local_results(bad)[0], 0.0)

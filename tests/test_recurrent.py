@@ -51,12 +51,6 @@ def outputs_and_gradients(layer, x, mask, initial_state):
     ]
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-@pytest.mark.parametrize(
-    "options",
-    [{}, {"go_backwards": True}, {"zero_output_for_mask": True}],
-    ids=["forward", "backward", "zero"],
-)
 def keras_and_fused_layers(cell: str, options: dict):
     """Keras' layer and ours with the same random weights, returning sequences and states."""
     fused_class = dict(zip(("LSTM", "GRU"), layers(), strict=True))[cell]
@@ -69,6 +63,12 @@ def keras_and_fused_layers(cell: str, options: dict):
     return reference, fused
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"go_backwards": True}, {"zero_output_for_mask": True}],
+    ids=["forward", "backward", "zero"],
+)
 def test_fused_layer_gives_keras_outputs_and_gradients(cell, options, fused_calls):
     x, mask = inputs_and_mask()
     reference, fused = keras_and_fused_layers(cell, options)
