@@ -210,6 +210,12 @@ class RigConfig:
     price_usd: float = 0.0
     depreciation_years: float = 3.0
     """Price amortized over this many years of continuous use."""
+    cpu_watts_per_core: float = 0.0
+    """Power of one busy CPU core (W) for a CPU energy ESTIMATE where no power counter is read: the training
+    process tree's sampled CPU time × this. 0: no CPU energy. E.g. TDP / cores: 360 W / 96 = 3.75 (AMD EPYC
+    9654)."""
+    grid_g_co2_per_kwh: float = 0.0
+    """Carbon intensity of the electricity (g CO2 per kWh) for CO2 to accuracy; 0: no CO2 figures."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,6 +359,8 @@ BOUNDS: dict[str, Bound] = {
     "tta.sample_interval_seconds": Bound(0, low_open=True),
     "rig.price_usd": Bound(0),
     "rig.depreciation_years": Bound(0, note="0: no price per hour"),
+    "rig.cpu_watts_per_core": Bound(0, note="0: no CPU energy estimate"),
+    "rig.grid_g_co2_per_kwh": Bound(0, note="0: no CO2 figures"),
 }
 """Range of every numeric recipe value, by dotted key (``tests/test_config.py`` checks that every numeric
 field of every section is listed)."""

@@ -352,14 +352,31 @@ def phase_spans(run: Run) -> list[tuple[str, float, float]]:
     return spans
 
 
-def power_samples(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """Run-clock seconds and total GPU board power (watts) of the ``util`` samples that have power."""
+POWER_SOURCES = {
+    "gpu": "GPU board power, NVML (measured)",
+    "cpu": "CPU, ESTIMATE: CPU time x rig.cpu_watts_per_core",
+}
+
+
+def power_samples(run: Run, source: str = "gpu") -> tuple[np.ndarray, np.ndarray]:
+    """Run-clock seconds and watts of the ``util`` samples: ``gpu``, total GPU board power (NVML);
+    ``cpu``, an estimate, (``cpu_percent`` + ``children_cpu_percent``) / 100 busy cores ×
+    ``rig.cpu_watts_per_core`` (none when that is 0)."""
     times, watts = [], []
+    per_core = run.rig.cpu_watts_per_core
     for event in run.of_kind("util"):
-        powers = [g.get("power_w") for g in event.get("gpus") or [] if _number(g.get("power_w"))]
-        if powers and _number(event.get("elapsed")):
+        if not _number(event.get("elapsed")):
+            continue
+        if source == "gpu":
+            powers = [g.get("power_w") for g in event.get("gpus") or [] if _number(g.get("power_w"))]
+            if powers:
+                times.append(float(event["elapsed"]))
+                watts.append(sum(powers))
+        elif per_core > 0 and _number(event.get("cpu_percent")):
+            children = event.get("children_cpu_percent")
+            busy = float(event["cpu_percent"]) + (float(children) if _number(children) else 0.0)
             times.append(float(event["elapsed"]))
-            watts.append(sum(powers))
+            watts.append(busy / 100.0 * per_core)
     order = np.argsort(times, kind="stable")
     return np.asarray(times, dtype=float)[order], np.asarray(watts, dtype=float)[order]
 
@@ -380,13 +397,14 @@ def integrate(times: np.ndarray, values: np.ndarray, start: float, end: float) -
     return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2.0))
 
 
-def energy(run: Run) -> dict[str, Any] | None:
-    """Joules of GPU board power: total, per phase (training = the rest), per epoch; None if unsampled.
+def energy(run: Run, source: str = "gpu") -> dict[str, Any] | None:
+    """Joules of ``source`` (:func:`power_samples`): total, per phase (training = the rest), per epoch;
+    None if unsampled.
 
     Epoch k runs from the start of its first training step to the start of epoch k + 1, so it
     includes the evaluation and checkpointing that follow its training.
     """
-    times, watts = power_samples(run)
+    times, watts = power_samples(run, source)
     if len(times) < 2:
         return None
     total = integrate(times, watts, 0.0, math.inf)
@@ -701,42 +719,78 @@ def cost_table(report: Report) -> Table:
     )
 
 
-def energy_tables(report: Report) -> list[Table]:
-    """Energy to accuracy (kJ of GPU board power until each median-rule TTA) and per phase/epoch."""
+def _energy_rows(
+    run: Run, report: Report
+) -> tuple[list[list[str]], list[list[str]], list[float | None], float]:
+    """One run's energy-to-accuracy and per-phase rows (one per power source), joules to each target
+    summed over sources (None where not reached), and the whole run's joules."""
+    seconds = tta_seconds(run, report.targets, report.window)
     to_accuracy, phases = [], []
-    for run in report.runs:
-        result = energy(run)
+    summed: list[float | None] = [0.0] * len(report.targets)
+    whole = 0.0
+    for source in POWER_SOURCES:
+        result = energy(run, source)
         if result is None:
             continue
-        seconds = tta_seconds(run, report.targets, report.window)
         cells = []
-        for metric, target in report.targets:
+        for index, (metric, target) in enumerate(report.targets):
             value = seconds[(metric, target, "median")]
             joules = integrate(result["times"], result["watts"], 0.0, value) if _number(value) else None
+            summed[index] = None if joules is None or summed[index] is None else summed[index] + joules
             cells.append(_fmt(None if joules is None else joules / 1000, 1))
-        to_accuracy.append([run.label, _fmt(result["total"] / 1000), *cells])
+        whole += result["total"]
+        to_accuracy.append([run.label, source, _fmt(result["total"] / 1000), *cells])
         phase_text = ", ".join(f"{k} {v / 1000:.1f}" for k, v in result["phases"].items())
         epoch_text = ", ".join(f"{k}: {v / 1000:.1f}" for k, v in result["epochs"].items())
-        phases.append([run.label, phase_text, epoch_text])
+        phases.append([run.label, source, phase_text, epoch_text])
+    return to_accuracy, phases, summed, whole
+
+
+def energy_tables(report: Report) -> list[Table]:
+    """Energy to accuracy (kJ until each median-rule TTA) per power source, CO2 to accuracy, and energy
+    per phase/epoch."""
+    to_accuracy, phases, co2 = [], [], []
+    for run in report.runs:
+        rows, phase_rows, joules_to, whole = _energy_rows(run, report)
+        to_accuracy += rows
+        phases += phase_rows
+        intensity = run.rig.grid_g_co2_per_kwh
+        if rows and intensity > 0:
+            grams = [None if j is None else j / 3.6e6 * intensity for j in joules_to]
+            co2.append([run.label, f"{intensity:g}", _fmt(whole / 3.6e6 * intensity, 1),
+                        *[_fmt(g, 1) for g in grams]])  # fmt: skip
     if not to_accuracy:
         return [
             Table(
                 "Energy to accuracy",
                 ["run"],
                 [],
-                "No GPU power was sampled in any run (no NVML): no energy figures.",
+                "No power was sampled in any run (no NVML) and no run sets rig.cpu_watts_per_core: "
+                "no energy figures.",
             )
         ]
-    return [
+    sources = "; ".join(f"{key}: {text}" for key, text in POWER_SOURCES.items())
+    tables = [
         Table(
             "Energy to accuracy (median rule), kJ",
-            ["run", "whole run", *[_target_label(m, t) for m, t in report.targets]],
+            ["run", "source", "whole run", *[_target_label(m, t) for m, t in report.targets]],
             to_accuracy,
-            "GPU board power (NVML) integrated over the run clock (trapezoid); "
-            "CPU and host power are not measured.",
+            f"Power integrated over the run clock (trapezoid between the 1 s utilization samples). {sources} "
+            "(busy cores of the training process and its children; memory, idle cores and the rest of the "
+            "host are not counted). A run with both has one row each; CO2 adds them.",
         ),
-        Table("Energy per phase and per epoch, kJ", ["run", "per phase", "per epoch"], phases),
+        Table("Energy per phase and per epoch, kJ", ["run", "source", "per phase", "per epoch"], phases),
     ]
+    if co2:
+        tables.append(
+            Table(
+                "CO2 to accuracy (median rule), g",
+                ["run", "g CO2 per kWh", "whole run", *[_target_label(m, t) for m, t in report.targets]],
+                co2,
+                "g CO2 = (GPU + CPU energy) in kWh × rig.grid_g_co2_per_kwh; the CPU part is an estimate.",
+            )
+        )
+    return tables
 
 
 def throughput_table(report: Report) -> Table:

@@ -40,6 +40,8 @@ def write_run(
     step_scale=1.0,
     recipe=True,
     jitter=0.0,
+    cpu_watts_per_core=0.0,
+    grid_g_co2_per_kwh=0.0,
 ):
     """A run directory with a plausible event log: one eval per epoch with the given CER/WER %."""
     rng = np.random.default_rng(seed)
@@ -49,7 +51,13 @@ def write_run(
         values = Recipe(
             name=name,
             train=TrainConfig(global_batch=batch, seed=seed),
-            rig=RigConfig(name=rig, price_usd=price, depreciation_years=1.0),
+            rig=RigConfig(
+                name=rig,
+                price_usd=price,
+                depreciation_years=1.0,
+                cpu_watts_per_core=cpu_watts_per_core,
+                grid_g_co2_per_kwh=grid_g_co2_per_kwh,
+            ),
             tta=TTAConfig(),
         )
         (run_dir / "recipe.yaml").write_text(dump_recipe(values))
@@ -322,6 +330,29 @@ def test_integrate_power_by_hand():
     assert report.integrate(times, watts, 5, 10) == pytest.approx(375.0)  # (50 + 100) / 2 x 5 s
     assert report.integrate(times, watts, -5, 50) == pytest.approx(500.0)  # no extrapolation
     assert report.integrate(times[:1], watts[:1], 0, 10) == 0.0
+
+
+def test_cpu_energy_estimate_and_co2_to_accuracy(tmp_path):
+    run_dir = write_run(tmp_path / "cpu", CER_A, cpu_watts_per_core=4.0, grid_g_co2_per_kwh=400.0)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    times, watts = np.array([(e["elapsed"], e["cpu_percent"] / 100 * 4.0) for e in events
+                             if e["event"] == "util"]).T  # fmt: skip
+    by_hand = float(np.sum(np.diff(times) * (watts[1:] + watts[:-1]) / 2))  # trapezoids, 1 s apart
+    run = report.load_run(run_dir)
+    assert report.energy(run, "gpu") is None
+    assert report.energy(run, "cpu")["total"] == pytest.approx(by_hand, rel=1e-9)  # same sums, other order
+    status, out = run_report(tmp_path, [run_dir])
+    assert status == 0
+    md = (out / "report.md").read_text()
+    energy = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert f"| cpu | cpu | {by_hand / 1000:.1f} |" in energy and "ESTIMATE" in energy
+    co2 = md.split("## CO2 to accuracy")[1].split("##")[0]
+    assert f"| cpu | 400 | {by_hand / 3.6e6 * 400:.1f} |" in co2
+
+
+def test_no_cpu_estimate_without_a_per_core_figure(tmp_path):
+    run = report.load_run(write_run(tmp_path / "cpu", CER_A))
+    assert report.energy(run, "cpu") is None
 
 
 def test_energy_per_phase_and_epoch_add_up(tmp_path):
