@@ -325,7 +325,8 @@ def training_steps(run: Run) -> list[dict[str, Any]]:
 
 
 def throughput(run: Run) -> dict[str, float] | None:
-    """Utterances per second over training steps only: total, per replica, and the median step's."""
+    """Utterances per second over training steps only: total, per replica, and the median step's; and
+    seconds of (unpadded) audio per second, where the steps record it (``None`` otherwise)."""
     steps = [s for s in training_steps(run) if _number(s.get("batch_size"))]
     if not steps:
         return None
@@ -333,7 +334,9 @@ def throughput(run: Run) -> dict[str, float] | None:
     utterances = sum(float(s["batch_size"]) for s in steps)
     replicas = max(1, int(steps[-1].get("replicas") or run.replicas))
     total = utterances / seconds
+    audio = [float(s["audio_seconds"]) for s in steps if _number(s.get("audio_seconds"))]
     return {
+        "audio_per_second": sum(audio) / seconds if len(audio) == len(steps) else None,
         "total": total,
         "per_replica": total / replicas,
         "median_step": statistics.median(float(s["batch_size"]) / float(s["step_seconds"]) for s in steps),
@@ -804,6 +807,7 @@ def throughput_table(report: Report) -> Table:
                     "\u2014",
                     "\u2014",
                     "\u2014",
+                    "\u2014",
                     "0",
                     str(run.replicas),
                     str(run.global_batch or "?"),
@@ -816,6 +820,7 @@ def throughput_table(report: Report) -> Table:
                 f"{result['total']:.2f}",
                 f"{result['per_replica']:.2f}",
                 f"{result['median_step']:.2f}",
+                _fmt(result["audio_per_second"]),
                 str(result["steps"]),
                 str(result["replicas"]),
                 str(run.global_batch or "?"),
@@ -823,10 +828,11 @@ def throughput_table(report: Report) -> Table:
         )
     return Table(
         "Training throughput, utterances per second",
-        ["run", "total", "per replica", "median step", "steps", "replicas", "global batch"],
+        ["run", "total", "per replica", "median step", "audio s per s", "steps", "replicas", "global batch"],
         rows,
         "Utterances of all training steps / their step seconds: evaluation, swapping and checkpointing "
-        "excluded, as is the first step of each session (graph tracing).",
+        "excluded, as is the first step of each session (graph tracing). Audio s per s: seconds of speech "
+        "in those steps' utterances (padding excluded, after tempo perturbation) / the same step seconds.",
     )
 
 

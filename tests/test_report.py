@@ -193,9 +193,9 @@ def test_definition_throughput_and_runs_tables(tmp_path):
     md = (out / "report.md").read_text()
     assert status == 0
     assert "not the downtime" in md and "feature extraction" in md and "median of the last e" in md
-    # 79 timed steps of 5 s with 8 utterances (the 20 s first step is excluded): 1.6 utt/s
+    # 79 timed steps of 5 s with 8 utterances of 12 s (the 20 s first step is excluded): 1.6 utt/s, 19.2 s/s
     throughput = md.split("## Training throughput")[1].split("##")[0]
-    assert "| a | 1.60 | 1.60 | 1.60 | 79 | 1 | 8 |" in throughput
+    assert "| a | 1.60 | 1.60 | 1.60 | 19.2 | 79 | 1 | 8 |" in throughput
     runs = md.split("## Runs")[1].split("##")[0]
     assert f"| {eval_times(8)[-1] / 60:.1f} | 0.0 | not recorded | 8 | epochs |" in runs
 
