@@ -78,6 +78,14 @@ class DataConfig:
     """``fixed`` pads every batch to ``max_frames``; ``bucket`` groups similar lengths."""
     bucket_boundaries: tuple[int, ...] = (400, 600, 800, 1000, 1200, 1400)
     """Upper frame bounds of the length buckets when ``padding: bucket``."""
+    batch_by: Literal["utterances", "audio_seconds"] = "utterances"
+    """``utterances``: every batch holds ``train.global_batch`` utterances. ``audio_seconds`` (dynamic
+    batching, needs ``padding: bucket``): each bucket's batches hold as many utterances as fit in
+    ``batch_audio_seconds`` of padded audio per replica, so short utterances come many to a batch and long
+    ones few; utterances longer than ``max_frames`` are dropped."""
+    batch_audio_seconds: float = 0.0
+    """Padded audio per replica per batch (s) with ``batch_by: audio_seconds``: batch × padded frames ×
+    10 ms never exceeds it."""
     tempo_range: tuple[float, float] = (1.0, 1.0)
     """Tempo perturbation: each training utterance, each epoch, is played at a tempo factor drawn
     uniformly from this range (1.1: 10 % faster, 10 % fewer frames) by resampling its feature frames in
@@ -265,6 +273,20 @@ class Recipe:
             )
         if list(self.data.bucket_boundaries) != sorted(set(self.data.bucket_boundaries)):
             raise ConfigError(f"{where}: data.bucket_boundaries: must be strictly increasing")
+        self._validate_dynamic_batching(where)
+
+    def _validate_dynamic_batching(self, where: str) -> None:
+        data = self.data
+        if data.batch_by != "audio_seconds":
+            return
+        if data.padding != "bucket":
+            raise ConfigError(f"{where}: data.batch_by: audio_seconds needs data.padding: bucket")
+        if data.batch_audio_seconds * 100 < data.max_frames:
+            needed = data.max_frames / 100
+            raise ConfigError(
+                f"{where}: data.batch_audio_seconds: {data.batch_audio_seconds:g} s cannot hold one "
+                f"utterance of data.max_frames={data.max_frames} frames (at least {needed:g} s)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -357,6 +379,7 @@ BOUNDS: dict[str, Bound] = {
     "eval.decode_workers": Bound(0, note="0: all CPU cores"),
     "tta.window": _COUNT,
     "tta.sample_interval_seconds": Bound(0, low_open=True),
+    "data.batch_audio_seconds": Bound(0, note="0: batches by utterance count"),
     "rig.price_usd": Bound(0),
     "rig.depreciation_years": Bound(0, note="0: no price per hour"),
     "rig.cpu_watts_per_core": Bound(0, note="0: no CPU energy estimate"),

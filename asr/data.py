@@ -249,9 +249,30 @@ def _with_damage(shards: ShardSet, results: dict[str, dict]) -> ShardSet:
     )
 
 
+def length_capped(data: DataConfig) -> bool:
+    """Whether utterances longer than ``data.max_frames`` are dropped: with fixed padding, and with
+    dynamic batching (a batch must hold at least one utterance of its bucket's longest length)."""
+    return data.padding == "fixed" or data.batch_by == "audio_seconds"
+
+
+def bucket_batch_sizes(data: DataConfig, global_batch: int, replicas: int = 1) -> list[int]:
+    """Global batch size of each length bucket (``len(bucket_boundaries) + 1`` of them).
+
+    By utterances: ``global_batch`` everywhere. By audio seconds: per replica, as many utterances as fit in
+    ``batch_audio_seconds`` at the bucket's longest padded length (``boundary - 1`` frames; the last
+    bucket: ``max_frames``), times ``replicas`` so that every replica gets an equal share.
+    """
+    buckets = len(data.bucket_boundaries) + 1
+    if data.batch_by != "audio_seconds":
+        return [global_batch] * buckets
+    budget = round(data.batch_audio_seconds * 100)  # frames of 10 ms
+    longest = [b - 1 for b in data.bucket_boundaries] + [data.max_frames]
+    return [max(1, budget // max(1, n)) * replicas for n in longest]
+
+
 def drop_reason(frames: int, label_length: int, data: DataConfig, model: ModelConfig) -> str | None:
     """Why an utterance of ``frames`` input frames and ``label_length`` labels is not trainable, or None."""
-    if data.padding == "fixed" and frames > data.max_frames:
+    if length_capped(data) and frames > data.max_frames:
         return DROP_TOO_MANY_FRAMES
     if label_length < 1 or output_frames(frames, model) < label_length:
         return DROP_LABELS_TOO_LONG
@@ -272,7 +293,9 @@ class EpochPlan:
     """Audio in the kept utterances (10 ms per frame)."""
 
 
-def plan_epoch(shards: ShardSet, data: DataConfig, model: ModelConfig, global_batch: int) -> EpochPlan:
+def plan_epoch(
+    shards: ShardSet, data: DataConfig, model: ModelConfig, global_batch: int, replicas: int = 1
+) -> EpochPlan:
     """Count what :func:`training_dataset` keeps and how many full global batches it yields."""
     dropped: Counter[str] = Counter()
     kept_frames = []
@@ -284,7 +307,9 @@ def plan_epoch(shards: ShardSet, data: DataConfig, model: ModelConfig, global_ba
             kept_frames.append(frames)
     if data.padding == "bucket":
         buckets = np.searchsorted(np.asarray(data.bucket_boundaries), np.asarray(kept_frames), side="right")
-        steps = sum(int(n) // global_batch for n in np.bincount(buckets)) if kept_frames else 0
+        sizes = bucket_batch_sizes(data, global_batch, replicas)
+        counts = np.bincount(buckets, minlength=len(sizes)) if kept_frames else []
+        steps = sum(int(n) // size for n, size in zip(counts, sizes, strict=False))
     else:
         steps = len(kept_frames) // global_batch
     return EpochPlan(len(kept_frames), dict(dropped), steps, float(np.sum(kept_frames)) * 0.01)
@@ -327,7 +352,7 @@ def stretch_time(features, frames, factor):
 
 def perturb_tempo(features, frames, label_length, data: DataConfig, model: ModelConfig, seed):
     """:func:`stretch_time` by a factor drawn from ``data.tempo_range`` with stateless ``seed`` (int32
-    ``[2]``), unless the result could not hold the transcript or, with fixed padding, would exceed
+    ``[2]``), unless the result could not hold the transcript or, with a length cap, would exceed
     ``data.max_frames``: then the utterance is left as it is, so perturbation never drops one."""
     import tensorflow as tf
 
@@ -335,7 +360,7 @@ def perturb_tempo(features, frames, label_length, data: DataConfig, model: Model
     factor = low + (high - low) * tf.random.stateless_uniform([], seed=seed)
     stretched, count = stretch_time(features, frames, factor)
     fits = output_frames(count, model) >= label_length
-    if data.padding == "fixed":
+    if length_capped(data):
         fits &= count <= data.max_frames
     return tf.cond(fits, lambda: (stretched, count), lambda: (features, frames))
 
@@ -377,14 +402,16 @@ def training_dataset(
     skip_batches: int = 0,
     training: bool = True,
     tag_epoch: bool = False,
+    replicas: int = 1,
 ):
     """Batches ``(features [B, T, 93], frames [B], labels [B, L], label_lengths [B])`` for one epoch.
 
     ``tag_epoch`` appends ``epoch int32 [B]`` to each batch, so that a stream of several epochs
     (:func:`training_stream`) shows where each one ends.
 
-    ``B`` is the global batch (``tf.distribute`` splits it over replicas). ``training=False`` keeps file
-    and utterance order and applies no masking (validation loss).
+    ``B`` is the global batch (``tf.distribute`` splits it over replicas), per length bucket
+    :func:`bucket_batch_sizes` (``replicas``: for dynamic batching). ``training=False`` keeps file and
+    utterance order and applies no masking (validation loss).
     """
     import tensorflow as tf
 
@@ -407,7 +434,7 @@ def training_dataset(
     def trainable(features, frames, labels, label_length):
         fits = output_frames(frames, model) >= label_length
         fits &= label_length > 0
-        if data.padding == "fixed":
+        if length_capped(data):
             fits &= frames <= data.max_frames
         return fits
 
@@ -435,7 +462,7 @@ def training_dataset(
         batches = utterances.bucket_by_sequence_length(
             element_length_func=lambda features, frames, *rest: frames,
             bucket_boundaries=list(data.bucket_boundaries),
-            bucket_batch_sizes=[global_batch] * (len(data.bucket_boundaries) + 1),
+            bucket_batch_sizes=bucket_batch_sizes(data, global_batch, replicas),
             padded_shapes=([None, FEATURE_DIM], [], [None], [], *tag_shape),
             drop_remainder=True,
         )
@@ -462,6 +489,7 @@ def training_stream(
     epochs: int,
     seed: int,
     skip_batches: int = 0,
+    replicas: int = 1,
 ):
     """Epochs ``first_epoch .. epochs - 1`` as one dataset of epoch-tagged batches (see ``tag_epoch``).
 
@@ -479,6 +507,7 @@ def training_stream(
             seed,
             skip_batches=skip_batches if epoch == first_epoch else 0,
             tag_epoch=True,
+            replicas=replicas,
         )
         stream = batches if stream is None else stream.concatenate(batches)
     return stream

@@ -88,11 +88,12 @@ class TrainingSession:
     def save(self, step: int, state: dict[str, Any]):
         return self.checkpointer.save(step, state)
 
-    def train_step(self, batch) -> tuple[float, bool, float]:
-        """One synchronous step: ``(mean CTC loss per utterance, applied, unpadded audio seconds)``."""
-        loss_sum, bad, frames = self._step_fn(batch)
+    def train_step(self, batch) -> tuple[float, bool, float, int]:
+        """One synchronous step: ``(mean CTC loss per utterance, applied, unpadded audio seconds,
+        utterances in the global batch)``."""
+        loss_sum, bad, frames, utterances = self._step_fn(batch)
         applied = float(bad) == 0.0
-        return float(loss_sum) / self.recipe.train.global_batch, applied, float(frames) * 0.01
+        return float(loss_sum) / float(utterances), applied, float(frames) * 0.01, int(utterances)
 
     def poison(self, batch, value: float) -> tuple:
         """``batch`` with its features multiplied by ``value`` on every replica (``nan``/``inf``: a fault
@@ -185,10 +186,12 @@ def clip_gradients(grads, global_grads, clip_norm: float, scale=1.0):
 
 
 def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None) -> Callable:
-    """The compiled synchronous step over a distributed batch; returns (loss sum, bad-step flag, frames).
+    """The compiled synchronous step over a distributed batch; returns (loss sum, bad-step flag, frames,
+    utterances).
 
-    Each replica computes the CTC loss of its share divided by the *global* batch, so the gradients the
-    optimizer sums over replicas are the global batch's mean. A step whose loss or gradients are not
+    Each replica computes the CTC loss of its share divided by the *global* batch (this step's: with
+    dynamic batching it varies by length bucket), so the gradients the optimizer sums over replicas are
+    the global batch's mean. A step whose loss or gradients are not
     finite on any replica is skipped on all of them: no gradient is applied and the batch-norm statistics
     it moved are put back.
     """
@@ -197,7 +200,7 @@ def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None)
 
     from asr.model import ctc_loss
 
-    global_batch = recipe.train.global_batch
+    replicas = strategy.num_replicas_in_sync
     clip_norm = recipe.train.clip_norm
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     variables = model.trainable_variables
@@ -209,6 +212,7 @@ def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None)
             logits = model((features, frames), training=True)
             per_utterance = ctc_loss(labels, label_lengths, logits, output_frames(frames, recipe.model))
             loss_sum = tf.reduce_sum(per_utterance)
+            global_batch = tf.cast(tf.shape(features)[0] * replicas, tf.float32)  # varies by bucket
             loss = loss_sum / global_batch
             scaled = optimizer.scale_loss(loss) if loss_scaled else loss
         grads = tape.gradient(scaled, variables)
@@ -239,14 +243,15 @@ def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None)
             tf.cond(ok, apply, skip)
 
         context.merge_call(apply_or_skip, args=(grads, bad, before))
-        return loss_sum, bad, tf.cast(tf.reduce_sum(frames), tf.float32)
+        return loss_sum, bad, tf.cast(tf.reduce_sum(frames), tf.float32), tf.shape(frames)[0]
 
     def step(batch):
-        loss_sum, bad, frames = strategy.run(replica_step, args=batch)
+        loss_sum, bad, frames, utterances = strategy.run(replica_step, args=batch)
         return (
             strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
             strategy.reduce(tf.distribute.ReduceOp.MEAN, bad, axis=None),
             strategy.reduce(tf.distribute.ReduceOp.SUM, frames, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, utterances, axis=None),
         )
 
     jit = recipe.runtime.xla or None

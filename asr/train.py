@@ -307,7 +307,9 @@ class Trainer:
             raise TrainError(f"{shards.damage[0].describe('data.train')} (--strict)")
         for damage in shards.damage:
             self._warn(damage.describe("data.train"))
-        plan = data.plan_epoch(shards, self.recipe.data, self.recipe.model, self.recipe.train.global_batch)
+        replicas = self.strategy.num_replicas_in_sync
+        plan = data.plan_epoch(shards, self.recipe.data, self.recipe.model, self.recipe.train.global_batch,
+                               replicas)  # fmt: skip
         if plan.steps == 0:
             raise TrainError(
                 f"data.train: {self.recipe.data.train}: {plan.kept} trainable utterances make no full global "
@@ -494,7 +496,7 @@ class Trainer:
         batches = data.training_stream(
             self.shards, self.recipe.data, self.recipe.model, self.recipe.train.global_batch,
             self.progress.epoch, self.recipe.train.epochs, self.recipe.train.seed,
-            skip_batches=self.progress.batches_in_epoch,
+            skip_batches=self.progress.batches_in_epoch, replicas=self.strategy.num_replicas_in_sync,
         )  # fmt: skip
         return distributed_batches(self.strategy, batches, self.session)
 
@@ -543,7 +545,7 @@ class Trainer:
         fault = failpoints.hit("train.step", key=self.progress.step + self.progress.skipped_steps + 1)
         if fault in ("nan", "inf"):
             batch = self.session.poison(batch, float(fault))
-        loss, applied, audio = self.session.train_step(batch)
+        loss, applied, audio, utterances = self.session.train_step(batch)
         seconds = time.monotonic() - began
         self.progress.batches_in_epoch += 1
         self._bar.update(1)
@@ -552,14 +554,14 @@ class Trainer:
             return
         self.progress.step += 1
         self.progress.consecutive_bad_steps = 0
-        self._log_step(loss, seconds, audio)
+        self._log_step(loss, seconds, audio, utterances)
         if self.schedule.sample_due(self.progress.step):
             self._sample(batch)
         if self.schedule.checkpoint_due(self.progress.step):
             self._save()
 
-    def _log_step(self, loss: float, seconds: float, audio: float) -> None:
-        batch, replicas = self.recipe.train.global_batch, self.strategy.num_replicas_in_sync
+    def _log_step(self, loss: float, seconds: float, audio: float, batch: int) -> None:
+        replicas = self.strategy.num_replicas_in_sync
         eps = batch / seconds
         self.log.write("step", phase="train", loss=loss, batch_size=batch, replicas=replicas,
                        step_seconds=seconds, elements_per_second=eps,

@@ -167,3 +167,56 @@ def test_a_listed_shard_that_is_missing_is_damage_when_allowed(tiny_shards, tmp_
     (missing,) = opened.damage
     assert missing.file.endswith("gone.tfrecord.gz") and missing.lost == 5
     assert missing.reason.startswith("missing")
+
+
+DYNAMIC = DataConfig(padding="bucket", bucket_boundaries=(400, 700), batch_by="audio_seconds",
+                     batch_audio_seconds=20.0, readers=2, buffer=2)  # fmt: skip
+
+
+def test_bucket_batch_sizes_fill_the_audio_budget_per_replica():
+    assert data.bucket_batch_sizes(DYNAMIC, 16) == [2000 // 399, 2000 // 699, 2000 // 1670]
+    assert data.bucket_batch_sizes(DYNAMIC, 16, replicas=2) == [10, 4, 2]
+    assert data.bucket_batch_sizes(dataclasses.replace(DYNAMIC, batch_by="utterances"), 16) == [16, 16, 16]
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_dynamic_batches_never_exceed_the_budget_and_account_for_every_utterance(tiny_shards, replicas):
+    shards = data.open_shards(tiny_shards / "train")
+    config = dataclasses.replace(DYNAMIC, tempo_range=(0.8, 1.25))
+    plan = data.plan_epoch(shards, DYNAMIC, MODEL, 16, replicas)
+    batches = list(data.training_dataset(shards, config, MODEL, 16, epoch=0, seed=1, replicas=replicas)
+                   .as_numpy_iterator())  # fmt: skip
+    sizes = data.bucket_batch_sizes(DYNAMIC, 16, replicas)
+    assert len({b[0].shape[0] for b in batches}) > 1, "several batch sizes for the test to mean much"
+    for features, frames, _, _ in batches:
+        assert features.shape[0] * features.shape[1] <= 2000 * replicas  # padded frames within the budget
+        assert features.shape[0] % replicas == 0 and features.shape[0] in sizes
+        assert frames.max() <= DYNAMIC.max_frames
+    lengths = [n for _, n, labels in shards.lengths if data.drop_reason(n, labels, DYNAMIC, MODEL) is None]
+    per_bucket = np.bincount(np.searchsorted([400, 700], lengths, side="right"), minlength=3)
+    remainders = sum(int(n) % size for n, size in zip(per_bucket, sizes, strict=True))
+    untempo = list(data.training_dataset(shards, DYNAMIC, MODEL, 16, epoch=0, seed=1, replicas=replicas))
+    assert sum(int(b[0].shape[0]) for b in untempo) == plan.kept - remainders  # only partial batches left out
+    assert len(untempo) == plan.steps
+
+
+def test_a_resumed_epoch_continues_with_the_same_dynamic_batches(tiny_shards):
+    shards = data.open_shards(tiny_shards / "train")
+    config = dataclasses.replace(DYNAMIC, tempo_range=(0.8, 1.25))
+    whole = [
+        b[1].tolist() for b in data.training_dataset(shards, config, MODEL, 16, 0, 3).as_numpy_iterator()
+    ]
+    resumed = data.training_dataset(shards, config, MODEL, 16, 0, 3, skip_batches=2).as_numpy_iterator()
+    assert [b[1].tolist() for b in resumed] == whole[2:]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [("{batch_by: audio_seconds, batch_audio_seconds: 20}", "needs data.padding: bucket"),
+     ("{padding: bucket, batch_by: audio_seconds, batch_audio_seconds: 10}", "cannot hold one utterance")],
+)  # fmt: skip
+def test_dynamic_batching_settings_are_checked(tmp_path, values, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {values}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(recipe)

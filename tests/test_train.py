@@ -7,6 +7,7 @@ stop and resume, swap evaluation leaving training untouched, non-finite steps, a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -277,7 +278,7 @@ def test_non_finite_loss_step_is_skipped_and_weights_untouched(shards, tmp_path)
     poisoned[1, 7, 3] = np.nan
     frames = tf.constant([40, 40, 40, 40], tf.int32)
     labels, lengths = tf.ones([4, 5], tf.int32), tf.constant([5, 5, 5, 5], tf.int32)
-    loss, applied, _ = session.train_step((tf.constant(poisoned), frames, labels, lengths))
+    loss, applied, _, _ = session.train_step((tf.constant(poisoned), frames, labels, lengths))
     assert not applied and not np.isfinite(loss)
     for old, new in zip(before, session.model.get_weights(), strict=True):
         assert np.array_equal(old, np.asarray(new))
@@ -491,3 +492,14 @@ def test_summary_prints_the_paper_model():
     assert result.returncode == 0
     assert "total parameters: 25,632,830 (25.6 M)" in result.stdout
     assert "floor((T - 11) / 2) + 1 = 830 for T = 1670" in result.stdout
+
+
+def test_dynamic_batching_trains_batches_of_several_sizes_within_the_budget(shards, tmp_path):
+    run = tmp_path / "dynamic"
+    result = train(shards, run, "data.bucket_boundaries=[400,700]", "data.batch_by=audio_seconds",
+                   "data.batch_audio_seconds=20", "train.epochs=1", "eval.mode=loss")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [e for e in events(run) if e["event"] == "step"]
+    sizes = {e["batch_size"] for e in steps}
+    assert len(sizes) > 1 and sizes <= {2000 // 399, 2000 // 699, 2000 // 1670}
+    assert all(math.isfinite(e["loss"]) for e in steps)

@@ -3,9 +3,10 @@
     python tools/bench_padding.py [--recipe recipes/cpu.yaml] [--epochs 2]
 
 Runs the real input pipeline (``asr.data.training_dataset``: shuffling, tempo perturbation, buckets) over
-whole epochs of the recipe's training shards, side by side for fixed padding to ``data.max_frames`` and the
-recipe's length buckets, and counts per batch ``B × T`` frames processed against the ``frames`` of its
-utterances. Prints the padded share, utterances and batches per epoch.
+whole epochs of the recipe's training shards, side by side for fixed padding to ``data.max_frames``, the
+recipe's length buckets, and dynamic batching (``data.batch_by: audio_seconds``) over the same buckets, and
+counts per batch ``B × T`` frames processed against the ``frames`` of its utterances. Prints the padded
+share, utterances and batches per epoch.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def padded_share(recipe, padding: str, epochs: int) -> dict[str, float]:
+def padded_share(recipe, padding: str, epochs: int, audio_budget: float = 0.0) -> dict[str, float]:
     from asr import data
 
     config = dataclasses.replace(recipe.data, padding=padding)
+    if audio_budget:
+        config = dataclasses.replace(config, batch_by="audio_seconds", batch_audio_seconds=audio_budget)
     shards = data.open_shards(config.train, "data.train")
     processed = audio = utterances = batches = 0
     for epoch in range(epochs):
@@ -45,6 +48,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default=str(REPO / "recipes" / "cpu.yaml"))
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--audio-budget", type=float, default=0.0,
+                        help="dynamic batching budget in padded audio seconds (default: the buckets' mean "
+                        "padded length x the recipe's global batch, i.e. equal on average)")  # fmt: skip
     args = parser.parse_args()
     from asr.config import load_recipe
 
@@ -54,9 +60,12 @@ def main() -> None:
           f"{args.epochs} epoch(s) of {data.train}")  # fmt: skip
     print("| padding | padded frames / frames processed | utterances per epoch | batches per epoch | "
           "mean padded length (frames) |\n|---|---:|---:|---:|---:|")  # fmt: skip
-    for padding in ("fixed", "bucket"):
-        r = padded_share(recipe, padding, args.epochs)
-        print(f"| {padding} | {100 * r['padded_share']:.1f} % | {r['utterances_per_epoch']:.0f} "
+    rows = {"fixed": padded_share(recipe, "fixed", args.epochs)}
+    rows["bucket"] = padded_share(recipe, "bucket", args.epochs)
+    budget = args.audio_budget or rows["bucket"]["mean_padded_length"] * recipe.train.global_batch / 100
+    rows[f"bucket, {budget:.1f} audio-s per batch"] = padded_share(recipe, "bucket", args.epochs, budget)
+    for name, r in rows.items():
+        print(f"| {name} | {100 * r['padded_share']:.1f} % | {r['utterances_per_epoch']:.0f} "
               f"| {r['batches_per_epoch']:.0f} | {r['mean_padded_length']:.0f} |")  # fmt: skip
 
 
