@@ -282,8 +282,8 @@ def test_non_finite_loss_step_is_skipped_and_weights_untouched(shards, tmp_path)
     assert not applied and not np.isfinite(loss)
     for old, new in zip(before, session.model.get_weights(), strict=True):
         assert np.array_equal(old, np.asarray(new))
-    loss, applied, _ = session.train_step((tf.constant(features), frames, labels, lengths))
-    assert applied and np.isfinite(loss)
+    loss, applied, _, utterances = session.train_step((tf.constant(features), frames, labels, lengths))
+    assert applied and np.isfinite(loss) and utterances == 4
     after = session.model.get_weights()
     assert any(not np.array_equal(o, np.asarray(n)) for o, n in zip(before, after, strict=True))
 
