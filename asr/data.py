@@ -193,8 +193,10 @@ def _count_records(
 ) -> list[tuple[int, str | None]]:
     from concurrent.futures import ThreadPoolExecutor
 
+    import tensorflow as tf
     from tqdm import tqdm
 
+    tf.constant(0)  # TF's eager context starts here: its lazy start from several threads at once can segfault
     with ThreadPoolExecutor(max(1, workers)) as pool:
         counted = pool.map(lambda f: count_readable_records(f, shards.compression_type), files)
         quiet = not progress or len(files) < 2 or not sys.stderr.isatty()
