@@ -148,6 +148,9 @@ class TrainConfig:
     """Decode one training batch greedily and log a few sentences this often."""
     checkpoint_every_steps: int = 250
     keep_checkpoints: int = 3
+    accumulate_steps: int = 1
+    """Micro-batches (dataset batches) per optimizer update: gradients summed over them, divided by their
+    number. 1: none. Steps, checkpoints and the learning-rate schedule count updates."""
     max_consecutive_nan_steps: int = 5
     """After this many non-finite losses in a row, stop with the last good weights."""
     seed: int = 1234
@@ -369,6 +372,7 @@ BOUNDS: dict[str, Bound] = {
     "train.checkpoint_every_steps": Bound(0, note="0: only at epoch ends"),
     "train.keep_checkpoints": _COUNT,
     "train.max_consecutive_nan_steps": _COUNT,
+    "train.accumulate_steps": _COUNT,
     "train.seed": Bound(0, 2**32, high_open=True, note="NumPy's seed range"),
     "runtime.replicas": Bound(0, note="0: all GPUs, or one CPU"),
     "eval.beam_width": Bound(1, note="1: greedy"),

@@ -36,6 +36,9 @@ class TrainingSession:
         self.optimizer = None
         self.checkpointer = None
         self._step_fn = None
+        self._accumulate_fn = self._apply_fn = None
+        self._pending: list[tuple[float, float, float, int]] = []
+        """Micro-batches accumulated since the last update: (loss sum, bad, frames, utterances) each."""
         self._infer = None
         self.input_spec = None
         self.build()
@@ -59,23 +62,29 @@ class TrainingSession:
             optimizer=self.optimizer,
             dropout_random_state=random_state_variables(self.model),
         )
-        self._step_fn = make_train_step(
-            self.strategy, self.model, self.optimizer, self.recipe, self.input_spec
-        )
+        self._make_steps()
         if self.input_spec is not None:  # compile now, so that swap-in time includes it
-            self._step_fn.get_concrete_function()
+            (self._step_fn or self._accumulate_fn).get_concrete_function()
+
+    def _make_steps(self) -> None:
+        args = (self.strategy, self.model, self.optimizer, self.recipe, self.input_spec)
+        if self.recipe.train.accumulate_steps > 1:
+            self._accumulate_fn, self._apply_fn = make_accumulation_steps(*args)
+        else:
+            self._step_fn = make_train_step(*args)
 
     def set_input_spec(self, spec) -> None:
         """Fix the step's input signature (the distributed dataset's element spec): one trace per build."""
         if self.input_spec is None:
             self.input_spec = spec
-            self._step_fn = make_train_step(self.strategy, self.model, self.optimizer, self.recipe, spec)
+            self._make_steps()
 
     def release(self) -> None:
         """Drop model, optimizer and compiled step so their memory can be reused by evaluation."""
         import keras
 
         self.model = self.optimizer = self.checkpointer = self._step_fn = self._infer = None
+        self._accumulate_fn = self._apply_fn = None
         keras.backend.clear_session(free_memory=True)
         gc.collect()
 
@@ -88,12 +97,27 @@ class TrainingSession:
     def save(self, step: int, state: dict[str, Any]):
         return self.checkpointer.save(step, state)
 
-    def train_step(self, batch) -> tuple[float, bool, float, int]:
+    def train_step(self, batch) -> tuple[float, bool, float, int] | None:
         """One synchronous step: ``(mean CTC loss per utterance, applied, unpadded audio seconds,
-        utterances in the global batch)``."""
-        loss_sum, bad, frames, utterances = self._step_fn(batch)
-        applied = float(bad) == 0.0
-        return float(loss_sum) / float(utterances), applied, float(frames) * 0.01, int(utterances)
+        utterances in the global batch)``. With ``train.accumulate_steps`` N > 1 the batch is a micro-batch:
+        None until the N-th, whose update covers all N (:meth:`flush` applies fewer)."""
+        if self._accumulate_fn is None:
+            loss_sum, bad, frames, utterances = self._step_fn(batch)
+            applied = float(bad) == 0.0
+            return float(loss_sum) / float(utterances), applied, float(frames) * 0.01, int(utterances)
+        self._pending.append(tuple(float(x) for x in self._accumulate_fn(batch)))
+        return self.flush() if len(self._pending) >= self.recipe.train.accumulate_steps else None
+
+    def flush(self) -> tuple[float, bool, float, int] | None:
+        """Apply the micro-batches accumulated so far (at an epoch end or a stop); None if there are none."""
+        if not self._pending:
+            return None
+        import tensorflow as tf
+
+        bad = float(self._apply_fn(tf.constant(float(len(self._pending)))))
+        loss_sum, _, frames, utterances = (sum(column) for column in zip(*self._pending, strict=True))
+        self._pending = []
+        return loss_sum / utterances, bad == 0.0, frames * 0.01, int(utterances)
 
     def poison(self, batch, value: float) -> tuple:
         """``batch`` with its features multiplied by ``value`` on every replica (``nan``/``inf``: a fault
@@ -195,35 +219,76 @@ def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None)
     finite on any replica is skipped on all of them: no gradient is applied and the batch-norm statistics
     it moved are put back.
     """
-    import keras
     import tensorflow as tf
 
-    from asr.model import ctc_loss
-
-    replicas = strategy.num_replicas_in_sync
-    clip_norm = recipe.train.clip_norm
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    variables = model.trainable_variables
-    statistics = [v for v in model.non_trainable_variables if "seed_generator" not in v.path]
+    parts = _StepParts(strategy, model, optimizer, recipe)
 
     def replica_step(features, frames, labels, label_lengths):
-        before = [tf.identity(v) for v in statistics]
+        before = [tf.identity(v) for v in parts.statistics]
+        loss_sum, grads, bad = parts.gradients(features, frames, labels, label_lengths)
+        parts.clip_and_apply(grads, bad, before)
+        return loss_sum, bad, tf.cast(tf.reduce_sum(frames), tf.float32), tf.shape(frames)[0]
+
+    def step(batch):
+        return parts.reduce(strategy.run(replica_step, args=batch))
+
+    return _compile(step, recipe, input_spec)
+
+
+def _compile(step, recipe: Recipe, input_spec):
+    import tensorflow as tf
+
+    jit = recipe.runtime.xla or None
+    if input_spec is None:
+        return tf.function(step, reduce_retracing=True, jit_compile=jit)
+    return tf.function(step, input_signature=[input_spec], jit_compile=jit)
+
+
+class _StepParts:
+    """What the plain and the accumulating steps share, inside a replica: the loss and its gradients, and
+    the clip-then-apply-or-skip that every replica agrees on."""
+
+    def __init__(self, strategy, model, optimizer, recipe: Recipe):
+        import keras
+
+        self.strategy, self.model, self.optimizer, self.recipe = strategy, model, optimizer, recipe
+        self.replicas = strategy.num_replicas_in_sync
+        self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self.variables = model.trainable_variables
+        self.statistics = [v for v in model.non_trainable_variables if "seed_generator" not in v.path]
+
+    def gradients(self, features, frames, labels, label_lengths):
+        """``(loss sum, gradients of loss / global batch, all-reduced bad flag)`` of this replica's share."""
+        import tensorflow as tf
+
+        from asr.model import ctc_loss
+
         with tf.GradientTape() as tape:
-            logits = model((features, frames), training=True)
-            per_utterance = ctc_loss(labels, label_lengths, logits, output_frames(frames, recipe.model))
+            logits = self.model((features, frames), training=True)
+            per_utterance = ctc_loss(labels, label_lengths, logits, output_frames(frames, self.recipe.model))
             loss_sum = tf.reduce_sum(per_utterance)
-            global_batch = tf.cast(tf.shape(features)[0] * replicas, tf.float32)  # varies by bucket
+            global_batch = tf.cast(tf.shape(features)[0] * self.replicas, tf.float32)  # varies by bucket
             loss = loss_sum / global_batch
-            scaled = optimizer.scale_loss(loss) if loss_scaled else loss
-        grads = tape.gradient(scaled, variables)
-        context = tf.distribute.get_replica_context()
+            scaled = self.optimizer.scale_loss(loss) if self.loss_scaled else loss
+        grads = tape.gradient(scaled, self.variables)
         bad = tf.cast(~tf.math.is_finite(loss_sum), tf.float32)
-        if not loss_scaled:  # a loss-scaled optimizer skips overflowing steps itself
+        if not self.loss_scaled:  # a loss-scaled optimizer skips overflowing steps itself
             bad += tf.cast(~tf.math.is_finite(tf.linalg.global_norm(grads)), tf.float32)
-        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+        context = tf.distribute.get_replica_context()
+        return loss_sum, grads, context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+
+    def clip_and_apply(self, grads, bad, before) -> None:
+        """Clip by the global norm, then apply on every replica, or skip on every replica when ``bad`` (and
+        put the batch-norm statistics back to ``before``, where given)."""
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        clip_norm = self.recipe.train.clip_norm
         if clip_norm > 0:
             summed = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            grads = clip_gradients(grads, summed, clip_norm, loss_scale(optimizer) if loss_scaled else 1.0)
+            scale = loss_scale(self.optimizer) if self.loss_scaled else 1.0
+            grads = clip_gradients(grads, summed, clip_norm, scale)
+        optimizer, variables, statistics = self.optimizer, self.variables, self.statistics
 
         def apply_or_skip(distribution, grads, bad, before):
             ok = tf.equal(distribution.experimental_local_results(bad)[0], 0.0)
@@ -243,18 +308,62 @@ def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None)
             tf.cond(ok, apply, skip)
 
         context.merge_call(apply_or_skip, args=(grads, bad, before))
-        return loss_sum, bad, tf.cast(tf.reduce_sum(frames), tf.float32), tf.shape(frames)[0]
 
-    def step(batch):
-        loss_sum, bad, frames, utterances = strategy.run(replica_step, args=batch)
+    def reduce(self, per_replica):
+        """``(loss sum, bad flag, frames, utterances)`` over replicas."""
+        import tensorflow as tf
+
+        loss_sum, bad, frames, utterances = per_replica
+        sum_, mean = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
         return (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.MEAN, bad, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.SUM, frames, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.SUM, utterances, axis=None),
+            self.strategy.reduce(sum_, loss_sum, axis=None),
+            self.strategy.reduce(mean, bad, axis=None),
+            self.strategy.reduce(sum_, frames, axis=None),
+            self.strategy.reduce(sum_, utterances, axis=None),
         )
 
-    jit = recipe.runtime.xla or None
-    if input_spec is None:
-        return tf.function(step, reduce_retracing=True, jit_compile=jit)
-    return tf.function(step, input_signature=[input_spec], jit_compile=jit)
+
+def make_accumulation_steps(strategy, model, optimizer, recipe: Recipe, input_spec=None):
+    """Gradient accumulation (``train.accumulate_steps``): ``(accumulate, apply)`` compiled steps.
+
+    ``accumulate(batch)`` adds each replica's gradient of its micro-batch (loss / that micro-batch's
+    global size) into per-replica accumulators and counts non-finite ones; returns what a plain step
+    returns. ``apply(count)`` divides the sums by ``count`` micro-batches (the mean loss's gradient over
+    them: with equal micro-batches exactly one batch ``count`` times larger, batch normalization aside,
+    whose statistics come from each micro-batch), clips, applies on every replica or skips on every
+    replica when any micro-batch was non-finite, and empties the accumulators; returns the bad flag.
+    """
+    import tensorflow as tf
+
+    parts = _StepParts(strategy, model, optimizer, recipe)
+    on_read = {"trainable": False, "synchronization": tf.VariableSynchronization.ON_READ,
+               "aggregation": tf.VariableAggregation.SUM}  # fmt: skip
+    with strategy.scope():
+        sums = [tf.Variable(tf.zeros(v.shape, v.dtype), **on_read) for v in parts.variables]
+        bad_sum = tf.Variable(0.0, **on_read)
+
+    def replica_accumulate(features, frames, labels, label_lengths):
+        loss_sum, grads, bad = parts.gradients(features, frames, labels, label_lengths)
+        for total, grad in zip(sums, grads, strict=True):
+            total.assign_add(grad)
+        bad_sum.assign_add(bad)
+        return loss_sum, bad, tf.cast(tf.reduce_sum(frames), tf.float32), tf.shape(frames)[0]
+
+    def accumulate(batch):
+        return parts.reduce(strategy.run(replica_accumulate, args=batch))
+
+    def replica_apply(count):
+        grads = [tf.identity(total) / count for total in sums]
+        bad = tf.identity(bad_sum)
+        parts.clip_and_apply(grads, bad, [])
+        with tf.control_dependencies([*grads, bad]):
+            for total in sums:
+                total.assign(tf.zeros_like(total))
+            bad_sum.assign(0.0)
+        return bad
+
+    def apply(count):
+        mean = tf.distribute.ReduceOp.MEAN
+        return strategy.reduce(mean, strategy.run(replica_apply, args=(count,)), axis=None)
+
+    return _compile(accumulate, recipe, input_spec), tf.function(apply)

@@ -291,6 +291,8 @@ class Trainer:
         self.evaluator = None
         self.stop: StopFlag | None = None
         self._pending_batch = None
+        self._update_seconds = 0.0
+        """Seconds of the micro-batches of the update in progress (``train.accumulate_steps``)."""
         self._batches = None
         self._bar = None
         self._vote = None
@@ -511,10 +513,12 @@ class Trainer:
                 began = time.monotonic()
                 batch = self._next_batch(stream)
                 if batch is None:
+                    self._flush()
                     return None
                 reason = self._stop_reason()
                 if reason:
                     self._pending_batch = None  # not consumed: the resumed run reads it again
+                    self._flush()  # the checkpoint that follows holds every batch read so far
                     return reason
                 self._step(batch, began)
         finally:
@@ -545,17 +549,30 @@ class Trainer:
         fault = failpoints.hit("train.step", key=self.progress.step + self.progress.skipped_steps + 1)
         if fault in ("nan", "inf"):
             batch = self.session.poison(batch, float(fault))
-        loss, applied, audio, utterances = self.session.train_step(batch)
-        seconds = time.monotonic() - began
+        result = self.session.train_step(batch)
+        self._update_seconds += time.monotonic() - began
         self.progress.batches_in_epoch += 1
         self._bar.update(1)
+        if result is not None:
+            self._finish_update(result, batch)
+
+    def _flush(self) -> None:
+        """Apply the micro-batches accumulated so far (an epoch end or a stop inside an update)."""
+        result = self.session.flush()
+        if result is not None:
+            self._finish_update(result, None)
+
+    def _finish_update(self, result: tuple, batch: tuple | None) -> None:
+        """Count and log one optimizer update (or a skipped one); sample and checkpoint when due."""
+        loss, applied, audio, utterances = result
+        seconds, self._update_seconds = self._update_seconds, 0.0
         if not applied:
             self._skipped()
             return
         self.progress.step += 1
         self.progress.consecutive_bad_steps = 0
         self._log_step(loss, seconds, audio, utterances)
-        if self.schedule.sample_due(self.progress.step):
+        if batch is not None and self.schedule.sample_due(self.progress.step):
             self._sample(batch)
         if self.schedule.checkpoint_due(self.progress.step):
             self._save()

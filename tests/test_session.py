@@ -74,3 +74,46 @@ def test_reduced_precision_steps_give_float32s_losses(precision):
     assert skipped <= (2 if precision == "float16" else 0)
     kept = losses[skipped:]
     np.testing.assert_allclose(kept, reference[: len(kept)], rtol=PRECISION_TOLERANCE[precision])
+
+
+def test_accumulated_micro_batches_update_like_one_batch_of_their_union():
+    """Two micro-batches of 2 against one batch of 4, from the same initial weights. Every utterance is the
+    same one, so batch normalization sees the same statistics in both (with different utterances its
+    batch statistics, hence the gradients, would differ between micro-batches and their union; its moving
+    averages are updated once per micro-batch and are not compared). AdaDelta with epsilon 1 and learning
+    rate 1 moves each weight by about minus its gradient, so a gradient off by any factor shows."""
+    from asr.session import make_accumulation_steps
+
+    linear = ["train.optimizer=adadelta", "train.epsilon=1.0", "train.learning_rate=1.0",
+              "train.clip_norm=0"]  # fmt: skip
+    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, *linear])
+    features, frames, labels, lengths = (np.repeat(x[:1], 4, axis=0) for x in batch())
+    strategy = tf.distribute.get_strategy()
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        model = build_model(recipe.model)
+        return model, make_optimizer(recipe), [np.array(w) for w in model.trainable_weights]
+
+    whole, optimizer, initial = fresh()
+    make_train_step(strategy, whole, optimizer, recipe)(
+        tuple(map(tf.constant, (features, frames, labels, lengths)))
+    )
+    micro, optimizer, same_initial = fresh()
+    accumulate, apply = make_accumulation_steps(strategy, micro, optimizer, recipe)
+    half = tuple(tf.constant(x[:2]) for x in (features, frames, labels, lengths))
+    accumulate(half)
+    accumulate(half)
+    assert float(apply(tf.constant(2.0))) == 0.0
+    moved = max(
+        np.abs(np.array(w) - w0).max() for w, w0 in zip(whole.trainable_weights, initial, strict=True)
+    )
+    assert moved > 1e-3
+    for a, b, w0, w1 in zip(
+        whole.trainable_weights, micro.trainable_weights, initial, same_initial, strict=True
+    ):
+        np.testing.assert_array_equal(w0, w1)
+        # each gradient sums 4 x 120 frame terms, in another order on each side: 480 x 2^-24 = 2.9e-5 of the
+        # largest, and a weight moves by about its gradient: measured 1.2e-5 of the largest move (a wrong
+        # normalization, e.g. a sum for a mean, is off by 100 %)
+        np.testing.assert_allclose(np.array(b), np.array(a), atol=1e-4 * moved)

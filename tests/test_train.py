@@ -503,3 +503,25 @@ def test_dynamic_batching_trains_batches_of_several_sizes_within_the_budget(shar
     sizes = {e["batch_size"] for e in steps}
     assert len(sizes) > 1 and sizes <= {2000 // 399, 2000 // 699, 2000 // 1670}
     assert all(math.isfinite(e["loss"]) for e in steps)
+
+
+def test_accumulation_with_dynamic_batches_counts_updates_and_a_resumed_run_continues_the_same_order(
+    shards, tmp_path
+):
+    settings = ["data.bucket_boundaries=[400,700]", "data.batch_by=audio_seconds",
+                "data.batch_audio_seconds=20", "train.accumulate_steps=2", "train.epochs=1",
+                "eval.mode=loss"]  # fmt: skip
+    whole = tmp_path / "whole"
+    result = train(shards, whole, *settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    updates = [e for e in events(whole) if e["event"] == "step"]
+    batches = next(e for e in events(whole) if e["event"] == "run_start")["steps_per_epoch"]
+    assert len(updates) == -(-batches // 2) >= 3  # two micro-batches per update, the last one maybe alone
+    parted = tmp_path / "parted"
+    assert train(shards, parted, *settings, "train.max_steps=2").returncode == 0
+    result = train(shards, parted, *settings, "train.max_steps=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = [e for e in events(parted) if e["event"] == "step"]
+    assert [e["batch_size"] for e in resumed] == [e["batch_size"] for e in updates]
+    # one CPU process is deterministic and the resume restores weights, optimizer, data position and RNG
+    assert [e["loss"] for e in resumed] == [e["loss"] for e in updates]
