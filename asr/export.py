@@ -204,10 +204,9 @@ def export_metadata(recipe: Recipe, info: dict[str, Any], source: str, mean: np.
 
 def write_export(options: ExportOptions, log=print) -> dict[str, Any]:
     """Export the run's checkpoint as ``options`` say; returns ``export.json``'s content."""
-    from asr.inference import checkpoint_info, read_normalization, restore_run
+    from asr.inference import read_normalization, restore_run
 
-    recipe, checkpoint, (model, state) = restore_run(options.run_dir, options.step, _restore_model, warn=log)
-    info = checkpoint_info(state)
+    recipe, checkpoint, (model, info) = restore_run(options.run_dir, options.step, _restore_model, warn=log)
     checkpoint = checkpoint.path
     mean, std = read_normalization(options.run_dir, recipe)
     module = serving_module(model, recipe, mean, std)
@@ -226,14 +225,15 @@ def write_export(options: ExportOptions, log=print) -> dict[str, Any]:
 
 
 def _restore_model(recipe: Recipe, checkpoint):
-    """The model of ``recipe`` (no distribution strategy) with the checkpoint's weights and its state."""
+    """The model of ``recipe`` (no distribution strategy) with the checkpoint's weights, and the
+    checkpoint's ``epoch``/``step``/``elapsed``."""
     from asr.checkpoint import restore_weights
-    from asr.files import read_json
+    from asr.inference import saved_checkpoint_info
     from asr.model import build_model
 
     model = build_model(recipe.model, name="acoustic_model")
     restore_weights(model, checkpoint.path)
-    return model, read_json(Path(f"{checkpoint.path}.json"), {})
+    return model, saved_checkpoint_info(checkpoint.path)
 
 
 def _write_formats(module, formats: Sequence[str], directory: Path, log) -> dict[str, int]:

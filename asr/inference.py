@@ -195,6 +195,11 @@ def checkpoint_info(state: dict) -> dict[str, Any]:
     return info
 
 
+def saved_checkpoint_info(checkpoint_path: str | Path) -> dict[str, Any]:
+    """:func:`checkpoint_info` of the run state saved beside a checkpoint (``ckpt-N.json``; empty if none)."""
+    return checkpoint_info(read_json(Path(f"{checkpoint_path}.json"), {}))
+
+
 def load_checkpoint(
     run_dir: Path, checkpoint_path: str | Path, recipe: Recipe, xla: bool = False
 ) -> tuple[LogitsFn, dict]:
@@ -218,10 +223,10 @@ def load_checkpoint(
     model = build_eval_model(recipe, strategy)
     restore_weights(model, checkpoint_path)
     mean, std = read_normalization(Path(run_dir), recipe)
-    state = read_json(Path(f"{checkpoint_path}.json"), {})
+    info = saved_checkpoint_info(checkpoint_path)
     if xla:
-        return compiled_logits_fn(model, recipe.model, mean, std), checkpoint_info(state)
-    return model_logits_fn(recipe, strategy, model, mean, std), checkpoint_info(state)
+        return compiled_logits_fn(model, recipe.model, mean, std), info
+    return model_logits_fn(recipe, strategy, model, mean, std), info
 
 
 def compiled_logits_fn(
