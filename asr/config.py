@@ -86,6 +86,12 @@ class DataConfig:
     batch_audio_seconds: float = 0.0
     """Padded audio per replica per batch (s) with ``batch_by: audio_seconds``: batch × padded frames ×
     10 ms never exceeds it."""
+    static_shapes: bool = False
+    """Every training batch of a length bucket has one shape: features padded to the bucket's longest
+    length (``boundary - 1`` frames; the last bucket, and fixed padding: ``max_frames``), labels to the
+    output frames of that length. XLA compiles one program per input shape, so ``runtime.xla`` needs
+    this (one compilation per bucket instead of one per batch); utterances longer than ``max_frames``
+    are dropped. Costs padding: the frames up to the bucket's bound."""
     tempo_range: tuple[float, float] = (1.0, 1.0)
     """Tempo perturbation: each training utterance, each epoch, is played at a tempo factor drawn
     uniformly from this range (1.1: 10 % faster, 10 % fewer frames) by resampling its feature frames in
@@ -166,6 +172,8 @@ class RuntimeConfig:
     """Replicas on this machine: GPUs to use, or logical CPU devices without GPUs (0: all GPUs, one CPU)."""
     mixed_precision: Literal["float32", "float16", "bfloat16"] = "float32"
     xla: bool = False
+    """XLA-compile the training step (needs ``data.static_shapes``). The CTC loss is then TF's dense
+    formulation, since the fused sparse CTC kernel has no XLA version."""
     sync_batch_norm: bool = False
     """Batch-norm statistics over the global batch instead of each replica's slice."""
 
@@ -277,6 +285,11 @@ class Recipe:
         if list(self.data.bucket_boundaries) != sorted(set(self.data.bucket_boundaries)):
             raise ConfigError(f"{where}: data.bucket_boundaries: must be strictly increasing")
         self._validate_dynamic_batching(where)
+        if self.runtime.xla and not self.data.static_shapes:
+            raise ConfigError(
+                f"{where}: runtime.xla: true needs data.static_shapes: true (XLA compiles one program per "
+                "batch shape; without fixed shapes it recompiles nearly every step)"
+            )
 
     def _validate_dynamic_batching(self, where: str) -> None:
         data = self.data

@@ -252,9 +252,10 @@ def _with_damage(shards: ShardSet, results: dict[str, dict]) -> ShardSet:
 
 
 def length_capped(data: DataConfig) -> bool:
-    """Whether utterances longer than ``data.max_frames`` are dropped: with fixed padding, and with
-    dynamic batching (a batch must hold at least one utterance of its bucket's longest length)."""
-    return data.padding == "fixed" or data.batch_by == "audio_seconds"
+    """Whether utterances longer than ``data.max_frames`` are dropped: with fixed padding, with
+    dynamic batching (a batch must hold at least one utterance of its bucket's longest length), and with
+    static shapes (the last bucket is padded to ``max_frames``)."""
+    return data.padding == "fixed" or data.batch_by == "audio_seconds" or data.static_shapes
 
 
 def bucket_batch_sizes(data: DataConfig, global_batch: int, replicas: int = 1) -> list[int]:
@@ -459,27 +460,54 @@ def training_dataset(
     utterances = utterances.enumerate().map(
         lambda i, u: prepare(tf.cast(i, tf.int32), u), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    tag_shape = ([],) if tag_epoch else ()
-    if data.padding == "bucket":
-        batches = utterances.bucket_by_sequence_length(
-            element_length_func=lambda features, frames, *rest: frames,
-            bucket_boundaries=list(data.bucket_boundaries),
-            bucket_batch_sizes=bucket_batch_sizes(data, global_batch, replicas),
-            padded_shapes=([None, FEATURE_DIM], [], [None], [], *tag_shape),
-            drop_remainder=True,
-        )
-    else:
-        batches = utterances.padded_batch(
-            global_batch,
-            padded_shapes=([data.max_frames, FEATURE_DIM], [], [None], [], *tag_shape),
-            drop_remainder=True,
-        )
+    batches = _batch(utterances, data, model, global_batch, replicas, tag_epoch)
     if skip_batches:
         batches = batches.skip(skip_batches)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     options.deterministic = True
     return batches.prefetch(data.buffer).with_options(options)
+
+
+def _batch(utterances, data: DataConfig, model: ModelConfig, batch: int, replicas: int, tag_epoch: bool):
+    """Padded batches of one epoch's utterances: per length bucket or to ``max_frames``; with
+    ``data.static_shapes`` each bucket's batches share one shape (:func:`pad_labels_to_output`)."""
+    tag_shape = ([],) if tag_epoch else ()
+    if data.padding == "fixed":
+        labels_shape = [output_frames(data.max_frames, model)] if data.static_shapes else [None]
+        return utterances.padded_batch(
+            batch,
+            padded_shapes=([data.max_frames, FEATURE_DIM], [], labels_shape, [], *tag_shape),
+            drop_remainder=True,
+        )
+    boundaries = list(data.bucket_boundaries)
+    sizes = bucket_batch_sizes(data, batch, replicas)
+    if data.static_shapes and boundaries[-1] <= data.max_frames:
+        boundaries.append(data.max_frames + 1)  # the open last bucket padded to max_frames (never longer)
+        sizes.append(sizes[-1])
+    batches = utterances.bucket_by_sequence_length(
+        element_length_func=lambda features, frames, *rest: frames,
+        bucket_boundaries=boundaries,
+        bucket_batch_sizes=sizes,
+        padded_shapes=([None, FEATURE_DIM], [], [None], [], *tag_shape),
+        pad_to_bucket_boundary=data.static_shapes,
+        drop_remainder=True,
+    )
+    if data.static_shapes:
+        batches = batches.map(lambda *batch: pad_labels_to_output(batch, model))
+    return batches
+
+
+def pad_labels_to_output(batch, model: ModelConfig):
+    """``batch`` with its labels ``[B, L]`` padded or cut to ``[B, output_frames(T)]`` (``T``: the batch's
+    padded frames): the most labels any utterance of that length can have (so only padding is cut), and
+    labels' shape follows features'."""
+    import tensorflow as tf
+
+    features, frames, labels, *rest = batch
+    width = output_frames(tf.shape(features)[1], model)
+    labels = tf.pad(labels, [[0, 0], [0, tf.maximum(0, width - tf.shape(labels)[1])]])
+    return (features, frames, labels[:, :width], *rest)  # bucketing padded them to the bound: all zeros there
 
 
 def training_stream(

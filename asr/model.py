@@ -215,14 +215,24 @@ def sparse_labels(labels, label_lengths):
     return tf.SparseTensor(indices, values, tf.cast(tf.shape(labels, out_type=tf.int64), tf.int64))
 
 
-def ctc_loss(labels, label_lengths, logits, logit_lengths):
-    """CTC loss per utterance ``float32 [B]`` (nats) with ``tf.nn.ctc_loss`` on sparse labels.
+def ctc_loss(labels, label_lengths, logits, logit_lengths, xla: bool = False):
+    """CTC loss per utterance ``float32 [B]`` (nats) with ``tf.nn.ctc_loss``.
 
-    The sparse path is TF's fused CTC kernel: on this machine the dense ``keras.ops.ctc_loss`` made a whole
-    training step 2.4x slower on a small model.
+    On sparse labels it is TF's fused CTC kernel: on this machine the dense ``keras.ops.ctc_loss`` made a
+    whole training step 2.4x slower on a small model. That kernel has no XLA version, so under ``xla`` the
+    loss is TF's dense formulation (plain tensor ops, which XLA compiles).
     """
     import tensorflow as tf
 
+    if xla:
+        return tf.nn.ctc_loss(
+            labels=tf.cast(labels, tf.int32),
+            logits=tf.cast(logits, tf.float32),
+            label_length=tf.cast(label_lengths, tf.int32),
+            logit_length=tf.cast(logit_lengths, tf.int32),
+            logits_time_major=False,
+            blank_index=BLANK_ID,
+        )
     return tf.nn.ctc_loss(
         labels=sparse_labels(labels, label_lengths),
         logits=tf.cast(logits, tf.float32),

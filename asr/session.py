@@ -265,7 +265,8 @@ class _StepParts:
 
         with tf.GradientTape() as tape:
             logits = self.model((features, frames), training=True)
-            per_utterance = ctc_loss(labels, label_lengths, logits, output_frames(frames, self.recipe.model))
+            logit_frames = output_frames(frames, self.recipe.model)
+            per_utterance = ctc_loss(labels, label_lengths, logits, logit_frames, self.recipe.runtime.xla)
             loss_sum = tf.reduce_sum(per_utterance)
             global_batch = tf.cast(tf.shape(features)[0] * self.replicas, tf.float32)  # varies by bucket
             loss = loss_sum / global_batch

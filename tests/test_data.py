@@ -210,6 +210,35 @@ def test_a_resumed_epoch_continues_with_the_same_dynamic_batches(tiny_shards):
     assert [b[1].tolist() for b in resumed] == whole[2:]
 
 
+@pytest.mark.parametrize("config", [DYNAMIC, dataclasses.replace(DYNAMIC, batch_by="utterances")])
+def test_static_shapes_give_each_bucket_one_shape_and_the_same_batches(tiny_shards, config):
+    """Features padded to the bucket's bound (399, 699 or max_frames), labels to that length's output
+    frames; the batches hold the same utterances in the same order as with padding to the longest."""
+    shards = data.open_shards(tiny_shards / "train")
+    static = dataclasses.replace(config, static_shapes=True)
+    batches = list(data.training_dataset(shards, static, MODEL, 8, epoch=0, seed=5).as_numpy_iterator())
+    plain = list(data.training_dataset(shards, config, MODEL, 8, epoch=0, seed=5).as_numpy_iterator())
+    assert [b[1].tolist() for b in batches] == [b[1].tolist() for b in plain]
+    shapes = set()
+    for (features, frames, labels, _), (_, _, plain_labels, _) in zip(batches, plain, strict=True):
+        assert features.shape[1] in (399, 699, config.max_frames)
+        assert frames.max() <= features.shape[1]
+        assert labels.shape[1] == output_frames(features.shape[1], MODEL)
+        np.testing.assert_array_equal(labels[:, : plain_labels.shape[1]], plain_labels)
+        assert not labels[:, plain_labels.shape[1] :].any()
+        shapes.add((features.shape, labels.shape))
+    assert len(shapes) == len({b[0].shape[1] for b in batches}) <= 3
+
+
+def test_xla_needs_static_shapes(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("runtime: {xla: true}\n")
+    with pytest.raises(ConfigError, match=r"runtime\.xla: true needs data\.static_shapes: true"):
+        load_recipe(recipe)
+    recipe.write_text("runtime: {xla: true}\ndata: {static_shapes: true}\n")
+    assert load_recipe(recipe).runtime.xla
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [("{batch_by: audio_seconds, batch_audio_seconds: 20}", "needs data.padding: bucket"),

@@ -1,6 +1,6 @@
 """How much of what training computes is padding: frames in batches that carry no audio, per batching rule.
 
-    python tools/bench_padding.py [--recipe recipes/cpu.yaml] [--epochs 2]
+    python tools/bench_padding.py [--recipe recipes/cpu.yaml] [--epochs 2] [--set section.key=value ...]
 
 Runs the real input pipeline (``asr.data.training_dataset``: shuffling, tempo perturbation, buckets) over
 whole epochs of the recipe's training shards, side by side for fixed padding to ``data.max_frames``, the
@@ -51,10 +51,12 @@ def main() -> None:
     parser.add_argument("--audio-budget", type=float, default=0.0,
                         help="dynamic batching budget in padded audio seconds (default: the buckets' mean "
                         "padded length x the recipe's global batch, i.e. equal on average)")  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override as for asr.train, e.g. data.readers=2")  # fmt: skip
     args = parser.parse_args()
     from asr.config import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, args.set)
     data = recipe.data
     print(f"{args.recipe}: global batch {recipe.train.global_batch}, buckets {data.bucket_boundaries}, "
           f"{args.epochs} epoch(s) of {data.train}")  # fmt: skip

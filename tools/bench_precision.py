@@ -1,9 +1,11 @@
-"""Training step time per precision (``runtime.mixed_precision``), side by side in one process.
+"""Training step time per precision (``runtime.mixed_precision``) and with XLA (``runtime.xla``), side by
+side in one process.
 
     python tools/bench_precision.py [--recipe recipes/cpu.yaml] [--frames 600] [--steps 3]
 
 Builds the recipe's model, optimizer and compiled step (``asr.session.make_train_step``) for float32,
-bfloat16 and float16 in turn (float32 again at the end, to show the drift of the machine), and times
+float32 XLA-compiled (one program for the batch's fixed shape; the dense CTC loss), bfloat16 and float16 in
+turn (float32 again at the end, to show the drift of the machine), and times
 ``--steps`` steps on one fixed random batch of ``train.global_batch`` utterances of ``--frames`` frames after
 two warm-up steps; prints the median step and its ratio to the first float32 median. bfloat16 is fast only
 on CPUs with AVX-512 BF16 or AMX (oneDNN) and on GPUs; float16 needs a GPU's tensor cores.
@@ -21,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def median_step(recipe_path: str, precision: str, frames: int, steps: int) -> float:
+def median_step(recipe_path: str, precision: str, frames: int, steps: int, xla: bool = False) -> float:
     import keras
     import tensorflow as tf
 
@@ -29,7 +31,8 @@ def median_step(recipe_path: str, precision: str, frames: int, steps: int) -> fl
     from asr.model import build_model
     from asr.session import make_optimizer, make_train_step
 
-    recipe = load_recipe(recipe_path, [f"runtime.mixed_precision={precision}"])
+    xla_sets = ["runtime.xla=true", "data.static_shapes=true"] if xla else []
+    recipe = load_recipe(recipe_path, [f"runtime.mixed_precision={precision}", *xla_sets])
     batch = recipe.train.global_batch
     rng = np.random.default_rng(0)
     data = (
@@ -63,12 +66,14 @@ def main() -> None:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     native = [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags]
     print(f"CPU flags for reduced precision: {', '.join(native) or 'none'}")
-    print("| precision | median step s | vs float32 |\n|---|---:|---:|")
+    print("| step | median step s | vs float32 |\n|---|---:|---:|")
     first = None
-    for precision in ("float32", "bfloat16", "float16", "float32"):
-        seconds = median_step(args.recipe, precision, args.frames, args.steps)
+    for precision, xla in (("float32", False), ("float32", True), ("bfloat16", False), ("float16", False),
+                           ("float32", False)):  # fmt: skip
+        seconds = median_step(args.recipe, precision, args.frames, args.steps, xla)
         first = first or seconds
-        print(f"| {precision} | {seconds:.3f} | {seconds / first:.2f}× |", flush=True)
+        name = f"{precision} + XLA" if xla else precision
+        print(f"| {name} | {seconds:.3f} | {seconds / first:.2f}× |", flush=True)
 
 
 if __name__ == "__main__":
