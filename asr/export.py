@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import sys
 import time
@@ -50,7 +49,7 @@ import numpy as np
 
 from asr.config import Recipe, dump_recipe
 from asr.features import FEATURE_DIM, FRAME_SECONDS, SAMPLE_RATE
-from asr.files import write_json, write_text
+from asr.files import DirectoryExistsError, move_into_place, temporary_name, write_json, write_text
 from asr.inference import TFLITE_BACKENDS as TFLITE_FILES
 from asr.text import BLANK_ID, SEPARATOR_ID, SYMBOLS
 
@@ -204,13 +203,13 @@ def export_metadata(recipe: Recipe, info: dict[str, Any], source: str, mean: np.
 
 def write_export(options: ExportOptions, log=print) -> dict[str, Any]:
     """Export the run's checkpoint as ``options`` say; returns ``export.json``'s content."""
-    from asr.inference import read_normalization, restore_run
+    from asr.inference import read_normalization, restore_model, restore_run
 
-    recipe, checkpoint, (model, info) = restore_run(options.run_dir, options.step, _restore_model, warn=log)
+    recipe, checkpoint, (model, info) = restore_run(options.run_dir, options.step, restore_model, warn=log)
     checkpoint = checkpoint.path
     mean, std = read_normalization(options.run_dir, recipe)
     module = serving_module(model, recipe, mean, std)
-    temporary = options.out.with_name(f"{options.out.name}.tmp-{os.getpid()}")
+    temporary = temporary_name(options.out)
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     try:
@@ -218,22 +217,10 @@ def write_export(options: ExportOptions, log=print) -> dict[str, Any]:
         metadata["files"] = _write_formats(module, options.formats, temporary, log)
         write_text(temporary / "recipe.yaml", dump_recipe(recipe))
         write_json(temporary / EXPORT_FILE, metadata)
-        _move_into_place(temporary, options.out, options.force)
+        move_into_place(temporary, options.out, options.force)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return metadata
-
-
-def _restore_model(recipe: Recipe, checkpoint):
-    """The model of ``recipe`` (no distribution strategy) with the checkpoint's weights, and the
-    checkpoint's ``epoch``/``step``/``elapsed``."""
-    from asr.checkpoint import restore_weights
-    from asr.inference import saved_checkpoint_info
-    from asr.model import build_model
-
-    model = build_model(recipe.model, name="acoustic_model")
-    restore_weights(model, checkpoint.path)
-    return model, saved_checkpoint_info(checkpoint.path)
 
 
 def _write_formats(module, formats: Sequence[str], directory: Path, log) -> dict[str, int]:
@@ -282,19 +269,6 @@ def onnx_bytes(module) -> bytes:
     return proto.SerializeToString()
 
 
-def _move_into_place(temporary: Path, out: Path, force: bool) -> None:
-    """Rename the finished export to ``out``; an existing ``out`` is moved aside first (``--force``)."""
-    if out.exists():
-        if not force:
-            raise ExportError(f"{out}: exists (use --force to replace it)")
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(temporary, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temporary, out)
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -323,11 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = parse_args(argv)
         if options.out.exists() and not options.force:
-            raise ExportError(f"{options.out}: exists (use --force to replace it)")
+            raise DirectoryExistsError(f"{options.out}: exists (use --force to replace it)")
         started = time.perf_counter()
         metadata = write_export(options, log=lambda line: print(line, file=sys.stderr))
-    except (ExportError, NoValidCheckpointError, CheckpointMismatchError, CheckpointDamagedError,
-            WriteError) as error:  # fmt: skip
+    except (ExportError, DirectoryExistsError, NoValidCheckpointError, CheckpointMismatchError,
+            CheckpointDamagedError, WriteError) as error:  # fmt: skip
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:

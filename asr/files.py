@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -131,3 +132,25 @@ def remove_temporaries(directory: str | os.PathLike, pattern: str = "*") -> list
             _remove(leftover)
             removed.append(leftover)
     return removed
+
+
+class DirectoryExistsError(FileExistsError):
+    """An output directory that exists and may not be replaced; ``str()`` is one line naming it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "directory exists"
+
+
+def move_into_place(temporary: Path, out: Path, force: bool) -> None:
+    """Rename a finished output directory ``temporary`` to ``out``. An existing ``out`` is replaced only
+    with ``force`` (moved aside, then removed, so a reader never sees half of either); otherwise
+    :class:`DirectoryExistsError`."""
+    if out.exists():
+        if not force:
+            raise DirectoryExistsError(f"{out}: exists (use --force to replace it)")
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(temporary, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temporary, out)

@@ -200,6 +200,18 @@ def saved_checkpoint_info(checkpoint_path: str | Path) -> dict[str, Any]:
     return checkpoint_info(read_json(Path(f"{checkpoint_path}.json"), {}))
 
 
+def restore_model(recipe: Recipe, checkpoint) -> tuple[Any, dict[str, Any]]:
+    """The model of ``recipe`` (no distribution strategy, training graph) with a checkpoint's weights, and
+    the checkpoint's ``epoch``/``step``/``elapsed``: for stages that rewrite the weights (export,
+    compress); a ``restore`` for :func:`restore_run`."""
+    from asr.checkpoint import restore_weights
+    from asr.model import build_model
+
+    model = build_model(recipe.model, name="acoustic_model")
+    restore_weights(model, checkpoint.path)
+    return model, saved_checkpoint_info(checkpoint.path)
+
+
 def load_checkpoint(
     run_dir: Path, checkpoint_path: str | Path, recipe: Recipe, xla: bool = False
 ) -> tuple[LogitsFn, dict]:
