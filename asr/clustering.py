@@ -94,10 +94,10 @@ def kmeans(
         order = np.argsort(updated, kind="stable")
         centroids = updated[order]
         new = assign(flat, centroids)
-        if np.array_equal(new, np.argsort(order, kind="stable")[indices]):
-            indices = new
-            break
+        settled = np.array_equal(new, np.argsort(order, kind="stable")[indices])
         indices = new
+        if settled:
+            break
     return centroids.astype(np.float32), indices.astype(np.uint16 if clusters > 256 else np.uint8)
 
 

@@ -42,8 +42,8 @@ from asr import clustering
 from asr.config import dump_recipe
 from asr.files import (
     DirectoryExistsError,
-    move_into_place,
-    temporary_name,
+    directory_in_place,
+    refuse_existing,
     write_bytes,
     write_json,
     write_text,
@@ -138,16 +138,12 @@ def compress(config: CompressConfig, log=print) -> dict[str, Any]:
     float_bytes = sum(int(np.prod(v.shape)) * 4 for v in clustered.values())
     report = {
         "source": str(checkpoint.path), "step": checkpoint.step, "method": config.method,
-        "clusters": config.clusters,
-        "scope": config.scope, "bits": config.index_bits, "tables": len(tables),
+        "clusters": config.clusters, "scope": config.scope, "bits": config.index_bits, "tables": len(tables),
         "clustered_tensors": sorted(clustered), "plain_tensors": sorted(plain),
         "clustered_float32_bytes": float_bytes, "compact_file_bytes": len(compact),
         "kmeans_seconds": round(kmeans_seconds, 3), "seed": config.seed,
     }  # fmt: skip
-    temporary = temporary_name(config.out)
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    try:
+    with directory_in_place(config.out, config.force) as temporary:
         write_text(temporary / "recipe.yaml", dump_recipe(recipe))
         shutil.copyfile(config.run_dir / NORMALIZATION_FILE, temporary / NORMALIZATION_FILE)
         state = dict(checkpoint.state, compression=report)
@@ -155,9 +151,6 @@ def compress(config: CompressConfig, log=print) -> dict[str, Any]:
         Checkpointer(temporary, keep=1, model=model).save(checkpoint.step, state)
         write_bytes(temporary / COMPACT_FILE, compact)
         write_json(temporary / REPORT_FILE, report)
-        move_into_place(temporary, config.out, config.force)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
     what = (
         "per-channel int8"
         if config.method == "int8"
@@ -205,8 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         config = parse_args(argv)
-        if config.out.exists() and not config.force:
-            raise DirectoryExistsError(f"{config.out}: exists (use --force to replace it)")
+        refuse_existing(config.out, config.force)
         report = compress(config, log=lambda line: print(line, file=sys.stderr))
     except (CompressError, DirectoryExistsError, NoValidCheckpointError, CheckpointMismatchError,
             CheckpointDamagedError, WriteError) as error:  # fmt: skip

@@ -494,7 +494,7 @@ def _batch(utterances, data: DataConfig, model: ModelConfig, batch: int, replica
         drop_remainder=True,
     )
     if data.static_shapes:
-        batches = batches.map(lambda *batch: pad_labels_to_output(batch, model))
+        batches = batches.map(lambda *elements: pad_labels_to_output(elements, model))
     return batches
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -49,7 +48,7 @@ import numpy as np
 
 from asr.config import Recipe, dump_recipe
 from asr.features import FEATURE_DIM, FRAME_SECONDS, SAMPLE_RATE
-from asr.files import DirectoryExistsError, move_into_place, temporary_name, write_json, write_text
+from asr.files import DirectoryExistsError, directory_in_place, refuse_existing, write_json, write_text
 from asr.inference import TFLITE_BACKENDS as TFLITE_FILES
 from asr.text import BLANK_ID, SEPARATOR_ID, SYMBOLS
 
@@ -209,17 +208,11 @@ def write_export(options: ExportOptions, log=print) -> dict[str, Any]:
     checkpoint = checkpoint.path
     mean, std = read_normalization(options.run_dir, recipe)
     module = serving_module(model, recipe, mean, std)
-    temporary = temporary_name(options.out)
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    try:
+    with directory_in_place(options.out, options.force) as temporary:
         metadata = export_metadata(recipe, info, str(checkpoint), mean, std)
         metadata["files"] = _write_formats(module, options.formats, temporary, log)
         write_text(temporary / "recipe.yaml", dump_recipe(recipe))
         write_json(temporary / EXPORT_FILE, metadata)
-        move_into_place(temporary, options.out, options.force)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
     return metadata
 
 
@@ -296,8 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         options = parse_args(argv)
-        if options.out.exists() and not options.force:
-            raise DirectoryExistsError(f"{options.out}: exists (use --force to replace it)")
+        refuse_existing(options.out, options.force)
         started = time.perf_counter()
         metadata = write_export(options, log=lambda line: print(line, file=sys.stderr))
     except (ExportError, DirectoryExistsError, NoValidCheckpointError, CheckpointMismatchError,

@@ -141,13 +141,32 @@ class DirectoryExistsError(FileExistsError):
         return str(self.args[0]) if self.args else "directory exists"
 
 
-def move_into_place(temporary: Path, out: Path, force: bool) -> None:
-    """Rename a finished output directory ``temporary`` to ``out``. An existing ``out`` is replaced only
-    with ``force`` (moved aside, then removed, so a reader never sees half of either); otherwise
-    :class:`DirectoryExistsError`."""
+def refuse_existing(out: Path, force: bool) -> None:
+    """:class:`DirectoryExistsError` if output directory ``out`` exists and ``force`` is not given (entry
+    points call it before long work, :func:`directory_in_place` again at the end)."""
+    if out.exists() and not force:
+        raise DirectoryExistsError(f"{out}: exists (use --force to replace it)")
+
+
+@contextmanager
+def directory_in_place(out: Path, force: bool) -> Iterator[Path]:
+    """A temporary directory beside ``out`` to fill: renamed to ``out`` when the block ends without error,
+    removed in every case, so an interrupted stage never leaves a half-written ``out``. An existing
+    ``out`` is replaced only with ``force`` (moved aside, then removed, so a reader never sees half of
+    either); otherwise :class:`DirectoryExistsError`."""
+    temporary = temporary_name(out)
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    try:
+        yield temporary
+        _move_into_place(temporary, out, force)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _move_into_place(temporary: Path, out: Path, force: bool) -> None:
+    refuse_existing(out, force)
     if out.exists():
-        if not force:
-            raise DirectoryExistsError(f"{out}: exists (use --force to replace it)")
         old = out.with_name(f"{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         os.replace(temporary, out)

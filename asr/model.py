@@ -225,18 +225,13 @@ def ctc_loss(labels, label_lengths, logits, logit_lengths, xla: bool = False):
     import tensorflow as tf
 
     if xla:
-        return tf.nn.ctc_loss(
-            labels=tf.cast(labels, tf.int32),
-            logits=tf.cast(logits, tf.float32),
-            label_length=tf.cast(label_lengths, tf.int32),
-            logit_length=tf.cast(logit_lengths, tf.int32),
-            logits_time_major=False,
-            blank_index=BLANK_ID,
-        )
+        labels, label_length = tf.cast(labels, tf.int32), tf.cast(label_lengths, tf.int32)
+    else:
+        labels, label_length = sparse_labels(labels, label_lengths), None
     return tf.nn.ctc_loss(
-        labels=sparse_labels(labels, label_lengths),
+        labels=labels,
         logits=tf.cast(logits, tf.float32),
-        label_length=None,
+        label_length=label_length,
         logit_length=tf.cast(logit_lengths, tf.int32),
         logits_time_major=False,
         blank_index=BLANK_ID,
