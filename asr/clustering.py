@@ -75,30 +75,50 @@ def kmeans(
     """``(centroids float32 [k], indices [n])`` of scalar k-means on ``values`` (any shape, flattened).
 
     k-means++ seeding with ``seed``, then Lloyd's iterations until no assignment changes (or
-    ``iterations``; weight-like values with outliers took ~150 to settle in one dimension). A cluster
-    that empties is re-seeded at the value farthest from its centroid, so
-    there are ``min(k, distinct values)`` distinct centroids. Deterministic for a given ``seed``.
+    ``iterations``; weight-like values with outliers took ~150 to settle in one dimension). In one
+    dimension each cluster is a run of the sorted values between two midpoints, so an iteration needs
+    only ``k`` binary searches and prefix sums (O(k log n), not O(n)); the values are sorted once. A
+    cluster that empties is re-seeded at the value farthest from its centroid, so there are
+    ``min(k, distinct values)`` distinct centroids. Deterministic for a given ``seed``.
     """
     flat = np.asarray(values, np.float64).ravel()
     rng = np.random.default_rng(seed)
     centroids = kmeans_plus_plus(flat, clusters, rng)
-    indices = assign(flat, centroids)
+    ordered = np.sort(flat)
+    prefix = np.concatenate([[0.0], np.cumsum(ordered)])
+    ends = _cluster_ends(ordered, centroids)
     for _ in range(iterations):
-        counts = np.bincount(indices, minlength=centroids.size)
-        sums = np.bincount(indices, weights=flat, minlength=centroids.size)
+        starts = np.concatenate([[0], ends[:-1]])
+        counts = ends - starts
+        sums = prefix[ends] - prefix[starts]
         updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
-        errors = np.abs(flat - updated[indices])
-        for empty in np.flatnonzero(counts == 0):
-            updated[empty] = flat[np.argmax(errors)]
-            errors[flat == updated[empty]] = 0
-        order = np.argsort(updated, kind="stable")
-        centroids = updated[order]
-        new = assign(flat, centroids)
-        settled = np.array_equal(new, np.argsort(order, kind="stable")[indices])
-        indices = new
+        if not counts.all():
+            updated = _reseed_empty(ordered, updated, counts)
+        centroids = np.sort(updated)
+        new = _cluster_ends(ordered, centroids)
+        settled = np.array_equal(new, ends)
+        ends = new
         if settled:
             break
+    indices = assign(flat, centroids)
     return centroids.astype(np.float32), indices.astype(np.uint16 if clusters > 256 else np.uint8)
+
+
+def _cluster_ends(ordered: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """End (exclusive) of each centroid's run in the sorted values: the same nearest-centroid rule as
+    :func:`assign` (a value on a midpoint goes to the lower centroid)."""
+    midpoints = (centroids[1:] + centroids[:-1]) / 2
+    return np.concatenate([np.searchsorted(ordered, midpoints, side="right"), [ordered.size]])
+
+
+def _reseed_empty(ordered: np.ndarray, centroids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``centroids`` with each empty cluster moved to the value farthest from its own centroid."""
+    owner = np.repeat(np.arange(centroids.size), counts)
+    errors = np.abs(ordered - centroids[owner])
+    for empty in np.flatnonzero(counts == 0):
+        centroids[empty] = ordered[np.argmax(errors)]
+        errors[ordered == centroids[empty]] = 0
+    return centroids
 
 
 def pack(indices: np.ndarray, bits: int) -> np.ndarray:
@@ -211,10 +231,7 @@ def save_clustered(
     return out.getvalue()
 
 
-def load_clustered(data: bytes, model_signature: list | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """``(every tensor by name, header)`` from :func:`save_clustered`'s bytes: clustered tensors as
-    ``centroids[indices]`` (float32), plain ones as stored. With ``model_signature``, a file made from
-    another model (other tensor names or shapes) is refused."""
+def _open(data: bytes, model_signature: list | None):
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
         header = json.loads(bytes(archive["header"]).decode())
@@ -224,16 +241,36 @@ def load_clustered(data: bytes, model_signature: list | None = None) -> tuple[di
         raise ClusteredFileError(f"format {header.get('format')!r}, expected {FORMAT!r}")
     if model_signature is not None and header["signature"] != model_signature:
         raise ClusteredFileError("made from another model (tensor names or shapes differ)")
-    weights: dict[str, np.ndarray] = {}
-    bits = header["bits"]
+    return archive, header
+
+
+def _tables(archive, header: dict) -> list[Table]:
+    tables = []
     for t, shapes in enumerate(header["tables"]):
         centroids = archive[f"table{t}/centroids"]
+        indices = []
         for i, (name, shape) in enumerate(shapes):
             count = int(np.prod(shape))
-            index = unpack(archive[f"table{t}/indices{i}"], bits, count)
+            index = unpack(archive[f"table{t}/indices{i}"], header["bits"], count)
             if count and int(index.max()) >= centroids.size:
                 raise ClusteredFileError(f"{name}: index beyond its table of {centroids.size} centroids")
-            weights[name] = centroids[index].reshape(shape)
+            indices.append(index.reshape(shape))
+        tables.append(Table(tuple(name for name, _ in shapes), centroids, tuple(indices)))
+    return tables
+
+
+def load_tables(data: bytes, model_signature: list | None = None) -> list[Table]:
+    """The centroid tables of :func:`save_clustered`'s bytes, each with its tensors' indices (what
+    fine-tuning with fixed assignments needs); ``model_signature`` as for :func:`load_clustered`."""
+    return _tables(*_open(data, model_signature))
+
+
+def load_clustered(data: bytes, model_signature: list | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """``(every tensor by name, header)`` from :func:`save_clustered`'s bytes: clustered tensors as
+    ``centroids[indices]`` (float32), plain ones as stored. With ``model_signature``, a file made from
+    another model (other tensor names or shapes) is refused."""
+    archive, header = _open(data, model_signature)
+    weights = {name: w for table in _tables(archive, header) for name, w in table.weights().items()}
     for name in header["plain"]:
         weights[name] = archive[f"plain/{name}"]
     for name in header.get("int8", []):

@@ -160,6 +160,10 @@ class TrainConfig:
     max_consecutive_nan_steps: int = 5
     """After this many non-finite losses in a row, stop with the last good weights."""
     seed: int = 1234
+    clustered_weights: str = ""
+    """A compact file of ``asr.compress`` (``model.kmeans.npz``): fine-tuning after clustering. The model
+    starts from the file's weights, and every weight of a cluster gets the cluster's summed gradient (the
+    gradient of the centroid they share), so the centroids move and the assignments stay fixed. Empty: off."""
 
 
 @dataclasses.dataclass(frozen=True)

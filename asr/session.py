@@ -41,6 +41,7 @@ class TrainingSession:
         """Micro-batches accumulated since the last update: (loss sum, bad, frames, utterances) each."""
         self._infer = None
         self.input_spec = None
+        self.ties: ClusterTies | None = None
         self.build()
 
     def build(self) -> None:
@@ -54,6 +55,9 @@ class TrainingSession:
             self.model = build_model(self.recipe.model, sync_batch_norm=self.recipe.runtime.sync_batch_norm)
             self.optimizer = make_optimizer(self.recipe)
             self.optimizer.build(self.model.trainable_variables)
+        if self.recipe.train.clustered_weights:
+            self.ties = self.ties or ClusterTies(self.recipe.train.clustered_weights, self.model)
+            self.ties.assign_weights(self.model)  # a checkpoint restored later replaces them
         self.checkpointer = Checkpointer(
             self.run_dir,
             self.recipe.train.keep_checkpoints,
@@ -67,7 +71,7 @@ class TrainingSession:
             (self._step_fn or self._accumulate_fn).get_concrete_function()
 
     def _make_steps(self) -> None:
-        args = (self.strategy, self.model, self.optimizer, self.recipe, self.input_spec)
+        args = (self.strategy, self.model, self.optimizer, self.recipe, self.input_spec, self.ties)
         if self.recipe.train.accumulate_steps > 1:
             self._accumulate_fn, self._apply_fn = make_accumulation_steps(*args)
         else:
@@ -159,6 +163,83 @@ class TrainingSession:
         return pairs
 
 
+class ClusterTies:
+    """Fixed cluster assignments for fine-tuning after clustering (``train.clustered_weights``).
+
+    A table's weights are copies of its centroids, so the gradient of a centroid is the sum of its
+    members' gradients. :meth:`tie` gives every member that sum: under any element-wise optimizer (Adam,
+    AdaDelta) members that start equal get equal updates and stay equal, which is training the centroids
+    with the assignments fixed. :meth:`for_norm` scales the tied gradients by ``1 / sqrt(members)`` so
+    that a global-norm clip counts each centroid once, as if the model held only the centroids.
+    """
+
+    def __init__(self, path: str, model):
+        from asr import clustering
+
+        try:
+            data = Path(path).read_bytes()
+            signature = clustering.signature({v.path: tuple(v.shape) for v in model.weights})
+            self.weights, _ = clustering.load_clustered(data, signature)
+            tables = clustering.load_tables(data, signature)
+        except OSError as error:
+            raise clustering.ClusteredFileError(
+                f"train.clustered_weights: {path}: {error.strerror}"
+            ) from None
+        except clustering.ClusteredFileError as error:
+            raise clustering.ClusteredFileError(f"train.clustered_weights: {path}: {error}") from None
+        paths = [v.path for v in model.trainable_variables]
+        self.shapes = [tuple(v.shape) for v in model.trainable_variables]
+        self.tables = []
+        """Per table: (positions in the trainable variables, flat cluster ids int32, clusters)."""
+        for table in tables:
+            frozen = [name for name in table.names if name not in paths]
+            if frozen:
+                raise clustering.ClusteredFileError(
+                    f"train.clustered_weights: {path}: {frozen[0]} is not a trainable weight"
+                )
+            ids = np.concatenate([np.asarray(i, np.int32).ravel() for i in table.indices])
+            self.tables.append((tuple(paths.index(n) for n in table.names), ids, int(table.centroids.size)))
+
+    def assign_weights(self, model) -> None:
+        """Set every weight of ``model`` to the file's (the clustered ones and those left as they were)."""
+        for variable in model.weights:
+            variable.assign(self.weights[variable.path])
+
+    def tie(self, grads) -> list:
+        """``grads`` with each clustered weight's gradient replaced by its cluster's summed gradient."""
+        return self._per_table(grads, segment_totals)
+
+    def for_norm(self, grads) -> list:
+        """Tied ``grads`` scaled by ``1 / sqrt(cluster size)``: their global norm is the centroids'."""
+
+        def scale(flat, ids, clusters):
+            import tensorflow as tf
+
+            sizes = np.bincount(ids, minlength=clusters).astype(np.float32)
+            return flat * tf.constant(1.0 / np.sqrt(np.maximum(sizes, 1.0))[ids])
+
+        return self._per_table(grads, scale)
+
+    def _per_table(self, grads, function) -> list:
+        import tensorflow as tf
+
+        grads = list(grads)
+        for positions, ids, clusters in self.tables:
+            flat = tf.concat([tf.reshape(grads[p], [-1]) for p in positions], axis=0)
+            parts = tf.split(function(flat, ids, clusters), [int(np.prod(self.shapes[p])) for p in positions])
+            for p, part in zip(positions, parts, strict=True):
+                grads[p] = tf.reshape(part, self.shapes[p])
+        return grads
+
+
+def segment_totals(flat, ids: np.ndarray, clusters: int):
+    """Each element's segment total: ``sum(flat[ids == ids[i]])`` at position ``i``."""
+    import tensorflow as tf
+
+    ids = tf.constant(ids)
+    return tf.gather(tf.math.unsorted_segment_sum(flat, ids, clusters), ids)
+
+
 def random_state_variables(model) -> list:
     """The dropout layers' random-generator states, which Keras leaves out of ``tf.train.Checkpoint``;
     saved too, so that a resumed or swapped-back run draws the dropout masks it would have drawn."""
@@ -209,7 +290,7 @@ def clip_gradients(grads, global_grads, clip_norm: float, scale=1.0):
     return [g * tf.cast(factor, g.dtype) for g in grads]
 
 
-def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None) -> Callable:
+def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None, ties=None) -> Callable:
     """The compiled synchronous step over a distributed batch; returns (loss sum, bad-step flag, frames,
     utterances).
 
@@ -221,7 +302,7 @@ def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None)
     """
     import tensorflow as tf
 
-    parts = _StepParts(strategy, model, optimizer, recipe)
+    parts = _StepParts(strategy, model, optimizer, recipe, ties)
 
     def replica_step(features, frames, labels, label_lengths):
         before = [tf.identity(v) for v in parts.statistics]
@@ -248,10 +329,11 @@ class _StepParts:
     """What the plain and the accumulating steps share, inside a replica: the loss and its gradients, and
     the clip-then-apply-or-skip that every replica agrees on."""
 
-    def __init__(self, strategy, model, optimizer, recipe: Recipe):
+    def __init__(self, strategy, model, optimizer, recipe: Recipe, ties: ClusterTies | None = None):
         import keras
 
         self.strategy, self.model, self.optimizer, self.recipe = strategy, model, optimizer, recipe
+        self.ties = ties
         self.replicas = strategy.num_replicas_in_sync
         self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.variables = model.trainable_variables
@@ -272,6 +354,8 @@ class _StepParts:
             loss = loss_sum / global_batch
             scaled = self.optimizer.scale_loss(loss) if self.loss_scaled else loss
         grads = tape.gradient(scaled, self.variables)
+        if self.ties is not None:
+            grads = self.ties.tie(grads)
         bad = tf.cast(~tf.math.is_finite(loss_sum), tf.float32)
         if not self.loss_scaled:  # a loss-scaled optimizer skips overflowing steps itself
             bad += tf.cast(~tf.math.is_finite(tf.linalg.global_norm(grads)), tf.float32)
@@ -287,6 +371,8 @@ class _StepParts:
         clip_norm = self.recipe.train.clip_norm
         if clip_norm > 0:
             summed = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            if self.ties is not None:
+                summed = self.ties.for_norm(summed)
             scale = loss_scale(self.optimizer) if self.loss_scaled else 1.0
             grads = clip_gradients(grads, summed, clip_norm, scale)
         optimizer, variables, statistics = self.optimizer, self.variables, self.statistics
@@ -324,7 +410,7 @@ class _StepParts:
         )
 
 
-def make_accumulation_steps(strategy, model, optimizer, recipe: Recipe, input_spec=None):
+def make_accumulation_steps(strategy, model, optimizer, recipe: Recipe, input_spec=None, ties=None):
     """Gradient accumulation (``train.accumulate_steps``): ``(accumulate, apply)`` compiled steps.
 
     ``accumulate(batch)`` adds each replica's gradient of its micro-batch (loss / that micro-batch's
@@ -336,7 +422,7 @@ def make_accumulation_steps(strategy, model, optimizer, recipe: Recipe, input_sp
     """
     import tensorflow as tf
 
-    parts = _StepParts(strategy, model, optimizer, recipe)
+    parts = _StepParts(strategy, model, optimizer, recipe, ties)
     on_read = {"trainable": False, "synchronization": tf.VariableSynchronization.ON_READ,
                "aggregation": tf.VariableAggregation.SUM}  # fmt: skip
     with strategy.scope():

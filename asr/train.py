@@ -786,12 +786,13 @@ def exit_after_lost_worker(message: str) -> None:
 
 def _one_line_error(error: Exception) -> str | None:
     from asr.checkpoint import CheckpointMismatchError, NoValidCheckpointError
+    from asr.clustering import ClusteredFileError
     from asr.data import DataError
     from asr.evaluate import EvaluateError
     from asr.strategy import StrategyError
 
     if isinstance(error, (DataError, StrategyError, CheckpointMismatchError, NoValidCheckpointError,
-                          EvaluateError)):  # fmt: skip
+                          EvaluateError, ClusteredFileError)):  # fmt: skip
         return str(error)
     return None
 

@@ -71,6 +71,41 @@ def test_the_compressed_run_evaluates_end_to_end(compressed, tiny_shards, run_mo
     assert "cer" in result.stdout.lower() or "cer" in result.stderr.lower()
 
 
+def test_fine_tuning_through_asr_train_keeps_the_assignments_and_recompresses_exactly(
+    compressed, tmp_path, run_module
+):
+    run = tmp_path / "k8-fine-tuned"
+    result = run_module("asr.train", compressed / "recipe.yaml", "--run-dir", run,
+                        "--set", f"train.clustered_weights={compressed / COMPACT_FILE}",
+                        "--set", "train.epochs=2", "--set", "train.learning_rate=0.01",
+                        timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = clustering.load_tables((compressed / COMPACT_FILE).read_bytes())
+    tuned = restored_weights(run)
+    moved = 0
+    for table in tables:
+        (name,), (index,) = table.names, table.indices
+        for cluster, centroid in enumerate(table.centroids):
+            members = tuned[name][index == cluster]
+            assert members.size == 0 or np.all(members == members[0]), (name, cluster)
+            moved += members.size > 0 and members[0] != centroid
+    assert moved > sum(t.centroids.size for t in tables) // 2
+    again = tmp_path / "k8-fine-tuned-packed"
+    compress(CompressConfig(run, again, clusters=8), log=lambda line: None)
+    weights, _ = clustering.load_clustered((again / COMPACT_FILE).read_bytes())
+    for name, value in tuned.items():
+        np.testing.assert_array_equal(weights[name], value)
+
+
+def test_fine_tuning_from_a_damaged_compact_file_is_one_line(compressed, tmp_path, run_module):
+    damaged = tmp_path / "cut.npz"
+    damaged.write_bytes((compressed / COMPACT_FILE).read_bytes()[:1000])
+    result = run_module("asr.train", compressed / "recipe.yaml", "--run-dir", tmp_path / "run",
+                        "--set", f"train.clustered_weights={damaged}", timeout=300)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: train.clustered_weights: ")
+
+
 def test_settings_outside_the_index_width_are_refused():
     with pytest.raises(CompressError, match="--clusters: 1"):
         CompressConfig("r", "o", clusters=1)

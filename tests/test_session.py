@@ -178,3 +178,77 @@ def test_accumulation_over_two_replicas_updates_like_one_batch_of_the_union():
     assert result.returncode == 0, result.stderr[-3000:]
     moved, diff = map(float, result.stdout.split())
     assert moved > 1e-3 and diff <= 1e-4 * moved  # the tolerance of the one-device test above
+
+
+def clustered_model(tmp_path, clusters: int, scope: str, overrides: tuple[str, ...] = ()):
+    """A tiny model whose weight matrices are k-means clustered, its compact file, recipe and tables."""
+    from asr import clustering
+
+    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, *overrides])
+    keras.utils.set_random_seed(0)
+    model = build_model(recipe.model)
+    matrices = {v.path: v.numpy() for v in model.trainable_variables if len(v.shape) >= 2}
+    tables = clustering.cluster_tensors(matrices, clusters, scope)
+    plain = {v.path: v.numpy() for v in model.weights if v.path not in matrices}
+    signature = clustering.signature({v.path: tuple(v.shape) for v in model.weights})
+    path = tmp_path / "model.kmeans.npz"
+    path.write_bytes(clustering.save_clustered(tables, plain, clusters, 8, signature))
+    return model, path, tables
+
+
+@pytest.mark.parametrize("scope", ["layer", "model"])
+def test_fine_tuning_moves_the_centroids_and_keeps_every_cluster_tied(tmp_path, scope):
+    from asr.session import ClusterTies
+
+    overrides = ("train.learning_rate=0.01", "train.clip_norm=5.0")
+    model, path, tables = clustered_model(tmp_path, 4, scope, overrides)
+    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, *overrides])
+    ties = ClusterTies(str(path), model)
+    ties.assign_weights(model)
+    step = make_train_step(tf.distribute.get_strategy(), model, make_optimizer(recipe), recipe, ties=ties)
+    data = tuple(tf.constant(x) for x in batch())
+    losses = [float(step(data)[0]) / 4 for _ in range(15)]
+    assert losses[-1] < 0.9 * losses[0]  # 4 values per table (layer: ~0.6x, model: ~0.8x here)
+    weights = {v.path: v.numpy() for v in model.weights}
+    for table in tables:
+        values = np.concatenate([weights[n].ravel() for n in table.names])
+        ids = np.concatenate([i.ravel() for i in table.indices])
+        moved = 0
+        for cluster, centroid in enumerate(table.centroids):
+            members = values[ids == cluster]
+            assert np.all(members == members[0]), (table.names, cluster)  # exactly tied
+            moved += members[0] != centroid
+        assert moved >= len(table.centroids) - 1, table.names
+
+
+def test_tied_gradients_are_cluster_sums_and_the_clip_norm_counts_each_centroid_once(tmp_path):
+    from asr.session import ClusterTies
+
+    model, path, tables = clustered_model(tmp_path, 4, "model")
+    ties = ClusterTies(str(path), model)
+    rng = np.random.default_rng(1)
+    grads = [tf.constant(rng.normal(size=v.shape).astype(np.float32)) for v in model.trainable_variables]
+    tied = [g.numpy() for g in ties.tie(grads)]
+    paths = [v.path for v in model.trainable_variables]
+    (table,) = tables
+    flat = np.concatenate([grads[paths.index(n)].numpy().ravel() for n in table.names])
+    ids = np.concatenate([i.ravel() for i in table.indices])
+    sums = np.bincount(ids, weights=flat, minlength=4)
+    for name, index in zip(table.names, table.indices, strict=True):
+        np.testing.assert_allclose(tied[paths.index(name)], sums[index], rtol=1e-4, atol=1e-4)
+    unclustered = [g.numpy() for g, p in zip(grads, paths, strict=True) if p not in table.names]
+    expected = np.sqrt(np.sum(sums**2) + sum(np.sum(g**2) for g in unclustered))
+    measured = float(tf.linalg.global_norm(ties.for_norm([tf.constant(t) for t in tied])))
+    np.testing.assert_allclose(measured, expected, rtol=1e-4)
+
+
+def test_a_compact_file_of_another_model_is_refused(tmp_path):
+    from asr.clustering import ClusteredFileError
+    from asr.session import ClusterTies
+
+    _, path, _ = clustered_model(tmp_path, 4, "layer")
+    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, "model.rnn_units=24"])
+    with pytest.raises(ClusteredFileError, match=r"clustered_weights: .*another model"):
+        ClusterTies(str(path), build_model(recipe.model))
+    with pytest.raises(ClusteredFileError, match="No such file"):
+        ClusterTies(str(tmp_path / "missing.npz"), build_model(recipe.model))
