@@ -11,6 +11,10 @@ training and in use. ``mode`` is the recipe's ``data.normalization``:
   (padding excluded), the standard deviation floored at :data:`UTTERANCE_STD_FLOOR`.
 
 Padded frames (index ``>= frames`` of their row) are zero after either.
+
+The per-utterance mean is taken in two passes (the mean, then the mean of what is left): a float32 sum of
+~1000 frames of values near -90 (the first MFCC) is off by ~1e-5 in an order-dependent way, so numpy and
+TensorFlow would disagree by that much; the second pass sums small residuals.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def normalize(
         weights = valid[..., None].astype(np.float32)
         count = np.maximum(weights.sum(axis=1, keepdims=True), 1.0)
         centre = (features * weights).sum(axis=1, keepdims=True) / count
+        centre += ((features - centre) * weights).sum(axis=1, keepdims=True) / count  # second pass
         spread = np.sqrt((np.square(features - centre) * weights).sum(axis=1, keepdims=True) / count)
         features = (features - centre) / np.maximum(spread, np.float32(UTTERANCE_STD_FLOOR))
     elif mode == "global":
@@ -64,6 +69,7 @@ def normalize_graph(features, frames, mean: np.ndarray | None, std: np.ndarray |
         weights = tf.cast(valid, features.dtype)
         count = tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
         centre = tf.reduce_sum(features * weights, axis=1, keepdims=True) / count
+        centre += tf.reduce_sum((features - centre) * weights, axis=1, keepdims=True) / count  # second pass
         spread = tf.sqrt(tf.reduce_sum(tf.square(features - centre) * weights, axis=1, keepdims=True) / count)
         normalized = (features - centre) / tf.maximum(spread, UTTERANCE_STD_FLOOR)
     elif mode == "global":
