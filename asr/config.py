@@ -100,9 +100,29 @@ class DataConfig:
     spec_augment: bool = False
     """SpecAugment-style time and frequency masking on training batches."""
     freq_masks: int = 2
+    """Feature bands zeroed per utterance (with ``spec_augment``)."""
     freq_mask_width: int = 15
+    """Widest band, in features of the 93 (each band's width is drawn from 0 to this)."""
     time_masks: int = 2
+    """Spans of frames zeroed per utterance (with ``spec_augment``)."""
     time_mask_width: int = 40
+    """Longest span in 10 ms frames (and never more than a fifth of the utterance)."""
+    vtlp_range: tuple[float, float] = (1.0, 1.0)
+    """Vocal-tract-length perturbation (Jaitly & Hinton 2013): each training utterance, each epoch, has its
+    Mel frequency axis warped by a factor drawn uniformly from this range (piecewise linear in Hz, the band
+    edge fixed: :func:`asr.augment.vtlp_warp`), the MFCCs recomputed from the warped log-Mel. Typical
+    ``[0.9, 1.1]``; ``[1.0, 1.0]``: off."""
+    noise_snr_db: tuple[float, ...] = ()
+    """Additive noise: ``[low, high]`` in dB; each training utterance, each epoch, gets ``noise_color``
+    Gaussian noise added in the Mel power domain at a signal-to-noise ratio drawn uniformly from the range
+    (utterance's mean Mel power over noise's: :func:`asr.augment.add_noise`). ``[]``: off."""
+    noise_color: Literal["white", "pink"] = "white"
+    """Spectrum of the added noise: ``white`` (flat) or ``pink`` (power density falling as 1/f)."""
+    normalization: Literal["global", "utterance"] = "global"
+    """How features are standardized before the model, in training, evaluation and exported models alike:
+    ``global`` with the training manifest's per-feature mean/std; ``utterance`` with each utterance's own
+    mean/std over its frames (per-utterance mean and variance normalization: removes a constant channel or
+    loudness offset; :mod:`asr.normalization`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +306,7 @@ class Recipe:
                 f"{where}: data.tempo_range: expected [low, high] with 0.5 <= low <= high <= 2.0, "
                 f"got {list(self.data.tempo_range)}"
             )
+        self._validate_augmentation(where)
         if list(self.data.bucket_boundaries) != sorted(set(self.data.bucket_boundaries)):
             raise ConfigError(f"{where}: data.bucket_boundaries: must be strictly increasing")
         self._validate_dynamic_batching(where)
@@ -293,6 +314,20 @@ class Recipe:
             raise ConfigError(
                 f"{where}: runtime.xla: true needs data.static_shapes: true (XLA compiles one program per "
                 "batch shape; without fixed shapes it recompiles nearly every step)"
+            )
+
+    def _validate_augmentation(self, where: str) -> None:
+        vtlp = self.data.vtlp_range
+        if len(vtlp) != 2 or not 0.5 <= vtlp[0] <= vtlp[1] <= 2.0:
+            raise ConfigError(
+                f"{where}: data.vtlp_range: expected [low, high] with 0.5 <= low <= high <= 2.0 "
+                f"([1.0, 1.0]: off), got {list(vtlp)}"
+            )
+        snr = self.data.noise_snr_db
+        if snr and (len(snr) != 2 or not -30 <= snr[0] <= snr[1] <= 100):
+            raise ConfigError(
+                f"{where}: data.noise_snr_db: expected [] (off) or [low, high] in dB with "
+                f"-30 <= low <= high <= 100, got {list(snr)}"
             )
 
     def _validate_dynamic_batching(self, where: str) -> None:
@@ -366,7 +401,7 @@ BOUNDS: dict[str, Bound] = {
     "data.buffer": _COUNT,
     "data.max_frames": _COUNT,
     "data.freq_masks": Bound(0),
-    "data.freq_mask_width": Bound(0),
+    "data.freq_mask_width": Bound(0, 93, note="features per frame"),
     "data.time_masks": Bound(0),
     "data.time_mask_width": Bound(0),
     "model.conv_filters": _COUNT,

@@ -1,10 +1,11 @@
 """The training input pipeline: shards written by ``asr.extract`` -> ``tf.data`` batches (paper 4.4.1).
 
-``readers`` shard files are read in parallel, utterances shuffled, normalized with the training
-manifest's per-dimension mean and standard deviation, optionally tempo-perturbed and SpecAugment-masked,
-padded either to a fixed ``max_frames`` (the paper's 1670) or, with ``padding: bucket``, to the longest
-utterance of a batch of similar lengths, batched to the global batch and prefetched ``buffer`` batches
-ahead.
+``readers`` shard files are read in parallel, utterances shuffled, optionally VTLP-warped and given
+additive noise (:mod:`asr.augment`, on the stored log-Mel scale), normalized (:mod:`asr.normalization`:
+with the training manifest's per-dimension mean and standard deviation, or per utterance), optionally
+tempo-perturbed and SpecAugment-masked, padded either to a fixed ``max_frames`` (the paper's 1670) or,
+with ``padding: bucket``, to the longest utterance of a batch of similar lengths, batched to the global
+batch and prefetched ``buffer`` batches ahead.
 
 Utterances whose transcript cannot fit the model's output (CTC needs one output frame per label) or, with
 fixed padding, that are longer than ``max_frames`` are dropped before batching and counted per reason, so
@@ -414,10 +415,18 @@ def training_dataset(
 
     ``B`` is the global batch (``tf.distribute`` splits it over replicas), per length bucket
     :func:`bucket_batch_sizes` (``replicas``: for dynamic batching). ``training=False`` keeps file and
-    utterance order and applies no masking (validation loss).
+    utterance order and applies no augmentation, only the normalization (validation loss).
+
+    Per utterance, in this order: VTLP and additive noise (on the stored log-Mel scale they need),
+    normalization (``data.normalization``), tempo, SpecAugment; each augmentation draws from its own
+    stateless seed ``(epoch seed + k, utterance index)``, so an epoch is the same whatever reads it.
     """
     import tensorflow as tf
 
+    from asr import augment
+    from asr.normalization import normalize_graph
+
+    statistics = (shards.mean, shards.std)
     epoch_seed = seed * 100_003 + epoch
     readable = shards.readable or [-1] * len(shards.files)  # -1: every record (take(-1) takes all)
     files = tf.data.Dataset.from_tensor_slices((list(shards.files), tf.constant(readable, tf.int64)))
@@ -442,17 +451,22 @@ def training_dataset(
         return fits
 
     utterances = utterances.filter(trainable)
-    mean = tf.constant(shards.mean)
-    std = tf.constant(shards.std)
 
     def prepare(index, utterance):
         features, frames, labels, label_length = utterance
-        features = (features - mean) / std
+
+        def seed(offset):  # one stateless stream per augmentation: (epoch seed + offset, utterance)
+            return tf.stack([(epoch_seed + offset) % (2**31 - 1), index])
+
+        if training and data.vtlp_range != (1.0, 1.0):
+            features = augment.perturb_vtlp(features, data.vtlp_range, seed(2))
+        if training and data.noise_snr_db:
+            features = augment.perturb_noise(features, data.noise_snr_db, data.noise_color, seed(3))
+        features = normalize_graph(features[None], frames[None], *statistics, data.normalization)[0]
         if training and data.tempo_range != (1.0, 1.0):
-            seed = tf.stack([(epoch_seed + 1) % (2**31 - 1), index])
-            features, frames = perturb_tempo(features, frames, label_length, data, model, seed)
+            features, frames = perturb_tempo(features, frames, label_length, data, model, seed(1))
         if training and data.spec_augment:
-            features = spec_augment(features, frames, data, tf.stack([epoch_seed % (2**31 - 1), index]))
+            features = spec_augment(features, frames, data, seed(0))
         if tag_epoch:
             return features, frames, labels, label_length, tf.constant(epoch, tf.int32)
         return features, frames, labels, label_length

@@ -110,9 +110,7 @@ def serving_module(model, recipe: Recipe, mean: np.ndarray, std: np.ndarray):
 
     from asr.features import graph_features
     from asr.model import output_frames
-
-    mean_values = np.asarray(mean, np.float32)  # graph constants: ONNX keeps captured tensors as inputs
-    std_values = np.where(std > 0, std, 1.0).astype(np.float32)
+    from asr.normalization import normalize_graph
 
     class ServingModule(tf.Module):
         def __init__(self):
@@ -122,10 +120,10 @@ def serving_module(model, recipe: Recipe, mean: np.ndarray, std: np.ndarray):
             self.recipe_yaml = tf.constant(dump_recipe(recipe))
 
         def logits(self, features, frames):
-            """Raw features ``[B, T, 93]`` -> ``(logits, output frames)``; padded frames zeroed after
-            normalization, exactly as evaluation does (:func:`asr.inference.normalize`)."""
-            valid = tf.sequence_mask(frames, tf.shape(features)[1])[..., None]
-            normalized = tf.where(valid, (features - mean_values) / std_values, 0.0)
+            """Raw features ``[B, T, 93]`` -> ``(logits, output frames)``; normalized in the recipe's
+            ``data.normalization`` mode, padded frames zeroed, exactly as evaluation does
+            (:mod:`asr.normalization`)."""
+            normalized = normalize_graph(features, frames, mean, std, recipe.data.normalization)
             return self.model((normalized, frames), training=False), output_frames(frames, recipe.model)
 
         def waveform_logits(self, waveforms, lengths):
@@ -194,7 +192,11 @@ def export_metadata(recipe: Recipe, info: dict[str, Any], source: str, mean: np.
         "alphabet": list(SYMBOLS),
         "blank_id": BLANK_ID,
         "separator_id": SEPARATOR_ID,
-        "normalization": {"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()},
+        "normalization": {
+            "mode": recipe.data.normalization,
+            "mean": np.asarray(mean).tolist(),
+            "std": np.asarray(std).tolist(),
+        },
         "tflite_inputs": ["features float32 [1, T, 93] (asr.extract's, not normalized)", "frames int32 [1]"],
         "tflite_outputs": ["logits float32 [1, T_out, 30]", "output_frames int32 [1]"],
     }

@@ -25,7 +25,11 @@ N_FFT = 512
 """FFT size in samples; gives ``N_FFT // 2 + 1`` power-spectrum bins."""
 N_BINS = N_FFT // 2 + 1
 N_MELS = 80
-"""Mel filters (Slaney scale and area normalization, 0 Hz to the Nyquist frequency)."""
+"""Mel filters (Slaney scale and area normalization, ``MEL_FMIN`` to ``MEL_FMAX``)."""
+MEL_FMIN = 0.0
+"""Lowest edge of the first Mel filter (Hz)."""
+MEL_FMAX = SAMPLE_RATE / 2
+"""Highest edge of the last Mel filter (Hz): the Nyquist frequency."""
 N_MFCC = 13
 """Leading orthonormal DCT-II coefficients of the log-Mel vector kept as MFCCs."""
 FEATURE_DIM = N_MELS + N_MFCC
@@ -50,8 +54,25 @@ def mel_filterbank() -> np.ndarray:
     """The 80 × 257 Slaney Mel matrix (librosa's defaults), float32, computed once per process."""
     import librosa.filters  # ~1 s to import; only the first call pays it
 
-    matrix = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0, fmax=SAMPLE_RATE / 2)
+    matrix = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=MEL_FMIN, fmax=MEL_FMAX)
     return np.ascontiguousarray(matrix.astype(np.float32))
+
+
+@functools.cache
+def mel_center_frequencies() -> np.ndarray:
+    """``float64 [80]``: the centre (peak) frequency in Hz of each filter of :func:`mel_filterbank`.
+
+    The filters' edges are ``N_MELS + 2`` points equally spaced on the Slaney Mel scale from ``MEL_FMIN`` to
+    ``MEL_FMAX`` (librosa's construction); filter ``i`` rises from point ``i`` to its peak at point ``i + 1``.
+    """
+    import librosa
+
+    return librosa.mel_frequencies(N_MELS + 2, fmin=MEL_FMIN, fmax=MEL_FMAX)[1:-1].astype(np.float64)
+
+
+def fft_frequencies() -> np.ndarray:
+    """``float64 [257]``: the frequency of each power-spectrum bin (Hz), ``k * SAMPLE_RATE / N_FFT``."""
+    return np.arange(N_BINS) * (SAMPLE_RATE / N_FFT)
 
 
 @functools.cache
@@ -146,7 +167,19 @@ def _feature_pipeline(samples, frame_count, ops):
     periodic Hann window, power spectrum, Slaney Mel, ``ln(energy + 1e-6)``, orthonormal DCT-II."""
     power = ops.power(ops.frames(samples, frame_count) * _window())
     log_mel = ops.log(ops.matmul(power, _mel_transposed()) + np.float32(LOG_OFFSET))
+    return _with_mfcc(log_mel, ops)
+
+
+def _with_mfcc(log_mel, ops):
+    """``[..., 80]`` log-Mel -> ``[..., 93]``: the log-Mel, then its 13 MFCCs (``log_mel @ dct_matrix()``)."""
     return ops.concat([log_mel, ops.matmul(log_mel, dct_matrix())])
+
+
+def graph_with_mfcc(log_mel):
+    """The 93 features of a TensorFlow log-Mel tensor ``[..., 80]`` (the same product as extraction): for
+    augmentations that change the log-Mel part of stored features (``asr.augment``) and must keep the MFCCs
+    consistent with it."""
+    return _with_mfcc(log_mel, _TensorFlowOps)
 
 
 def compute_features(waveform: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@
 Every consumer runs the model through here: evaluation during training (:mod:`asr.evaluators`),
 ``asr.evaluate``, ``asr.transcribe`` and ``asr.export``. The model is the training architecture called
 with ``training=False`` (dropout off, batch normalization with its moving statistics); features are
-normalized with the training split's mean and standard deviation, which ``asr.train`` copies into
-``RUN_DIR/normalization.json`` so that a run directory alone is enough to use the model.
+normalized as the recipe's ``data.normalization`` says (:func:`normalize`): with the training split's mean
+and standard deviation, which ``asr.train`` copies into ``RUN_DIR/normalization.json`` so that a run
+directory alone is enough to use the model, or per utterance.
 
 :func:`replica_logits_fn` turns any Keras model ``features [B, T, 93] -> logits [B, T_out, 30]`` into a
 :data:`LogitsFn` that runs it on every replica of a ``tf.distribute`` strategy; :func:`load_checkpoint`
@@ -25,6 +26,7 @@ import numpy as np
 from asr.config import ModelConfig, Recipe
 from asr.files import read_json, write_json
 from asr.model import output_frames
+from asr.normalization import normalize
 
 NORMALIZATION_FILE = "normalization.json"
 T = TypeVar("T")
@@ -76,16 +78,21 @@ def local_runtime(recipe: Recipe) -> Recipe:
 
 
 def replica_logits_fn(
-    strategy, model, config: ModelConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None
+    strategy,
+    model,
+    config: ModelConfig,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+    mode: str = "global",
 ) -> LogitsFn:
     """A :data:`LogitsFn` that runs ``model`` in inference mode on every replica.
 
-    Each batch ``[B, T, 93]`` is normalized with the training set's ``mean``/``std`` (per feature,
-    over valid frames only), padded with empty utterances to a multiple of the replica count, split
-    evenly (replica r gets rows ``r*B/R .. (r+1)*B/R``), and the replicas' logits and CTC losses are
-    gathered back in row order. Returns ``(logits float32 [B, T_out, 30], output frames int [B],
-    CTC loss per utterance float [B])``; the loss is ``nan`` where the transcript (separators
-    included) is longer than the output.
+    Each batch ``[B, T, 93]`` is normalized (:func:`normalize` in ``mode``: with the training set's
+    ``mean``/``std``, or per utterance; padded frames zero), padded with empty utterances to a multiple
+    of the replica count, split evenly (replica r gets rows ``r*B/R .. (r+1)*B/R``), and the replicas'
+    logits and CTC losses are gathered back in row order. Returns ``(logits float32 [B, T_out, 30],
+    output frames int [B], CTC loss per utterance float [B])``; the loss is ``nan`` where the transcript
+    (separators included) is longer than the output.
     """
     step = _replica_step(strategy, model)
     replicas = strategy.num_replicas_in_sync
@@ -93,7 +100,7 @@ def replica_logits_fn(
     def logits_fn(features: np.ndarray, frames: np.ndarray, labels: Sequence[Sequence[int]]):
         import tensorflow as tf
 
-        features = normalize(np.asarray(features, dtype=np.float32), np.asarray(frames), mean, std)
+        features = normalize(features, np.asarray(frames), mean, std, mode)
         frames = np.asarray(frames, dtype=np.int64)
         batch = features.shape[0]
         out = np.asarray(output_frames(frames, config))
@@ -122,15 +129,6 @@ def replica_logits_fn(
         return logits.numpy()[:batch, :logit_steps], out[:batch], loss
 
     return logits_fn
-
-
-def normalize(features: np.ndarray, frames: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None):
-    """``(features - mean) / std`` per feature, and padded frames (past each utterance's ``frames``) zero."""
-    if mean is None or std is None:
-        return features
-    features = (features - mean) / np.where(std > 0, std, 1.0)
-    features[np.arange(features.shape[1])[None, :] >= np.asarray(frames)[:, None]] = 0.0
-    return features.astype(np.float32, copy=False)
 
 
 def _replica_step(strategy, model):
@@ -176,8 +174,8 @@ def _replica_slice(tensors, ctx, replicas: int):
 
 
 def model_logits_fn(recipe: Recipe, strategy: Any, model: Any, mean: np.ndarray, std: np.ndarray) -> LogitsFn:
-    """:func:`replica_logits_fn` for a model of ``recipe``."""
-    return replica_logits_fn(strategy, model, recipe.model, mean, std)
+    """:func:`replica_logits_fn` for a model of ``recipe`` (its ``data.normalization``)."""
+    return replica_logits_fn(strategy, model, recipe.model, mean, std, recipe.data.normalization)
 
 
 # --------------------------------------------------------------------------- from a run directory
@@ -237,14 +235,15 @@ def load_checkpoint(
     mean, std = read_normalization(Path(run_dir), recipe)
     info = saved_checkpoint_info(checkpoint_path)
     if xla:
-        return compiled_logits_fn(model, recipe.model, mean, std), info
+        return compiled_logits_fn(model, recipe.model, mean, std, mode=recipe.data.normalization), info
     return model_logits_fn(recipe, strategy, model, mean, std), info
 
 
 def compiled_logits_fn(
-    model, config: ModelConfig, mean: np.ndarray, std: np.ndarray, pad_frames: int = 100
+    model, config: ModelConfig, mean: np.ndarray, std: np.ndarray, pad_frames: int = 100, mode: str = "global"
 ) -> LogitsFn:
-    """A :data:`LogitsFn` running ``model`` XLA-compiled (``jit_compile``) on one device.
+    """A :data:`LogitsFn` running ``model`` XLA-compiled (``jit_compile``) on one device; features normalized
+    by :func:`normalize` in ``mode``.
 
     On a CPU at batch 1 the recurrent loop's per-step overhead dominates (the cpu model: 3 × 2 loops of
     ~530 steps for 16 s); XLA compiles each loop into one kernel, ~3× faster (``tools/bench_infer.py``).
@@ -256,7 +255,7 @@ def compiled_logits_fn(
     infer = tf.function(lambda x, n: model((x, n), training=False), jit_compile=True)
 
     def logits_fn(features: np.ndarray, frames: np.ndarray, labels: Sequence[Sequence[int]]):
-        features = normalize(np.asarray(features, dtype=np.float32), np.asarray(frames), mean, std)
+        features = normalize(features, np.asarray(frames), mean, std, mode)
         steps = features.shape[1]
         padded = -(-steps // pad_frames) * pad_frames
         features = np.pad(features, ((0, 0), (0, padded - steps), (0, 0)))

@@ -249,3 +249,99 @@ def test_dynamic_batching_settings_are_checked(tmp_path, values, message):
     recipe.write_text(f"data: {values}\n")
     with pytest.raises(ConfigError, match=message):
         load_recipe(recipe)
+
+
+ONE_BY_ONE = DataConfig(padding="bucket", bucket_boundaries=(10_000,), readers=2, buffer=2)
+"""Batches of one utterance, unpadded: each batch is one utterance's features as the model gets them."""
+
+
+def expected_by_labels(shards, config, mode):
+    """The evaluation path's normalization (:func:`asr.inference.normalize`) of every trainable utterance of
+    the shards, read with the shard reader (not ``tf.data``), by its label sequence."""
+    from asr.inference import normalize
+    from asr.shards import read_utterances
+
+    expected = {}
+    for file in shards.files:
+        for utterance in read_utterances(file):
+            features, labels = utterance["features"], utterance["labels"]
+            if data.drop_reason(len(features), len(labels), config, MODEL) is None:
+                normalized = normalize(
+                    features[None], np.array([len(features)]), shards.mean, shards.std, mode
+                )
+                expected[tuple(labels.tolist())] = normalized[0]
+    return expected
+
+
+@pytest.mark.parametrize("mode", ["global", "utterance"])
+@pytest.mark.parametrize("training", [False, True])
+def test_training_and_evaluation_normalize_an_utterance_alike_and_the_default_is_unchanged(
+    tiny_shards, mode, training
+):
+    """With no augmentation (the default), training and validation batches hold each utterance's features
+    exactly as evaluation normalizes them: in global mode ``(x - mean) / std`` as before this option (to the
+    float32 ulp: TF's graph divides by a constant as a product with its reciprocal)."""
+    shards = data.open_shards(tiny_shards / "train")
+    config = dataclasses.replace(ONE_BY_ONE, normalization=mode)
+    expected = expected_by_labels(shards, config, mode)
+    batches = list(
+        data.training_dataset(shards, config, MODEL, 1, 0, 7, training=training).as_numpy_iterator()
+    )
+    assert len(batches) == len(expected) > 10
+    for features, frames, labels, label_lengths in batches:
+        want = expected[tuple(labels[0, : label_lengths[0]].tolist())]
+        assert features.shape == (1, *want.shape) and frames[0] == len(want)
+        if mode == "global":
+            np.testing.assert_allclose(features[0], want, rtol=3e-7, atol=2e-6)
+        else:  # float32 sums over ~1000 frames in another order
+            np.testing.assert_allclose(features[0], want, rtol=1e-5, atol=2e-5)
+        if mode == "utterance":
+            np.testing.assert_allclose(features[0].mean(axis=0), 0.0, atol=1e-4)
+
+
+def test_augmentations_change_training_batches_reproducibly_and_never_validation(tiny_shards):
+    shards = data.open_shards(tiny_shards / "train")
+    augmented = dataclasses.replace(
+        ONE_BY_ONE, vtlp_range=(0.9, 1.1), noise_snr_db=(5.0, 20.0), noise_color="pink"
+    )
+
+    def features_of(config, training, epoch=0):
+        batches = data.training_dataset(shards, config, MODEL, 1, epoch, 3, training=training)
+        return [b[0] for b in batches.as_numpy_iterator()]
+
+    for a, b in zip(features_of(augmented, False), features_of(ONE_BY_ONE, False), strict=True):
+        np.testing.assert_array_equal(a, b)
+    plain, first, again = (
+        features_of(ONE_BY_ONE, True),
+        features_of(augmented, True),
+        features_of(augmented, True),
+    )
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(first, plain, strict=True):
+        assert a.shape == b.shape and np.isfinite(a).all() and not np.array_equal(a, b)
+    other_epoch = features_of(augmented, True, epoch=1)
+    assert not all(
+        a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, other_epoch, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [("{vtlp_range: [1.1, 0.9]}", r"data\.vtlp_range: expected \[low, high\]"),
+     ("{vtlp_range: [0.9]}", r"data\.vtlp_range"),
+     ("{noise_snr_db: [10]}", r"data\.noise_snr_db: expected \[\] \(off\) or \[low, high\]"),
+     ("{noise_snr_db: [20, 10]}", r"data\.noise_snr_db"),
+     ("{noise_snr_db: [0, .nan]}", r"data\.noise_snr_db"),
+     ("{noise_color: brown}", r"data\.noise_color: 'brown' is not one of"),
+     ("{normalization: speaker}", r"data\.normalization: 'speaker' is not one of"),
+     ("{freq_mask_width: 94}", r"data\.freq_mask_width: must be in \[0, 93\]")],
+)  # fmt: skip
+def test_augmentation_settings_are_checked(tmp_path, values, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {values}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(recipe)
+    recipe.write_text("data: {vtlp_range: [0.9, 1.1], noise_snr_db: [0, 20], normalization: utterance}\n")
+    loaded = load_recipe(recipe).data
+    assert loaded.vtlp_range == (0.9, 1.1) and loaded.noise_snr_db == (0.0, 20.0)

@@ -146,3 +146,30 @@ def test_onnx_export_equals_the_checkpoint_model(tiny_run, tmp_path, dev_wavefor
     for logits, expected in zip(model.run_waveforms(dev_waveforms), reference, strict=True):
         assert logits.shape == expected.shape
         assert np.abs(logits - expected).max() < SAME_FEATURES_TOLERANCE
+
+
+def test_an_export_of_a_run_with_utterance_normalization_gives_evaluations_logits(
+    tiny_run, tmp_path, dev_waveforms, reference
+):
+    """The same weights read as a run with ``data.normalization: utterance``: evaluation (numpy rule) and the
+    SavedModel and TFLite graphs (TF rule) normalize alike, and differently from the global run."""
+    import shutil
+
+    from asr.export import ExportOptions, write_export
+
+    run = tmp_path / "utterance-run"
+    shutil.copytree(tiny_run, run)
+    recipe = (run / "recipe.yaml").read_text()
+    assert recipe.count("normalization: global") == 1
+    (run / "recipe.yaml").write_text(recipe.replace("normalization: global", "normalization: utterance"))
+    evaluation = open_run(run).run_waveforms(dev_waveforms)
+    assert max(np.abs(a - b).max() for a, b in zip(evaluation, reference, strict=True)) > 1e-2
+    metadata = write_export(
+        ExportOptions(run, tmp_path / "export", formats=("savedmodel", "tflite")), log=print
+    )
+    assert metadata["normalization"]["mode"] == "utterance"
+    for backend in ("savedmodel", "tflite"):
+        model = open_export(tmp_path / "export", backend)
+        for logits, expected in zip(model.run_waveforms(dev_waveforms), evaluation, strict=True):
+            assert logits.shape == expected.shape
+            assert np.abs(logits - expected).max() < SAME_FEATURES_TOLERANCE

@@ -126,7 +126,7 @@ def random_paper_model(xla: bool):
     model = build_eval_model(recipe, strategy)
     mean, std = np.zeros(FEATURE_DIM, np.float32), np.ones(FEATURE_DIM, np.float32)
     if xla:
-        logits_fn = compiled_logits_fn(model, recipe.model, mean, std)
+        logits_fn = compiled_logits_fn(model, recipe.model, mean, std, mode=recipe.data.normalization)
     else:
         logits_fn = model_logits_fn(recipe, strategy, model, mean, std)
     return AcousticModel(logits_fn, recipe, "random weights")
