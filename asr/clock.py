@@ -5,6 +5,10 @@ Time-to-accuracy is read off this clock. It counts everything a run does once th
 reported separately. When a run stops and is resumed, the clock continues from the value saved
 with the checkpoint, and the gap between the stop and the resume is counted as ``downtime``,
 never as run time. Per-phase totals (seconds) say where the time went.
+
+Work that is measured but must not count towards time to accuracy (the extra evaluation sets,
+``eval.extra_sets``) runs inside :meth:`RunClock.off_clock`: the clock stands still meanwhile and the
+seconds are totalled separately in ``off_clock_totals``.
 """
 
 from __future__ import annotations
@@ -18,15 +22,40 @@ from typing import Any
 class RunClock:
     """Monotonic run time in seconds, with per-phase totals and downtime across resumes."""
 
-    def __init__(self, elapsed: float = 0.0, downtime: float = 0.0, phases: dict[str, float] | None = None):
+    def __init__(
+        self,
+        elapsed: float = 0.0,
+        downtime: float = 0.0,
+        phases: dict[str, float] | None = None,
+        off_clock: dict[str, float] | None = None,
+    ):
         self._offset = float(elapsed)
         self._started = time.monotonic()
+        self._stopped_at: float | None = None
         self.downtime = float(downtime)
         self.phases: dict[str, float] = dict(phases or {})
+        self.off_clock_totals: dict[str, float] = dict(off_clock or {})
 
     def elapsed(self) -> float:
-        """Seconds of active run time, including earlier sessions of a resumed run."""
-        return self._offset + (time.monotonic() - self._started)
+        """Seconds of active run time, including earlier sessions of a resumed run; it does not move
+        inside :meth:`off_clock`."""
+        now = time.monotonic() if self._stopped_at is None else self._stopped_at
+        return self._offset + (now - self._started)
+
+    @contextlib.contextmanager
+    def off_clock(self, name: str) -> Iterator[None]:
+        """Stop the clock for the ``with`` body (which must not nest, or contain a :meth:`phase`) and add its
+        wall time to ``off_clock_totals[name]`` instead: :meth:`elapsed` reads the same before and after."""
+        if self._stopped_at is not None:
+            raise RuntimeError("RunClock.off_clock does not nest")
+        self._stopped_at = time.monotonic()
+        try:
+            yield
+        finally:
+            spent = time.monotonic() - self._stopped_at
+            self._offset -= spent
+            self._stopped_at = None
+            self.off_clock_totals[name] = self.off_clock_totals.get(name, 0.0) + spent
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -43,6 +72,7 @@ class RunClock:
             "elapsed": self.elapsed(),
             "downtime": self.downtime,
             "phases": dict(self.phases),
+            "off_clock": dict(self.off_clock_totals),
             "saved_wall_time": time.time(),
         }
 
@@ -55,4 +85,5 @@ class RunClock:
             elapsed=float(state.get("elapsed", 0.0)),
             downtime=float(state.get("downtime", 0.0)) + gap,
             phases=state.get("phases"),
+            off_clock=state.get("off_clock"),
         )

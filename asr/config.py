@@ -202,6 +202,10 @@ class RuntimeConfig:
     """Batch-norm statistics over the global batch instead of each replica's slice."""
 
 
+EXTRA_SET_NAME = re.compile(r"[A-Za-z0-9._-]+")
+"""What an ``eval.extra_sets`` name may be (it names the set in the event log, TensorBoard and reports)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Per-epoch validation (paper 4.4.2) and final decoding."""
@@ -218,6 +222,11 @@ class EvalConfig:
     """Utterances per evaluation batch (0: the training global batch)."""
     decode_workers: int = 0
     """Processes decoding in parallel (0: all CPU cores)."""
+    extra_sets: dict[str, str] = dataclasses.field(default_factory=dict)
+    """More validation sets, name → shard directory (``{dev-seen: work/minilibri-unseen/dev}``), evaluated
+    at each epoch end right after ``data.dev`` with the same model and decoder: ``eval`` events with
+    ``split`` = the name and ``extra: true``. Not used for time to accuracy, and off the run clock (their
+    seconds are reported apart, :meth:`asr.clock.RunClock.off_clock`). Not evaluated in ``external`` mode."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +294,22 @@ class Recipe:
         for i, target in enumerate(self.tta.targets):
             Bound(0, 100, low_open=True, note="percent").check(where, f"tta.targets[{i}].value", target.value)
         self._validate_together(where)
+        self._validate_extra_sets(where)
         return self
+
+    def _validate_extra_sets(self, where: str) -> None:
+        dev_name = Path(self.data.dev).name if self.data.dev else ""
+        for name, path in self.eval.extra_sets.items():
+            key = f"eval.extra_sets.{name}"
+            if not EXTRA_SET_NAME.fullmatch(name):
+                raise ConfigError(f"{where}: {key}: a set name is letters, digits, '.', '_' or '-'")
+            if not path:
+                raise ConfigError(f"{where}: {key}: expected a shard directory, got an empty string")
+            if name == dev_name:
+                raise ConfigError(
+                    f"{where}: {key}: the name is data.dev's ({dev_name}), whose evaluations TTA reads; "
+                    "choose another"
+                )
 
     def _validate_together(self, where: str) -> None:
         """Rules that involve more than one value."""
@@ -507,6 +531,13 @@ def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, where, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping, got {value!r}")
+        return {
+            _coerce(args[0], k, where, f"{key} key"): _coerce(args[1], v, where, f"{key}.{k}")
+            for k, v in value.items()
+        }
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: {key}: expected a list, got {value!r}")

@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import json
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import soundfile
@@ -65,12 +66,15 @@ class Candidate:
 
 @dataclasses.dataclass(frozen=True)
 class Planned:
-    """An utterance that passed the header checks: normalized text, header duration in seconds."""
+    """An utterance that passed the header checks: normalized text, duration in seconds (from the header;
+    for a speed-perturbed copy, of the perturbed audio)."""
 
     utt_id: str
     path: str
     text: str
     duration: float
+    speed: float = 1.0
+    """Speed-perturbation factor (1.0: the audio as it is; see :func:`perturbed_length`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,19 +188,48 @@ def manifest_candidates(path: Path) -> list[Candidate]:
     return sorted(candidates, key=lambda c: c.utt_id)
 
 
+# --------------------------------------------------------------------------- speed perturbation
+
+MAX_SPEED_DENOMINATOR = 100
+"""Speed factors are used as the nearest fraction p/q with q <= 100 (exact for 0.9, 1.1, 0.95, ...)."""
+
+
+def speed_ratio(factor: float) -> tuple[int, int]:
+    """``(p, q)``: the fraction p/q nearest ``factor`` with q <= :data:`MAX_SPEED_DENOMINATOR`."""
+    ratio = Fraction(factor).limit_denominator(MAX_SPEED_DENOMINATOR)
+    return ratio.numerator, ratio.denominator
+
+
+def perturbed_length(samples: int, factor: float) -> int:
+    """Samples of a waveform of ``samples`` samples played ``factor`` times faster (Kaldi's speed
+    perturbation: resampled, so tempo, pitch and formants all scale): ``round(samples / factor)``, with
+    ``factor`` taken as :func:`speed_ratio`'s fraction."""
+    if factor == 1.0:
+        return samples
+    p, q = speed_ratio(factor)
+    return (2 * samples * q + p) // (2 * p)  # round(samples * q / p), halves up, in integers
+
+
+def speed_id(utt_id: str, factor: float) -> str:
+    """Kaldi's id of a speed-perturbed copy: ``sp0.9-<id>``; the id itself for factor 1.0."""
+    return utt_id if factor == 1.0 else f"sp{factor:g}-{utt_id}"
+
+
 # --------------------------------------------------------------------------- header checks
 
 
-def probe(candidate: Candidate, max_duration: float, resample: bool) -> Planned | Skipped:
+def probe(candidate: Candidate, max_duration: float, resample: bool, speed: float = 1.0) -> Planned | Skipped:
     """Keep or skip one utterance from its transcript and audio header (no decoding).
 
     Durations are seconds; ``too short`` means fewer than ``MIN_FRAMES`` feature frames after
     resampling to 16 kHz. Audio at another rate is kept (to be resampled) unless ``resample`` is
-    False, then skipped as ``wrong sample rate``.
+    False, then skipped as ``wrong sample rate``. ``speed`` != 1.0 plans the speed-perturbed copy
+    (id :func:`speed_id`): its length, checked against ``max_duration``, is :func:`perturbed_length`'s.
     """
+    utt_id = speed_id(candidate.utt_id, speed)
 
     def skip(reason: str) -> Skipped:
-        return Skipped(candidate.utt_id, candidate.path, reason)
+        return Skipped(utt_id, candidate.path, reason)
 
     if candidate.transcript is None:
         return skip(MISSING_TRANSCRIPT)
@@ -217,13 +250,23 @@ def probe(candidate: Candidate, max_duration: float, resample: bool) -> Planned 
     if info.samplerate != features.SAMPLE_RATE and not resample:
         return skip(WRONG_SAMPLE_RATE)
     duration = info.frames / info.samplerate
+    if speed != 1.0:
+        samples = perturbed_length(round(duration * features.SAMPLE_RATE), speed)
+        duration = samples / features.SAMPLE_RATE
     if duration > max_duration:
         return skip(TOO_LONG)
     if features.num_frames(round(duration * features.SAMPLE_RATE)) < features.MIN_FRAMES:
         return skip(TOO_SHORT)
-    return Planned(candidate.utt_id, candidate.path, normalized, duration)
+    return Planned(utt_id, candidate.path, normalized, duration, speed)
 
 
-def probe_many(candidates: list[Candidate], max_duration: float, resample: bool) -> list[Planned | Skipped]:
-    """:func:`probe` over a chunk of candidates (one task for a worker process)."""
-    return [probe(candidate, max_duration, resample) for candidate in candidates]
+def probe_many(
+    candidates: list[Candidate], max_duration: float, resample: bool, speeds: tuple[float, ...] = ()
+) -> list[Planned | Skipped]:
+    """:func:`probe` over a chunk of candidates (one task for a worker process); with ``speeds``, each
+    candidate is followed by its speed-perturbed copies in that order."""
+    return [
+        probe(candidate, max_duration, resample, speed)
+        for candidate in candidates
+        for speed in (1.0, *speeds)
+    ]

@@ -22,18 +22,22 @@ Kinds and their own fields:
   ``elements_per_second_per_replica``, ``audio_seconds`` (unpadded audio in the batch).
 - ``sample``: ``pairs`` = [[reference, hypothesis], ...] from a greedy decode of a training batch.
 - ``phase``: ``phase`` in {"checkpoint", "swap_out", "evaluate", "swap_in"}, ``seconds``.
+- ``off_clock``: ``name`` (``eval:<set>`` for an ``eval.extra_sets`` entry), ``seconds``: work the run
+  clock stood still for (its ``elapsed`` is the same before and after).
 - ``checkpoint``: ``path``, ``seconds``.
 - ``eval``: ``split``, ``loss``, ``wer``, ``cer``, ``cer_maxlen`` (percent), ``substitutions``,
   ``deletions``, ``insertions``, ``words``, ``decoder``, ``beam_width``, ``utterances``,
   ``seconds``, ``source`` ("swap" | "resident" | "external"); ``skipped_utterances`` only when
-  damaged or missing shards left utterances of the set out.
+  damaged or missing shards left utterances of the set out; ``extra`` (true) for an ``eval.extra_sets``
+  set, whose ``split`` is its name in the recipe (never used for time to accuracy).
 - ``epoch_end``: ``train_seconds`` of that epoch (this session's share if it was resumed midway),
   ``learning_rate``.
 - ``target``: ``metric``, ``target``, ``rule`` ("median" | "first"), ``value``.
 - ``util``: ``cpu_percent`` (training process, 100 = one core), ``gpus`` = [{``index``,
   ``utilization``, ``memory_used_mb``, ``power_w``}].
 - ``skipped_step``: ``reason`` (non-finite loss), ``consecutive``.
-- ``run_end``: ``reason`` ("epochs" | "time_budget" | "targets" | "signal" | "nan" | "error").
+- ``run_end``: ``reason`` ("epochs" | "time_budget" | "targets" | "signal" | "nan" | "error"),
+  ``phases`` and ``off_clock`` (seconds per name, this run's totals).
 
 Lines are whole or skipped: a line cut by a kill or a full disk is left as it is, the next event starts
 on a fresh line, and :func:`read_events` returns one warning per unreadable line.

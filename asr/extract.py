@@ -49,6 +49,8 @@ FORMAT = "asr-shards"
 VERSION = 1
 PLAN_CHUNK = 256
 """Candidates per header-probing task (header reads are ~0.3 ms each)."""
+SPEED_RANGE = (0.1, 10.0)
+"""Speed-perturbation factors allowed (Kaldi uses 0.9 and 1.1)."""
 
 
 class ExtractError(Exception):
@@ -85,6 +87,14 @@ class ExtractConfig:
     resample: bool = True
     """Resample audio that is not 16 kHz (soxr, high quality); otherwise skip it."""
     quiet: bool = False
+    speed_perturb: tuple[float, ...] = ()
+    """Speed-perturbation factors: each utterance also gets a copy played s times faster per factor s
+    (Kaldi's ``sp<s>-<id>``); 1.0 (the original, always kept) may be listed and adds nothing."""
+
+    def speeds(self) -> tuple[float, ...]:
+        """The factors of the extra copies: sorted, unique, without 1.0 (so their order on the command
+        line does not change the output)."""
+        return tuple(sorted({s for s in self.speed_perturb if s != 1.0}))
 
     def validate(self) -> None:
         """Raise :class:`ExtractError` for impossible combinations."""
@@ -102,6 +112,14 @@ class ExtractConfig:
             raise ExtractError(f"--compression-level {self.compression_level} is not in 0..9")
         if not 0 < self.max_duration < math.inf:  # NaN fails too: it would keep every utterance
             raise ExtractError(f"--max-duration {self.max_duration} must be a positive number of seconds")
+        for factor in self.speed_perturb:
+            if not SPEED_RANGE[0] <= factor <= SPEED_RANGE[1]:  # NaN fails too
+                raise ExtractError(
+                    f"--speed-perturb: factor {factor} is not in [{SPEED_RANGE[0]}, {SPEED_RANGE[1]}]"
+                )
+        names = [corpus.speed_id("", s) for s in self.speeds()]
+        if len(set(names)) < len(names):
+            raise ExtractError(f"--speed-perturb: factors {list(self.speeds())} give the same utterance id")
 
     def parameters(self) -> dict[str, Any]:
         """What determines the bytes written; an output directory holds one set of these."""
@@ -121,6 +139,8 @@ class ExtractConfig:
             "compression_level": self.compression_level if compressed else None,
             "compression_strategy": self.compression_strategy if compressed else None,
             "resample": self.resample,
+            # only when set, so that shards made before this option existed stay valid
+            **({"speed_perturb": list(self.speeds())} if self.speeds() else {}),
         }
 
     def sources(self) -> dict[str, Any]:
@@ -156,8 +176,23 @@ def planned_digest(utterances: Sequence[corpus.Planned]) -> str:
     """Fingerprint of a shard's planned utterances (ids, paths, texts): a changed corpus redoes it."""
     digest = hashlib.sha256()
     for utterance in utterances:
-        digest.update(f"{utterance.utt_id}\t{utterance.path}\t{utterance.text}\n".encode())
+        speed = f"\t{utterance.speed!r}" if utterance.speed != 1.0 else ""
+        digest.update(f"{utterance.utt_id}\t{utterance.path}\t{utterance.text}{speed}\n".encode())
     return digest.hexdigest()
+
+
+def speed_perturb(samples: np.ndarray, factor: float) -> np.ndarray:
+    """``samples`` played ``factor`` times faster, as Kaldi's speed perturbation: resampled by q/p
+    (``factor`` ≈ p/q, :func:`asr.corpus.speed_ratio`) with a polyphase filter and kept at 16 kHz, so
+    tempo, pitch and formants all scale by the factor; N samples become ``round(N / factor)``
+    (:func:`asr.corpus.perturbed_length`). float32 in, float32 out."""
+    if factor == 1.0:
+        return samples
+    from scipy.signal import resample_poly
+
+    p, q = corpus.speed_ratio(factor)
+    resampled = resample_poly(samples, q, p)
+    return resampled[: corpus.perturbed_length(len(samples), factor)].astype(np.float32)
 
 
 def package_versions() -> dict[str, str]:
@@ -219,7 +254,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _probe_chunk(job: tuple[list[corpus.Candidate], float, bool]) -> list[corpus.Planned | corpus.Skipped]:
+def _probe_chunk(
+    job: tuple[list[corpus.Candidate], float, bool, tuple[float, ...]],
+) -> list[corpus.Planned | corpus.Skipped]:
     return corpus.probe_many(*job)
 
 
@@ -298,6 +335,8 @@ def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus
     def records():
         for utterance in utterances:
             samples = _load_audio(utterance.path, config.resample)
+            if isinstance(samples, np.ndarray):
+                samples = speed_perturb(samples, utterance.speed)
             if isinstance(samples, np.ndarray) and features.num_frames(len(samples)) < features.MIN_FRAMES:
                 samples = corpus.TOO_SHORT
             values = _features(samples) if isinstance(samples, np.ndarray) else samples
@@ -436,7 +475,7 @@ def make_plan(
     """
     candidates, warnings, empty = found
     chunks = [
-        (candidates[start : start + PLAN_CHUNK], config.max_duration, config.resample)
+        (candidates[start : start + PLAN_CHUNK], config.max_duration, config.resample, config.speeds())
         for start in range(0, len(candidates), PLAN_CHUNK)
     ]
     kept: list[corpus.Planned] = []
@@ -699,6 +738,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ExtractConfig:
     parser.add_argument("--merge-only", action="store_true", help="only write manifest.json from sidecars")
     parser.add_argument("--no-resample", action="store_true", help="skip audio that is not 16 kHz")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument(
+        "--speed-perturb",
+        default="",
+        metavar="S,S,...",
+        help="also copies played S times faster, e.g. 0.9,1.1",
+    )
     args = parser.parse_args(argv)
     config = ExtractConfig(
         out=args.out,
@@ -717,9 +762,21 @@ def parse_args(argv: Sequence[str] | None = None) -> ExtractConfig:
         merge_only=args.merge_only,
         resample=not args.no_resample,
         quiet=args.quiet,
+        speed_perturb=parse_speeds(args.speed_perturb),
     )
     config.validate()
     return config
+
+
+def parse_speeds(value: str) -> tuple[float, ...]:
+    """``"0.9,1.1"`` → ``(0.9, 1.1)``; an empty string → ``()``; anything else is an :class:`ExtractError`."""
+    factors = []
+    for part in value.split(",") if value.strip() else []:
+        try:
+            factors.append(float(part))
+        except ValueError:
+            raise ExtractError(f"--speed-perturb {value!r}: {part.strip()!r} is not a number") from None
+    return tuple(factors)
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -895,6 +895,7 @@ def runs_table(report: Report) -> Table:
                 "not recorded" if extract is None else f"{extract / 60:.1f}",
                 "\u2014" if last_epoch is None else str(last_epoch + 1),
                 str(end or "unfinished"),
+                epoch_accuracy(run.of_kind("eval")),
             ]
         )
     return Table(
@@ -908,11 +909,31 @@ def runs_table(report: Report) -> Table:
             "feature extraction (min)",
             "epochs",
             "ended",
+            "epoch-end WER/CER %: last (median of last 3)",
         ],
         rows,
         "Run time is the TTA clock at the last event; downtime (between stop and resume) and feature "
-        "extraction are not part of it.",
+        "extraction are not part of it. WER/CER per evaluated set: the TTA set (data.dev) first, then "
+        "each eval.extra_sets set (evaluated off the run clock, never used for TTA).",
     )
+
+
+def epoch_accuracy(evals: Sequence[dict[str, Any]], window: int = 3) -> str:
+    """``"dev 40.0/15.0 (41.0/15.5); dev-seen 30.0/11.0 (31.0/12.0)"``: per set, in the order first
+    evaluated, the last epoch's WER/CER and the median of the last ``window`` epochs' (percent);
+    an em dash when no evaluation has both."""
+    series: dict[str, dict[int, tuple[float, float]]] = {}
+    for event in evals:
+        wer, cer = event.get("wer"), event.get("cer")
+        if _number(wer) and _number(cer) and event.get("split") is not None:
+            by_epoch = series.setdefault(str(event["split"]), {})
+            by_epoch[int(event.get("epoch", len(by_epoch)))] = (float(wer), float(cer))
+    parts = []
+    for split, by_epoch in series.items():
+        last = [by_epoch[e] for e in sorted(by_epoch)][-window:]
+        wer, cer = statistics.median(w for w, _ in last), statistics.median(c for _, c in last)
+        parts.append(f"{split} {last[-1][0]:.1f}/{last[-1][1]:.1f} ({wer:.1f}/{cer:.1f})")
+    return "; ".join(parts) or "\u2014"
 
 
 # --------------------------------------------------------------------------- plots

@@ -179,6 +179,15 @@ class RunLog:
             yield
         self.write("phase", phase=name, seconds=time.monotonic() - began)
 
+    @contextmanager
+    def off_clock(self, name: str) -> Iterator[None]:
+        """Work the run clock must not count (extra evaluation sets): the clock stands still, and an
+        ``off_clock`` event gives its seconds when it ends."""
+        began = time.monotonic()
+        with self.clock.off_clock(name):
+            yield
+        self.write("off_clock", name=name, seconds=time.monotonic() - began)
+
     def say(self, message: str) -> None:
         if self.is_chief:
             print(f"asr.train: {message}", file=sys.stderr, flush=True)
@@ -437,7 +446,7 @@ class Trainer:
             WriteError
         ):  # the error that stopped the run (a full disk) is the one to report
             self.log.write("run_end", reason=reason, skipped_steps=self.progress.skipped_steps,
-                           phases=self.clock.phases)  # fmt: skip
+                           phases=self.clock.phases, off_clock=self.clock.off_clock_totals)  # fmt: skip
         self.log.close()
         self.evaluator.close()
         if reason != "error":
@@ -644,6 +653,8 @@ class Trainer:
         results = self.evaluator.evaluate(self.session, checkpoint, self.log)
         for fields in results:
             event = self.log.write("eval", epoch=finished, checkpoint=checkpoint.name, **fields)
+            if fields.get("extra"):
+                continue  # eval.extra_sets: reported, never a TTA input
             for reached in self.tracker.update(event):
                 self.log.write("target", **reached.event_fields())
                 self.log.say(reached.describe())

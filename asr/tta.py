@@ -158,9 +158,10 @@ def _elapsed(event: dict[str, Any]) -> float | None:
 
 
 def tta_split(events: Iterable[dict[str, Any]]) -> str | None:
-    """The split TTA is measured on: that of the first ``eval`` event (training's dev split)."""
+    """The split TTA is measured on: that of the first ``eval`` event (training's dev split) that is not of
+    an extra set (``eval.extra_sets``)."""
     for event in events:
-        if event.get("event") == "eval" and event.get("split") is not None:
+        if event.get("event") == "eval" and event.get("split") is not None and not event.get("extra"):
             return str(event["split"])
     return None
 
@@ -215,8 +216,8 @@ class TTATracker:
 
     def update(self, eval_event: dict[str, Any]) -> list[Reached]:
         """Take one ``eval`` event; return the (target, rule) pairs it newly reaches, median rule first."""
-        if eval_event.get("event", "eval") != "eval":
-            return []
+        if eval_event.get("event", "eval") != "eval" or eval_event.get("extra"):
+            return []  # an eval.extra_sets set is reported, never a TTA input
         split = eval_event.get("split")
         if self.split is None:
             self.split = split

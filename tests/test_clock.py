@@ -1,5 +1,7 @@
 import time
 
+import pytest
+
 from asr.clock import RunClock
 
 
@@ -17,6 +19,22 @@ def test_resume_continues_elapsed_and_counts_the_gap_as_downtime():
     assert 100.0 <= clock.elapsed() < 101.0
     assert clock.downtime == 65.0  # exact: 5 + (1060 - 1000), whole numbers in doubles
     assert clock.phases == {"train": 90.0}  # copied
+
+
+def test_off_clock_work_stops_the_clock_and_is_totalled_apart():
+    clock = RunClock(elapsed=10.0)
+    before = clock.elapsed()
+    with clock.off_clock("eval:dev-seen"):
+        entered = clock.elapsed()
+        time.sleep(0.05)
+        inside = clock.elapsed()
+    after = clock.elapsed()
+    assert inside == entered and after - before < 0.01  # exact inside: the clock stood still
+    assert clock.off_clock_totals["eval:dev-seen"] >= 0.05
+    with pytest.raises(RuntimeError), clock.off_clock("a"), clock.off_clock("b"):
+        pass
+    resumed = RunClock.resume(clock.state())
+    assert resumed.off_clock_totals == clock.off_clock_totals and resumed.elapsed() >= after
 
 
 def test_state_round_trips():

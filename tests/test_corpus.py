@@ -107,3 +107,18 @@ def test_probe_reasons(tmp_path):
     planned = corpus.probe(cases["kept"], 2.0, True)
     assert planned == corpus.Planned("ok", cases["kept"].path, "hello", 1.0)  # exact: 16000 / 16000 samples
     assert corpus.reason_key("unmappable text: '1' '2'") == "unmappable text"
+
+
+def test_speed_perturbed_plans_have_kaldi_ids_and_the_perturbed_length(tiny_corpus):
+    assert corpus.perturbed_length(16000, 0.9) == round(16000 / 0.9) == 17778
+    assert corpus.perturbed_length(16001, 1.1) == round(16001 / 1.1) and corpus.perturbed_length(7, 1.0) == 7
+    assert corpus.speed_ratio(0.9) == (9, 10) and corpus.speed_id("1-2-3", 1.1) == "sp1.1-1-2-3"
+    candidate = corpus.librispeech_candidates(tiny_corpus, "dev-clean")[0]
+    original = corpus.probe(candidate, 30.0, True)
+    slower = corpus.probe(candidate, 30.0, True, speed=0.9)
+    assert slower.utt_id == f"sp0.9-{candidate.utt_id}" and slower.text == original.text
+    assert slower.duration == pytest.approx(original.duration / 0.9, abs=1 / 16000)
+    short = corpus.probe(candidate, original.duration * 1.05, True, speed=0.9)
+    assert short.reason == corpus.TOO_LONG and short.utt_id == slower.utt_id
+    planned = corpus.probe_many([candidate], 30.0, True, (0.9, 1.1))
+    assert [p.speed for p in planned] == [1.0, 0.9, 1.1]

@@ -486,3 +486,81 @@ def test_the_md5_check_accepts_every_bundled_flac_file(tiny_corpus):
     for path in sorted(tiny_corpus.rglob("*.flac")):
         samples, _ = soundfile.read(path, dtype="float32")
         assert extract.audio_damage(str(path), samples, soundfile.info(path).frames) is None, path
+
+
+# --------------------------------------------------------------------------- speed perturbation
+
+
+def test_speed_perturb_scales_pitch_and_length_by_the_factor():
+    rate, seconds, tone = 16000, 1.0, 500.0
+    samples = np.sin(2 * np.pi * tone * np.arange(int(rate * seconds)) / rate).astype(np.float32)
+    for factor in (0.9, 1.1, 0.95):
+        perturbed = extract.speed_perturb(samples, factor)
+        assert perturbed.dtype == np.float32 and len(perturbed) == round(len(samples) / factor)
+        middle = perturbed[2000:-2000]  # the resampling filter's edges left out
+        spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle))))
+        peak = np.argmax(spectrum) * rate / len(middle)
+        assert abs(peak - tone * factor) < rate / len(middle), factor
+    assert extract.speed_perturb(samples, 1.0) is samples
+
+
+def test_speed_perturbed_copies_follow_each_utterance_with_its_transcript(tiny_corpus, tmp_path):
+    audio = {p.stem: p for p in (tiny_corpus / "train-clean").rglob("*.flac")}
+    lengths = {utt_id: soundfile.info(path).frames for utt_id, path in audio.items()}
+    longest = max(lengths.values()) / 16000
+    max_duration = longest * 1.05  # every original kept, the longest 0.9 copies (x 1.11) too long
+    out = tmp_path / "sp"
+    args = ["--corpus", tiny_corpus, "--subsets", "train-clean", "--out", out, "--shard-size", 8]
+    assert (
+        extract_main(*args, "--workers", 1, "--max-duration", max_duration, "--speed-perturb", "1.1,0.9") == 0
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"]["speed_perturb"] == [0.9, 1.1]
+    too_long = {f"sp0.9-{u}" for u, n in lengths.items() if round(n / 0.9) / 16000 > max_duration}
+    assert too_long and {s["utt_id"] for s in manifest["skipped"]} == too_long
+    assert {s["reason"] for s in manifest["skipped"]} == {"too long"}
+    read = [u for e in manifest["shards"] for u in shards.read_utterances(out / e["file"])]
+    expected = [
+        name for u in sorted(audio) for name in (u, f"sp0.9-{u}", f"sp1.1-{u}") if name not in too_long
+    ]
+    assert [u["utt_id"] for u in read] == expected  # each original followed by its copies
+    by_id = {u["utt_id"]: u for u in read}
+    transcripts = transcripts_of(tiny_corpus / "train-clean")
+    for utterance in read:
+        prefix, _, original = utterance["utt_id"].partition("-")
+        factor = float(prefix[2:]) if prefix.startswith("sp") else 1.0
+        original = original if factor != 1.0 else utterance["utt_id"]
+        samples = round(lengths[original] / factor)
+        assert utterance["num_frames"] == features.num_frames(samples)
+        assert utterance["duration"] == pytest.approx(samples / 16000)
+        assert utterance["text"] == text.normalize(transcripts[original])
+        assert utterance["labels"].tolist() == by_id[original]["labels"].tolist()
+    assert manifest["counts"]["kept"] == 3 * len(audio) - len(too_long)
+
+
+def test_speed_factor_one_is_the_extraction_without_the_option(tiny_train, tiny_corpus, tmp_path):
+    out = tmp_path / "train"
+    args = ["--corpus", tiny_corpus, "--subsets", "train-clean", "--out", out, "--shard-size", 8]
+    assert extract_main(*args, "--workers", 1, "--speed-perturb", "1.0") == 0
+    assert shard_bytes(out) == shard_bytes(tiny_train)
+    assert manifest_without_timing(out) == manifest_without_timing(tiny_train)
+    assert extract_main(*args, "--workers", 1) == 0  # and the same directory resumes without the option
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "factor 0.0 is not in [0.1, 10.0]"),
+        ("-0.9,1.1", "factor -0.9 is not in"),
+        ("0.9,abc", "'abc' is not a number"),
+        ("0.9,,1.1", "'' is not a number"),
+        ("nan", "factor nan is not in"),
+    ],
+)
+def test_a_bad_speed_factor_is_one_line_and_exit_2(run_module, tiny_corpus, tmp_path, value, message):
+    args = ["--corpus", tiny_corpus, "--subsets", "dev-clean", "--out", tmp_path / "o"]
+    result = run_module("asr.extract", *args, f"--speed-perturb={value}")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("asr.extract: error: --speed-perturb")
+    assert message in result.stderr
+    assert not (tmp_path / "o").exists()

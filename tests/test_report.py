@@ -452,3 +452,23 @@ def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path, c
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"asr.report: {out / 'report.md'}: cannot write (Is a directory)")
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # the temporary was removed
+
+
+def test_runs_table_shows_each_evaluated_set_last_and_median_of_last_3(tmp_path):
+    cer = [40.0, 30.0, 20.0, 18.0]
+    run = write_run(tmp_path / "a", cer, wer=[c * 2 for c in cer])
+    seen = [35.0, 25.0, 15.0, 13.0]
+    with (run / EVENT_LOG_NAME).open("a") as log:
+        for epoch, value in enumerate(seen):  # eval.extra_sets events, after the TTA set's
+            event = {"event": "eval", "split": "dev-seen", "extra": True, "epoch": epoch,
+                     "elapsed": eval_times(4)[epoch], "wer": value * 2, "cer": value}  # fmt: skip
+            log.write(json.dumps(event) + "\n")
+    status, out = run_report(tmp_path, [run])
+    assert status == 0
+    runs = (out / "report.md").read_text().split("## Runs")[1].split("##")[0]
+    dev = f"{36.0:.1f}/{18.0:.1f} ({40.0:.1f}/{20.0:.1f})"  # last 3 CER 30, 20, 18 -> median 20
+    assert f"dev-seen {26.0:.1f}/{13.0:.1f} ({30.0:.1f}/{15.0:.1f})" in runs and dev in runs
+    assert runs.index(dev) < runs.index("dev-seen")
+    tta = (out / "report.md").read_text().split("## Runs")[0]
+    assert "dev-seen" not in tta  # never a TTA set
+    assert report.epoch_accuracy([]) == "\u2014"

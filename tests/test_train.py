@@ -222,6 +222,32 @@ def test_swap_evaluation_leaves_training_bit_for_bit_unchanged(shards, tmp_path)
     assert_same_weights(model_weights(latest(swap)), model_weights(latest(external)))
 
 
+@pytest.mark.parametrize("mode", ["resident", "swap"])
+def test_extra_sets_are_logged_under_their_names_off_the_run_clock_and_not_for_tta(shards, tmp_path, mode):
+    run = tmp_path / "run"
+    result = train(
+        shards, run, "train.epochs=1", f"eval.mode={mode}", f"eval.extra_sets.dev-seen={shards / 'dev'}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = events(run)
+    evals = [e for e in log if e["event"] == "eval"]
+    assert [(e["split"], e.get("extra", False)) for e in evals] == [("dev", False), ("dev-seen", True)]
+    main, extra = evals
+    for key in ("wer", "cer", "loss", "utterances", "beam_width"):  # the same set, model and decoder
+        assert extra[key] == main[key], key
+    assert "epoch 1: dev-seen" in result.stderr
+    off = [e for e in log if e["event"] == "off_clock"]
+    assert [e["name"] for e in off] == ["eval:dev-seen"] and off[0]["seconds"] > 0
+    evaluated = [e for e in log if e["event"] == "phase" and e["phase"] == "evaluate"][-1]
+    swap_in = [e for e in log if e["event"] == "phase" and e["phase"] == "swap_in"]
+    resumed = swap_in[-1]["elapsed"] - swap_in[-1]["seconds"] if swap_in else main["elapsed"]
+    assert resumed - evaluated["elapsed"] < off[0]["seconds"] / 2  # the extra set's time is not on the clock
+    state = json.loads(latest(run).with_suffix(".json").read_text())
+    assert state["tta"]["split"] == "dev" and len(state["tta"]["history"]["wer"]) == 1
+    assert state["clock"]["off_clock"]["eval:dev-seen"] == pytest.approx(off[0]["seconds"], abs=0.01)
+    assert next(e["off_clock"] for e in log if e["event"] == "run_end")["eval:dev-seen"] > 0
+
+
 def test_sigterm_saves_and_a_rerun_resumes_where_training_stopped(shards, tmp_path):
     """SIGTERM mid-epoch: checkpoint and exit 143; re-running resumes (data position, clock, downtime)
     and ends with the weights of an uninterrupted run."""
@@ -430,6 +456,9 @@ def test_a_write_limit_during_checkpointing_is_one_line_and_a_rerun_completes(sh
         (["runtime.replicas=3"], "cannot be split evenly over runtime.replicas=3"),
         (["data.train=/nonexistent/shards"], "data.train: /nonexistent/shards: no such shard directory"),
         (["data.dev=/nonexistent/dev"], "data.dev: /nonexistent/dev: no such shard directory"),
+        (["eval.extra_sets.seen=/nonexistent/x"], "eval.extra_sets.seen: /nonexistent/x: no such shard"),
+        (["eval.extra_sets.dev=/nonexistent/x"], "eval.extra_sets.dev: the name is data.dev's (dev)"),
+        (["eval.extra_sets.a/b=/x"], "eval.extra_sets.a/b: a set name is letters"),
     ],
 )
 def test_bad_recipe_or_data_is_one_line_and_exit_2(shards, tmp_path, sets, message):

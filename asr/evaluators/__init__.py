@@ -1,7 +1,9 @@
 """Per-epoch evaluators, picked by ``eval.mode`` in the recipe (paper 4.4.2).
 
 Each is a small module with one class; the training loop calls ``evaluate(session, checkpoint, log)`` at
-an epoch end, right after saving ``checkpoint``, and writes one ``eval`` event per returned dict:
+an epoch end, right after saving ``checkpoint``, and writes one ``eval`` event per returned dict: first
+``data.dev``'s, then one per ``eval.extra_sets`` entry (``extra: true``, evaluated off the run clock with the
+same model and decoder; ``external`` mode evaluates none):
 
 - ``swap`` (:mod:`asr.evaluators.swap`, the paper's): release the training model, build the evaluation model
   from the checkpoint, decode the validation set, rebuild training from the checkpoint.

@@ -30,8 +30,10 @@ class ResidentEvaluator:
                 mean, std = read_normalization(session.run_dir, self.recipe)
                 self._logits_fn = model_logits_fn(self.recipe, self.strategy, self.model, mean, std)
             if self.decode:
-                return self.validation.run(self._logits_fn, self.source)
-            return self.validation.loss_only(self._logits_fn, self.source)
+                results = self.validation.run(self._logits_fn, self.source)
+            else:
+                results = self.validation.loss_only(self._logits_fn, self.source)
+        return results + self.validation.run_extra(self._logits_fn, self.source, log)
 
     def close(self) -> None:
         self.validation.close()

@@ -14,9 +14,10 @@ class SwapEvaluator:
 
     Phases on the run clock and in the event log: ``swap_out`` (release training model and optimizer),
     ``evaluate`` (build the evaluation model from the epoch-end checkpoint, decode the validation set),
-    ``swap_in`` (rebuild model, optimizer and compiled step from the same checkpoint). Because the
-    checkpoint holds every weight, optimizer slot and dropout random state, training continues exactly
-    where it would have without evaluation.
+    ``swap_in`` (rebuild model, optimizer and compiled step from the same checkpoint). Between ``evaluate``
+    and ``swap_in`` the extra sets (``eval.extra_sets``) are decoded with the same evaluation model, off the
+    run clock. Because the checkpoint holds every weight, optimizer slot and dropout random state, training
+    continues exactly where it would have without evaluation.
     """
 
     def __init__(self, recipe, strategy, strict: bool = False):
@@ -36,10 +37,10 @@ class SwapEvaluator:
             model = build_eval_model(self.recipe, self.strategy)
             restore_weights(model, checkpoint.path)
             mean, std = read_normalization(session.run_dir, self.recipe)
-            results = self.validation.run(
-                model_logits_fn(self.recipe, self.strategy, model, mean, std), "swap"
-            )
-            del model
+            logits_fn = model_logits_fn(self.recipe, self.strategy, model, mean, std)
+            results = self.validation.run(logits_fn, "swap")
+        results += self.validation.run_extra(logits_fn, "swap", log)
+        del model, logits_fn
         with log.phase("swap_in"):
             session.restore(checkpoint)
         return results
