@@ -99,12 +99,14 @@ class CompressConfig:
 
 
 def split_weights(model, cluster_biases: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(clustered, plain)`` variables of ``model`` by path: weight matrices (rank >= 2, trainable) are
-    clustered; with ``cluster_biases`` every trainable float tensor is."""
+    """``(clustered, plain)`` variables of ``model`` by path: weight matrices (trainable kernels of rank >= 2)
+    are clustered; with ``cluster_biases`` every trainable float tensor is. A GRU's bias is a matrix (input
+    and recurrent biases stacked) but still a bias: it stays plain unless ``cluster_biases``."""
     clustered, plain = {}, {}
     for variable in model.weights:
         trainable_float = variable.trainable and "float" in str(variable.dtype)
-        if trainable_float and (cluster_biases or len(variable.shape) >= 2):
+        matrix = len(variable.shape) >= 2 and not variable.path.endswith("bias")
+        if trainable_float and (cluster_biases or matrix):
             clustered[variable.path] = variable
         else:
             plain[variable.path] = variable

@@ -34,6 +34,8 @@ def test_every_weight_matrix_takes_exactly_k_values_and_the_rest_is_untouched(ti
         assert np.abs(clustered[name] - original[name]).max() < np.abs(original[name]).max() / 2
     for name in report["plain_tensors"]:
         np.testing.assert_array_equal(clustered[name], original[name])
+    assert not [name for name in report["clustered_tensors"] if name.endswith("bias")]
+    assert [name for name in report["plain_tensors"] if name.endswith("gru_cell/bias")]  # rank 2, a bias
 
 
 def test_the_compact_file_restores_the_checkpoint_exactly(compressed):

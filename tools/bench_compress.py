@@ -2,10 +2,10 @@
 
     python tools/bench_compress.py --run RUN_DIR [--data work/minilibri/test work/minilibri/dev]
         [--lm work/minilibri/lm] [--clusters 4,8,16,32,64,128,256] [--scopes layer,model] [--beam 64]
-        [--finetune 4,8] [--finetune-epochs 3] [--finetune-lr 1e-4] [--out docs/results/compress]
+        [--finetune 4,8] [--finetune-epochs 1] [--finetune-lr 1e-4] [--out docs/results/compress]
 
 Rows: the run's newest checkpoint (float32, the baseline); each scope × cluster count through
-``asr.compress`` (no fine-tuning); per-layer 64 clusters with byte-aligned 8-bit indices; per-layer
+``asr.compress`` (no fine-tuning); per-layer 64 clusters with byte-aligned 8-bit indices; each scope's
 clustering at each ``--finetune`` count, then fine-tuned with the assignments fixed through ``asr.train``
 (``train.clustered_weights``; ``--finetune-epochs`` epochs at ``--finetune-lr``, validation loss only) and
 packed again by ``asr.compress`` (exact: the fine-tuned tables still hold K values); per-channel int8; and
@@ -152,8 +152,8 @@ def plot(rows: list[dict], column: str, path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     labels = {"layer": "k-means, one table per weight matrix", "model": "k-means, one table for the model",
-              "layer-ft": "per weight matrix, fine-tuned"}  # fmt: skip
-    for (scope, label), marker in zip(labels.items(), "os^", strict=True):
+              "layer-ft": "per weight matrix, fine-tuned", "model-ft": "one table, fine-tuned"}  # fmt: skip
+    for (scope, label), marker in zip(labels.items(), "os^v", strict=True):
         chosen = [r for r in rows if r.get("scope") == scope]
         axes.plot([r["bytes"] / 1e6 for r in chosen], [r[column] for r in chosen], marker=marker, label=label)
         for r in chosen:
@@ -204,20 +204,18 @@ class Sweep:
                           bits=report["bits"], **extra)  # fmt: skip
         return self.measure(config.out, row)
 
-    def fine_tuned(self, clusters: int) -> dict:
+    def fine_tuned(self, clusters: int, scope: str) -> dict:
         from asr.compress import COMPACT_FILE, CompressConfig, compress
 
-        first = compress(
-            CompressConfig(self.args.run, self.scratch / f"ft-{clusters}", clusters), log=lambda _: None
-        )
-        tuned = self.scratch / f"ft-{clusters}-run"
-        seconds = fine_tune(self.scratch / f"ft-{clusters}", tuned, self.args.finetune_epochs,
-                            self.args.finetune_lr)  # fmt: skip
-        packed = self.scratch / f"ft-{clusters}-packed"
-        compress(CompressConfig(tuned, packed, clusters), log=lambda _: None)
+        first_out = self.scratch / f"ft-{scope}-{clusters}"
+        first = compress(CompressConfig(self.args.run, first_out, clusters, scope=scope), log=lambda _: None)
+        tuned = self.scratch / f"ft-{scope}-{clusters}-run"
+        seconds = fine_tune(first_out, tuned, self.args.finetune_epochs, self.args.finetune_lr)
+        packed = self.scratch / f"ft-{scope}-{clusters}-packed"
+        compress(CompressConfig(tuned, packed, clusters, scope=scope), log=lambda _: None)
         compact = (packed / COMPACT_FILE).read_bytes()
-        row = compact_row(f"k-means {clusters}, per layer, fine-tuned", compact, self.sizes["raw"],
-                          scope="layer-ft", clusters=clusters, kmeans_seconds=first["kmeans_seconds"],
+        row = compact_row(f"k-means {clusters}, per {scope}, fine-tuned", compact, self.sizes["raw"],
+                          scope=f"{scope}-ft", clusters=clusters, kmeans_seconds=first["kmeans_seconds"],
                           finetune_seconds=seconds)  # fmt: skip
         return self.measure(packed, row)
 
@@ -287,9 +285,9 @@ def main() -> None:
     parser.add_argument("--clusters", default="4,8,16,32,64,128,256")
     parser.add_argument("--scopes", default="layer,model")
     parser.add_argument(
-        "--finetune", default="4,8", help="per-layer cluster counts to fine-tune ('' for none)"
+        "--finetune", default="4,8", help="cluster counts to fine-tune, each scope ('' for none)"
     )
-    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument("--speed-utterances", type=int, default=32)
     parser.add_argument("--beam", type=int, default=64)
@@ -319,8 +317,9 @@ def main() -> None:
                 sweep.compressed(f"k-means {clusters}, per {scope}", config, scope=scope, clusters=clusters)
         config = CompressConfig(args.run, sweep.scratch / "layer-64-8bit", 64, bits=8)
         sweep.compressed("k-means 64, per layer, 8-bit indices", config, clusters=64)
-        for clusters in (int(k) for k in args.finetune.split(",") if k):
-            sweep.fine_tuned(clusters)
+        for scope in args.scopes.split(","):
+            for clusters in (int(k) for k in args.finetune.split(",") if k):
+                sweep.fine_tuned(clusters, scope)
         sweep.compressed("int8, per channel", CompressConfig(args.run, sweep.scratch / "int8", method="int8"))
         if not args.no_paper_model:
             sweep.paper_rows()

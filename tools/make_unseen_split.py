@@ -1,7 +1,7 @@
 """Make a speaker-disjoint corpus from a minilibri-style one: some voices only ever in dev/test.
 
     python tools/make_unseen_split.py --out work/minilibri-unseen-corpus \
-        [--corpus /work/shared/minilibri] [--holdout 1008,1009,1011,1018] [--copy] [--force]
+        [--corpus ../shared/minilibri] [--holdout 1008,1009,1011,1018] [--copy] [--force]
 
 Why: minilibri's 20 synthetic voices read in all three subsets (only the sentences differ), so its
 dev/test WER says how well the model transcribes voices it was trained on. This script holds some
@@ -57,7 +57,7 @@ from asr.files import (  # noqa: E402
 )
 
 PROG = "make_unseen_split"
-DEFAULT_CORPUS = Path("/work/shared/minilibri")
+DEFAULT_CORPUS = Path("../shared/minilibri")
 DEFAULT_HOLDOUT = ("1008", "1009", "1011", "1018")
 SOURCE_SUBSETS = ("train-clean", "dev-clean", "test-clean")
 SEEN = {"train-clean": "train-clean", "dev-clean": "dev-clean", "test-clean": "test-clean"}
