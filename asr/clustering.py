@@ -260,19 +260,29 @@ def _tables(archive, header: dict) -> list[Table]:
 
 
 def load_tables(data: bytes, model_signature: list | None = None) -> list[Table]:
-    """The centroid tables of :func:`save_clustered`'s bytes, each with its tensors' indices (what
-    fine-tuning with fixed assignments needs); ``model_signature`` as for :func:`load_clustered`."""
+    """The centroid tables of :func:`save_clustered`'s bytes, each with its tensors' indices;
+    ``model_signature`` as for :func:`load_clustered`."""
     return _tables(*_open(data, model_signature))
+
+
+def read_clustered(
+    data: bytes, model_signature: list | None = None
+) -> tuple[list[Table], dict[str, np.ndarray], dict]:
+    """``(tables, every tensor by name, header)`` in one pass over the file: what fine-tuning with fixed
+    assignments needs (the weights to start from and the indices to tie), without unpacking twice."""
+    archive, header = _open(data, model_signature)
+    tables = _tables(archive, header)
+    weights = {name: w for table in tables for name, w in table.weights().items()}
+    for name in header["plain"]:
+        weights[name] = archive[f"plain/{name}"]
+    for name in header.get("int8", []):
+        weights[name] = dequantize_int8(archive[f"int8/{name}/values"], archive[f"int8/{name}/scales"])
+    return tables, weights, header
 
 
 def load_clustered(data: bytes, model_signature: list | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """``(every tensor by name, header)`` from :func:`save_clustered`'s bytes: clustered tensors as
     ``centroids[indices]`` (float32), plain ones as stored. With ``model_signature``, a file made from
     another model (other tensor names or shapes) is refused."""
-    archive, header = _open(data, model_signature)
-    weights = {name: w for table in _tables(archive, header) for name, w in table.weights().items()}
-    for name in header["plain"]:
-        weights[name] = archive[f"plain/{name}"]
-    for name in header.get("int8", []):
-        weights[name] = dequantize_int8(archive[f"int8/{name}/values"], archive[f"int8/{name}/scales"])
+    _, weights, header = read_clustered(data, model_signature)
     return weights, header

@@ -179,8 +179,7 @@ class ClusterTies:
         try:
             data = Path(path).read_bytes()
             signature = clustering.signature({v.path: tuple(v.shape) for v in model.weights})
-            self.weights, _ = clustering.load_clustered(data, signature)
-            tables = clustering.load_tables(data, signature)
+            tables, self.weights, _ = clustering.read_clustered(data, signature)
         except OSError as error:
             raise clustering.ClusteredFileError(
                 f"train.clustered_weights: {path}: {error.strerror}"
