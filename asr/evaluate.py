@@ -8,8 +8,10 @@ For each ``--data`` shard directory (written by ``asr.extract``) the model compu
 batch; each batch is handed to the decoder's process pool while the model computes the next one.
 Results go to ``RUN_DIR/eval/<checkpoint>/``: ``table.md`` and ``results.json`` (one row per set:
 WER, CER, cer_maxlen, S/D/I, utterances, seconds) and ``<set>.beam<W>.hyp.tsv`` (one line per
-utterance: id, word edits, reference words, character edits, reference, hypothesis). ``--beam-sweep``
-adds ``sweep.md``: decode seconds, WER and CER per beam width on each set.
+utterance: id, word edits, reference words, character edits, reference, hypothesis), and
+``speakers.md`` / ``speakers.json`` (each set's WER and CER per speaker, at the widest beam: which
+voices carry the errors). ``--beam-sweep`` adds ``sweep.md``: decode seconds, WER and CER per beam
+width on each set.
 
 ``--watch`` polls the run directory for checkpoints it has not evaluated yet and appends an ``eval``
 event (``source: "external"``) per set to ``RUN_DIR/events.jsonl``; it is how ``eval.mode: external``
@@ -40,7 +42,7 @@ from asr.config import FINITE, Bound, OneLineParser, option_type
 from asr.decoding import Decoder, PendingDecode, split_batch
 from asr.files import JsonError, WriteError, load_json, read_json, write_json, write_text
 from asr.inference import LogitsFn
-from asr.metrics import SetScores, VocabularyBreakdown, score, vocabulary_breakdown
+from asr.metrics import SetScores, VocabularyBreakdown, by_speaker, score, vocabulary_breakdown
 
 EVAL_DIR = "eval"
 
@@ -347,6 +349,36 @@ def _incomplete_note(results: Sequence[SetResult]) -> str:
     return "".join(notes.values()) + ("\n" if notes else "")
 
 
+def speaker_rows(sets: Sequence[EvalSet], results: Sequence[SetResult]) -> list[dict]:
+    """One JSON row per (set, speaker) of these results: counts and rates in percent."""
+    by_name = {s.name: s for s in sets}
+    rows = []
+    for result in results:
+        for speaker in by_speaker(by_name[result.name].utt_ids, result.scores.per_utterance):
+            rows.append(
+                {
+                    "split": result.name,
+                    "beam_width": result.beam_width,
+                    "decoder": result.decoder,
+                    **dataclasses.asdict(speaker),
+                    "wer": speaker.wer,
+                    "cer": speaker.cer,
+                }
+            )
+    return rows
+
+
+def format_speakers(rows: Sequence[dict], title: str = "") -> str:
+    """Markdown: per set, one line per speaker (WER and CER in percent, corpus-level within the speaker)."""
+    row = "| {speaker} | {utterances} | {reference_words} | {wer:.2f} | {cer:.2f} |"
+    blocks = [title] if title else []
+    for split in dict.fromkeys(r["split"] for r in rows):
+        lines = [f"{split}:", "", "| speaker | utterances | words | WER | CER |", "|---|---:|---:|---:|---:|"]
+        lines += [row.format(**r) for r in rows if r["split"] == split]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
 def format_sweep(results: Sequence[SetResult]) -> str:
     """Markdown table like the paper's Table 3: per set and beam width, seconds, WER, CER."""
     lines = ["| set | beam width | decode s | WER | CER | cer_maxlen |", "|---|---:|---:|---:|---:|---:|"]
@@ -426,6 +458,9 @@ def save_results(
     )
     if sweep:
         write_text(out / "sweep.md", format_sweep(results))
+    speakers = speaker_rows(sets, final)
+    write_json(out / "speakers.json", speakers)
+    write_text(out / "speakers.md", format_speakers(speakers, f"Per speaker, checkpoint {checkpoint_name}"))
     write_json(out / "results.json", rows)
 
     merged_path = run_dir / EVAL_DIR / "results.json"

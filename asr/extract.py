@@ -578,7 +578,7 @@ def _progress(config: ExtractConfig, total_seconds: float, total_utterances: int
     from tqdm import tqdm
 
     return tqdm(
-        total=round(total_seconds / 3600, 4),
+        total=total_seconds / 3600,
         unit="h",
         desc=f"extract {config.out.name}",
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
@@ -714,7 +714,8 @@ def extract_shards(config: ExtractConfig, pool: WorkerPool, plan: Plan, todo: li
             figures["audio_seconds_written"] += sidecar["seconds"]
             figures["worker_cpu_seconds"] += sidecar["worker_cpu_seconds"]
             utterances += sidecar["planned_utterances"]
-            bar.update(round(sum(u.duration for u in plan.shards[sidecar["shard"]]) / 3600, 4))
+            shard_hours = sum(u.duration for u in plan.shards[sidecar["shard"]]) / 3600
+            bar.update(min(shard_hours, bar.total - bar.n))  # summing in another order must not pass 100 %
             bar.set_postfix_str(f"{utterances}/{total_utterances} utts", refresh=False)
     return {**figures, "extract_seconds": time.perf_counter() - began}
 

@@ -14,6 +14,10 @@ long one).
 dictionary, built from the training transcripts) holds them, and counts how many of each kind were
 recognized: out-of-vocabulary words can only come from the acoustic model spelling them.
 
+``by_speaker`` regroups a set's per-utterance edits by speaker (the utterance id up to its first ``-``,
+LibriSpeech's ``speaker-chapter-utterance``; a speed-perturbed copy's ``sp<factor>-`` prefix is dropped),
+with the same corpus-level rule inside each speaker: which voices carry a set's errors.
+
 Inputs are transcripts already in the alphabet (``asr.text.normalize``); runs of spaces and
 leading/trailing spaces are ignored. An empty hypothesis is fine (all deletions); an empty
 reference is fine as long as the set has at least one reference word.
@@ -180,6 +184,48 @@ class VocabularyBreakdown:
             "oov_word_accuracy": _percent(self.out_of_vocabulary_hits, self.out_of_vocabulary),
             "oov_words": self.out_of_vocabulary,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeakerScores:
+    """One speaker's share of a set: counts summed over its utterances, rates in percent."""
+
+    speaker: str
+    utterances: int
+    word_edits: int
+    reference_words: int
+    char_edits: int
+    reference_chars: int
+
+    @property
+    def wer(self) -> float:
+        return _percent(self.word_edits, self.reference_words)
+
+    @property
+    def cer(self) -> float:
+        return _percent(self.char_edits, self.reference_chars)
+
+
+def speaker_of(utt_id: str) -> str:
+    """``1089-134686-0000`` -> ``1089``; ``sp0.9-1089-134686-0000`` -> ``1089``."""
+    head, _, rest = utt_id.partition("-")
+    if rest and head.startswith("sp") and head[2:].replace(".", "", 1).isdigit():
+        head = rest.partition("-")[0]
+    return head
+
+
+def by_speaker(utt_ids: Sequence[str], per_utterance: Sequence[UtteranceErrors]) -> list[SpeakerScores]:
+    """Per-speaker counts and rates of one set, sorted by speaker id."""
+    if len(utt_ids) != len(per_utterance):
+        raise ValueError(f"{len(utt_ids)} utterance ids but {len(per_utterance)} scored utterances")
+    totals: dict[str, list[int]] = {}
+    for utt_id, errors in zip(utt_ids, per_utterance, strict=True):
+        counts = totals.setdefault(speaker_of(utt_id), [0, 0, 0, 0, 0])
+        for i, value in enumerate(
+            (1, errors.word_edits, errors.reference_words, errors.char_edits, errors.reference_chars)
+        ):
+            counts[i] += value
+    return [SpeakerScores(speaker, *counts) for speaker, counts in sorted(totals.items())]
 
 
 def vocabulary_breakdown(

@@ -152,8 +152,14 @@ def test_evaluate_checkpoint_sweeps_and_saves_files_report_reads(dev_set, tmp_pa
     ]
     out = save_results(run_dir, "ckpt-7", [dev_set], results, sweep=True)
     assert sorted(p.name for p in out.iterdir()) == [
-        "dev-clean.beam1.hyp.tsv", "dev-clean.beam4.hyp.tsv", "results.json", "sweep.md", "table.md"
+        "dev-clean.beam1.hyp.tsv", "dev-clean.beam4.hyp.tsv", "results.json", "speakers.json", "speakers.md",
+        "sweep.md", "table.md",
     ]  # fmt: skip
+    speakers = json.loads((out / "speakers.json").read_text())  # the widest beam; dev_set's ids are utt-N
+    assert [(r["split"], r["beam_width"], r["speaker"], r["utterances"]) for r in speakers] == [
+        ("dev-clean", 4, "utt", 4)
+    ]
+    assert "| utt | 4 | 10 | 0.00 | 0.00 |" in (out / "speakers.md").read_text()
     rows = json.loads((run_dir / "eval" / "results.json").read_text())
     saved = [(r["split"], r["beam_width"], r["checkpoint"]) for r in rows]
     assert saved == [("dev-clean", 1, "ckpt-7"), ("dev-clean", 4, "ckpt-7")]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from asr.metrics import EmptySetError, VocabularyBreakdown, score, vocabulary_breakdown
+from asr.metrics import (
+    EmptySetError,
+    VocabularyBreakdown,
+    by_speaker,
+    score,
+    speaker_of,
+    vocabulary_breakdown,
+)
 
 # Rates are ratios of integer counts in Python floats (IEEE doubles: the same on every CPU); approx only
 # absorbs that the code may order the operations differently (a few 2^-53 roundings). No edits: exactly 0.
@@ -102,3 +109,28 @@ def test_vocabulary_breakdown_counts_words_in_and_out_of_the_dictionary():
         {"oov_rate": 100 * 2 / 9, "iv_word_accuracy": 100 * 6 / 7, "oov_word_accuracy": 50.0, "oov_words": 2}
     )
     assert vocabulary_breakdown([""], ["noise"], vocabulary) == VocabularyBreakdown(0, 0, 0, 0)
+
+
+def test_speaker_of_librispeech_ids_and_speed_perturbed_copies():
+    assert speaker_of("1089-134686-0000") == "1089"
+    assert speaker_of("sp0.9-1089-134686-0000") == "1089"
+    assert speaker_of("sp1.1-1089-134686-0000") == "1089"
+    assert speaker_of("spk7-chapter-0001") == "spk7"  # an id starting with "sp" is not a perturbed copy
+    assert speaker_of("utterance") == "utterance"
+
+
+def test_by_speaker_sums_counts_within_each_speaker_and_keeps_the_set_totals():
+    ids = ["2-1-0", "1-1-0", "2-1-1", "sp0.9-1-1-2"]
+    refs = ["a b c d", "the cat", "x y", "the dog"]
+    hyps = ["a b c d", "the hat", "", "a dog"]
+    scores = score(refs, hyps)
+    speakers = by_speaker(ids, scores.per_utterance)
+    assert [(s.speaker, s.utterances, s.word_edits, s.reference_words) for s in speakers] == [
+        ("1", 2, 2, 4),
+        ("2", 2, 2, 6),
+    ]
+    assert speakers[0].wer == pytest.approx(50.0) and speakers[1].wer == pytest.approx(100 * 2 / 6)
+    assert sum(s.char_edits for s in speakers) == scores.chars.edits
+    assert sum(s.reference_chars for s in speakers) == scores.chars.reference_length
+    with pytest.raises(ValueError, match="3 utterance ids but 4"):
+        by_speaker(ids[:3], scores.per_utterance)
