@@ -11,7 +11,8 @@ training utterances before normalization, with stateless seeds (reproducible epo
   frequency, so ``alpha > 1`` moves the spectral envelope down, as a longer vocal tract does.
 - **Additive noise** at a signal-to-noise ratio (:func:`add_noise`): the expected Mel power spectrum of
   white or pink Gaussian noise, scaled to the SNR, with per-frame, per-band fluctuation, added to the
-  utterance's Mel power.
+  utterance's Mel power. The SNR is the waveform's (power per sample of the utterance over the noise's, as
+  adding noise to the audio would mean it), estimated from the Mel powers by :func:`power_weights`.
 """
 
 from __future__ import annotations
@@ -136,21 +137,43 @@ def noise_mel_spectrum(color: str) -> tuple[np.ndarray, np.ndarray]:
     return (power / power.mean()).astype(np.float32), np.maximum(dof, 1.0).astype(np.float32)
 
 
+@functools.cache
+def power_weights() -> np.ndarray:
+    """``float32 [80]``: weights ``a`` such that ``sum_b a_b * MelPower_b`` estimates the mean power spectrum
+    over the FFT bins, which is proportional to the waveform's power per sample (Parseval), so that two such
+    sums give a waveform SNR.
+
+    Each band's power spectrum density is taken as flat across the band (``MelPower_b / sum_k M[b, k]``, exact
+    for white noise) and the bins are shared between overlapping bands in proportion to their filter
+    weights (band ``b`` owns ``c_b = sum_k M[b, k] / sum_b' M[b', k]`` bins): the mean density is
+    ``sum_b c_b * density_b / sum_b c_b``. Bins no filter covers are left out of the mean.
+    """
+    matrix = mel_filterbank().astype(np.float64)
+    coverage = matrix.sum(axis=0)
+    shares = np.divide(matrix, coverage[None, :], out=np.zeros_like(matrix), where=coverage[None, :] > 0)
+    owned = shares.sum(axis=1)
+    return (owned / matrix.sum(axis=1) / owned.sum()).astype(np.float32)
+
+
 def add_noise(features, snr_db, color: str, seed):
     """93 features ``[T, 93]`` (un-normalized) with Gaussian noise of ``color`` added at ``snr_db`` (dB).
 
-    The noise's Mel power is :func:`noise_mel_spectrum`'s ``shape`` times ``P / 10^(snr_db / 10)``, where
-    ``P`` is the utterance's mean Mel power over its frames and bands (``exp(log_mel) - 1e-6``), times a
+    The noise's Mel power is :func:`noise_mel_spectrum`'s ``shape`` scaled so that the utterance's power over
+    the noise's is ``10^(snr_db / 10)``, both as :func:`power_weights` estimates them from the mean Mel power
+    over the frames (``exp(log_mel) - 1e-6``): the SNR of the same noise added to the waveform; times a
     Gamma fluctuation of mean 1 per frame and band (stateless ``seed``, int32 ``[2]``). It is added to the
     Mel power and the log taken again as extraction does:
     ``ln(P_tf + N_tf + 1e-6) = log_mel + log1p(N_tf / exp(log_mel))`` (exact for noise 0, so a very high
     SNR changes nothing); the MFCCs are recomputed. A silent utterance (``P = 0``) gets no noise."""
     import tensorflow as tf
 
-    shape, dof = (tf.constant(a) for a in noise_mel_spectrum(color))
+    shape, dof = noise_mel_spectrum(color)
+    weights = power_weights()
+    noise_power_per_unit = float(np.dot(weights, shape))  # the noise's power estimate per unit of ``shape``
     log_mel = features[..., :N_MELS]
-    signal = tf.reduce_mean(tf.maximum(tf.exp(log_mel) - LOG_OFFSET, 0.0))
-    noise_mean = signal / tf.pow(10.0, tf.cast(snr_db, tf.float32) / 10.0)
+    mean_power = tf.reduce_mean(tf.maximum(tf.exp(log_mel) - LOG_OFFSET, 0.0), axis=-2, keepdims=True)
+    signal = tf.reduce_sum(mean_power * weights, axis=-1, keepdims=True)
+    noise_mean = signal / tf.pow(10.0, tf.cast(snr_db, tf.float32) / 10.0) / noise_power_per_unit
     fluctuation = tf.random.stateless_gamma(tf.shape(log_mel), seed=seed, alpha=dof) / dof
     noise = noise_mean * shape * fluctuation
     return graph_with_mfcc(log_mel + tf.math.log1p(noise * tf.exp(-log_mel)))

@@ -115,7 +115,8 @@ class DataConfig:
     noise_snr_db: tuple[float, ...] = ()
     """Additive noise: ``[low, high]`` in dB; each training utterance, each epoch, gets ``noise_color``
     Gaussian noise added in the Mel power domain at a signal-to-noise ratio drawn uniformly from the range
-    (utterance's mean Mel power over noise's: :func:`asr.augment.add_noise`). ``[]``: off."""
+    (the waveform's SNR, the utterance's power per sample over the noise's, estimated from the Mel powers:
+    :func:`asr.augment.add_noise`). ``[]``: off."""
     noise_color: Literal["white", "pink"] = "white"
     """Spectrum of the added noise: ``white`` (flat) or ``pink`` (power density falling as 1/f)."""
     normalization: Literal["global", "utterance"] = "global"

@@ -14,19 +14,24 @@ from asr.features import (
     compute_features,
     dct_matrix,
     mel_center_frequencies,
+    mel_filterbank,
 )
 
 
-def voiced(seconds: float = 2.0, pitch: float = 120.0, formant: float = 1500.0, seed: int = 0) -> np.ndarray:
-    """Features of a synthetic vowel: harmonics of ``pitch`` shaped by one resonance at ``formant`` Hz, plus
-    a little white noise (so no band is digital silence)."""
+def voiced_wave(seconds: float = 2.0, pitch: float = 120.0, formant: float = 1500.0, seed: int = 0):
+    """A synthetic vowel: harmonics of ``pitch`` shaped by one resonance at ``formant`` Hz, plus a little
+    white noise (so no band is digital silence); float32 samples at 16 kHz."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     harmonics = np.arange(pitch, SAMPLE_RATE / 2, pitch)
     gains = 1.0 / (1.0 + ((harmonics - formant) / 150.0) ** 2)
     wave = (gains[:, None] * np.sin(2 * np.pi * harmonics[:, None] * t[None, :])).sum(axis=0)
-    wave = 0.3 * wave / np.abs(wave).max() + 1e-3 * rng.normal(size=t.size)
-    return compute_features(wave.astype(np.float32))
+    return (0.3 * wave / np.abs(wave).max() + 1e-3 * rng.normal(size=t.size)).astype(np.float32)
+
+
+def voiced(seconds: float = 2.0, pitch: float = 120.0, formant: float = 1500.0, seed: int = 0) -> np.ndarray:
+    """Features of :func:`voiced_wave`."""
+    return compute_features(voiced_wave(seconds, pitch, formant, seed))
 
 
 def peak_frequency(log_mel: np.ndarray) -> float:
@@ -103,12 +108,42 @@ def mel_power(features: np.ndarray) -> np.ndarray:
     return np.exp(features[:, :N_MELS].astype(np.float64)) - LOG_OFFSET
 
 
+def waveform_power(features: np.ndarray) -> float:
+    """The power estimate add_noise's SNR uses (proportional to the waveform's power per sample)."""
+    return float(mel_power(features).mean(axis=0) @ augment.power_weights())
+
+
+def test_power_weights_read_white_noise_exactly():
+    """A flat power spectrum of density 1 has Mel power sum_k M[b, k] per band: the weights give back 1."""
+    flat = mel_filterbank().astype(np.float64).sum(axis=1)
+    assert float(flat @ augment.power_weights()) == pytest.approx(1.0, rel=1e-5)
+    assert (augment.power_weights() > 0).all()
+
+
+@pytest.mark.parametrize(("formant", "snr_db"), [(500.0, 10.0), (1500.0, 20.0), (3000.0, 0.0)])
+def test_noise_in_the_features_matches_noise_added_to_the_waveform_at_the_same_snr(formant, snr_db):
+    """The SNR is the waveform's: white noise added to the audio at ``snr_db`` (power per sample) raises the
+    mean log-Mel as much as add_noise does to the clean features: within 0.12 (natural log) on average over
+    the bands, 0.5 in any band (bands where harmonics and noise are comparable are the most sensitive).
+    Defining the SNR by the mean Mel power instead puts ~0.6 more noise (in log-Mel) into every band."""
+    wave = voiced_wave(seconds=3.0, formant=formant)
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0.0, np.sqrt(np.mean(wave.astype(np.float64) ** 2) / 10 ** (snr_db / 10)), wave.size)
+    clean = compute_features(wave)
+    in_audio = compute_features((wave + noise).astype(np.float32))
+    in_features = augment.add_noise(tf.constant(clean), snr_db, "white", [3, 4]).numpy()
+    rise_audio = (in_audio - clean)[:, :N_MELS].mean(axis=0)
+    rise_features = (in_features - clean)[:, :N_MELS].mean(axis=0)
+    difference = np.abs(rise_features - rise_audio)
+    assert difference.mean() < 0.12 and difference.max() < 0.5
+
+
 @pytest.mark.parametrize("color", augment.NOISE_COLORS)
-def test_noise_at_zero_db_doubles_the_mean_power_and_at_a_very_high_snr_changes_nothing(color):
+def test_noise_at_zero_db_doubles_the_power_and_at_a_very_high_snr_changes_nothing(color):
     features = voiced(seconds=3.0)
     noisy = augment.add_noise(tf.constant(features), 0.0, color, [4, 5]).numpy()
     assert noisy.shape == features.shape and np.isfinite(noisy).all()
-    assert mel_power(noisy).mean() / mel_power(features).mean() == pytest.approx(2.0, rel=0.05)
+    assert waveform_power(noisy) / waveform_power(features) == pytest.approx(2.0, rel=0.05)
     assert (noisy[:, :N_MELS] >= features[:, :N_MELS]).all()  # noise power is never negative
     np.testing.assert_allclose(noisy[:, N_MELS:], noisy[:, :N_MELS] @ dct_matrix(), rtol=1e-5, atol=1e-4)
     # the SNR is the utterance's: the log of a band far under the mean power rises by ~noise / its power
