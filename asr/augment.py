@@ -179,12 +179,20 @@ def add_noise(features, snr_db, color: str, seed):
     return graph_with_mfcc(log_mel + tf.math.log1p(noise * tf.exp(-log_mel)))
 
 
-def perturb_noise(features, snr_range: tuple[float, ...], color: str, seed):
-    """:func:`add_noise` at an SNR drawn uniformly (in dB) from ``snr_range`` ``[low, high]``; ``seed`` (int32
-    ``[2]``) is split into one seed for the SNR and one for the fluctuation."""
+def perturb_noise(features, snr_range: tuple[float, ...], color: str, seed, probability: float = 1.0):
+    """:func:`add_noise` at an SNR drawn uniformly (in dB) from ``snr_range`` ``[low, high]``, to this
+    utterance with ``probability`` (else the features unchanged); ``seed`` (int32 ``[2]``) is split into one
+    seed for the choice, one for the SNR and one for the fluctuation."""
     import tensorflow as tf
 
-    snr_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    pick_seed, snr_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     low, high = snr_range
-    snr_db = low + (high - low) * tf.random.stateless_uniform([], seed=snr_seed)
-    return add_noise(features, snr_db, color, noise_seed)
+
+    def noisy():
+        snr_db = low + (high - low) * tf.random.stateless_uniform([], seed=snr_seed)
+        return add_noise(features, snr_db, color, noise_seed)
+
+    if probability >= 1.0:
+        return noisy()
+    chosen = tf.random.stateless_uniform([], seed=pick_seed) < probability
+    return tf.cond(chosen, noisy, lambda: tf.identity(features))

@@ -113,12 +113,16 @@ class DataConfig:
     edge fixed: :func:`asr.augment.vtlp_warp`), the MFCCs recomputed from the warped log-Mel. Typical
     ``[0.9, 1.1]``; ``[1.0, 1.0]``: off."""
     noise_snr_db: tuple[float, ...] = ()
-    """Additive noise: ``[low, high]`` in dB; each training utterance, each epoch, gets ``noise_color``
-    Gaussian noise added in the Mel power domain at a signal-to-noise ratio drawn uniformly from the range
+    """Additive noise: ``[low, high]`` in dB; a training utterance, each epoch with ``noise_probability``,
+    gets ``noise_color`` Gaussian noise added in the Mel power domain at an SNR drawn uniformly from the range
     (the waveform's SNR, the utterance's power per sample over the noise's, estimated from the Mel powers:
     :func:`asr.augment.add_noise`). ``[]``: off."""
     noise_color: Literal["white", "pink"] = "white"
     """Spectrum of the added noise: ``white`` (flat) or ``pink`` (power density falling as 1/f)."""
+    noise_probability: float = 0.5
+    """Chance that a training utterance gets noise in an epoch (drawn per utterance and epoch), so the model
+    also keeps hearing clean speech, as evaluation does: with 1.0 every utterance is noisy and a clean
+    evaluation set is out of its training distribution (RESULTS.md §11)."""
     normalization: Literal["global", "utterance"] = "global"
     """How features are standardized before the model, in training, evaluation and exported models alike:
     ``global`` with the training manifest's per-feature mean/std; ``utterance`` with each utterance's own
@@ -429,6 +433,7 @@ BOUNDS: dict[str, Bound] = {
     "data.freq_mask_width": Bound(0, 93, note="features per frame"),
     "data.time_masks": Bound(0),
     "data.time_mask_width": Bound(0),
+    "data.noise_probability": Bound(0, 1, note="1: every training utterance"),
     "model.conv_filters": _COUNT,
     "model.conv_kernel": _COUNT,
     "model.conv_stride": _COUNT,

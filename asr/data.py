@@ -461,7 +461,9 @@ def training_dataset(
         if training and data.vtlp_range != (1.0, 1.0):
             features = augment.perturb_vtlp(features, data.vtlp_range, seed(2))
         if training and data.noise_snr_db:
-            features = augment.perturb_noise(features, data.noise_snr_db, data.noise_color, seed(3))
+            features = augment.perturb_noise(
+                features, data.noise_snr_db, data.noise_color, seed(3), data.noise_probability
+            )
         features = normalize_graph(features[None], frames[None], *statistics, data.normalization)[0]
         if training and data.tempo_range != (1.0, 1.0):
             features, frames = perturb_tempo(features, frames, label_length, data, model, seed(1))

@@ -176,3 +176,18 @@ def test_noise_is_deterministic_per_seed_and_silence_stays_silent():
     silence = compute_features(np.zeros(8000, np.float32))
     same = augment.add_noise(tf.constant(silence), 0.0, "pink", [1, 2]).numpy()
     np.testing.assert_array_equal(same[:, :N_MELS], silence[:, :N_MELS])
+
+
+def test_noise_probability_chooses_utterances_per_seed():
+    """0: never (the features come back unchanged), 1: always, 0.5: about half of 200 seeds, the same ones
+    each time."""
+    features = tf.constant(voiced(seconds=0.3))
+    seeds = [tf.constant([7, i]) for i in range(200)]
+
+    def noisy(probability):
+        changed = [augment.perturb_noise(features, (10.0, 30.0), "white", s, probability) for s in seeds]
+        return [not np.array_equal(c, features) for c in changed]
+
+    assert not any(noisy(0.0)) and all(noisy(1.0))
+    half = noisy(0.5)
+    assert 70 < sum(half) < 130 and half == noisy(0.5)

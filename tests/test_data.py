@@ -334,6 +334,7 @@ def test_augmentations_change_training_batches_reproducibly_and_never_validation
      ("{noise_snr_db: [20, 10]}", r"data\.noise_snr_db"),
      ("{noise_snr_db: [0, .nan]}", r"data\.noise_snr_db"),
      ("{noise_color: brown}", r"data\.noise_color: 'brown' is not one of"),
+     ("{noise_probability: 1.5}", r"data\.noise_probability: must be in \[0, 1\]"),
      ("{normalization: speaker}", r"data\.normalization: 'speaker' is not one of"),
      ("{freq_mask_width: 94}", r"data\.freq_mask_width: must be in \[0, 93\]")],
 )  # fmt: skip
@@ -345,3 +346,4 @@ def test_augmentation_settings_are_checked(tmp_path, values, message):
     recipe.write_text("data: {vtlp_range: [0.9, 1.1], noise_snr_db: [0, 20], normalization: utterance}\n")
     loaded = load_recipe(recipe).data
     assert loaded.vtlp_range == (0.9, 1.1) and loaded.noise_snr_db == (0.0, 20.0)
+    assert loaded.noise_probability == 0.5  # the default: half the utterances, so clean speech stays
