@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KENLM_BIN := .cache/kenlm/bin
+# Test processes (pytest-xdist): most tests wait on real child processes (TF start-up, training, kills), so
+# one per core keeps the cores busy; TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= auto
 
 .PHONY: demo test install kenlm lint clean-venv
 
@@ -28,7 +31,7 @@ demo: install kenlm
 	bash tools/demo.sh
 
 test: install kenlm
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check asr tests tools
