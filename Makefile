@@ -5,9 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KENLM_BIN := .cache/kenlm/bin
-# Test processes (pytest-xdist). 0 (the default, and CI's): one after another in this process; the fault and
-# multi-worker tests check run clocks and kills of real processes, which a loaded machine can push past their
-# one-second tolerances. TEST_WORKERS=auto: one process per core, for a quicker local run.
+# Test processes (pytest-xdist). 0 (the default, and CI's): one after another in this process. The fault and
+# multi-worker tests kill and time real processes; a parallel run has not yet passed on the 2-core CI machine
+# (its one failure, a one-second clock tolerance, is fixed). TEST_WORKERS=auto: one process per core, locally.
 TEST_WORKERS ?= 0
 
 .PHONY: demo test install kenlm lint clean-venv

@@ -215,6 +215,13 @@ def speed_id(utt_id: str, factor: float) -> str:
     return utt_id if factor == 1.0 else f"sp{factor:g}-{utt_id}"
 
 
+def unperturbed_id(utt_id: str) -> str:
+    """The id :func:`speed_id` made a copy's id from (``sp0.9-<id>`` -> ``<id>``); any other id as it is."""
+    head, separator, rest = utt_id.partition("-")
+    is_copy = bool(separator) and head.startswith("sp") and head[2:].replace(".", "", 1).isdigit()
+    return rest if is_copy else utt_id
+
+
 # --------------------------------------------------------------------------- header checks
 
 

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 
 import jiwer
 
+from asr.corpus import unperturbed_id
+
 
 class EmptySetError(ValueError):
     """The evaluation set has no utterances, or no reference words at all: rates are undefined."""
@@ -208,24 +210,27 @@ class SpeakerScores:
 
 def speaker_of(utt_id: str) -> str:
     """``1089-134686-0000`` -> ``1089``; ``sp0.9-1089-134686-0000`` -> ``1089``."""
-    head, _, rest = utt_id.partition("-")
-    if rest and head.startswith("sp") and head[2:].replace(".", "", 1).isdigit():
-        head = rest.partition("-")[0]
-    return head
+    return unperturbed_id(utt_id).partition("-")[0]
 
 
 def by_speaker(utt_ids: Sequence[str], per_utterance: Sequence[UtteranceErrors]) -> list[SpeakerScores]:
     """Per-speaker counts and rates of one set, sorted by speaker id."""
     if len(utt_ids) != len(per_utterance):
         raise ValueError(f"{len(utt_ids)} utterance ids but {len(per_utterance)} scored utterances")
-    totals: dict[str, list[int]] = {}
+    groups: dict[str, list[UtteranceErrors]] = {}
     for utt_id, errors in zip(utt_ids, per_utterance, strict=True):
-        counts = totals.setdefault(speaker_of(utt_id), [0, 0, 0, 0, 0])
-        for i, value in enumerate(
-            (1, errors.word_edits, errors.reference_words, errors.char_edits, errors.reference_chars)
-        ):
-            counts[i] += value
-    return [SpeakerScores(speaker, *counts) for speaker, counts in sorted(totals.items())]
+        groups.setdefault(speaker_of(utt_id), []).append(errors)
+    return [
+        SpeakerScores(
+            speaker,
+            utterances=len(group),
+            word_edits=sum(e.word_edits for e in group),
+            reference_words=sum(e.reference_words for e in group),
+            char_edits=sum(e.char_edits for e in group),
+            reference_chars=sum(e.reference_chars for e in group),
+        )
+        for speaker, group in sorted(groups.items())
+    ]
 
 
 def vocabulary_breakdown(

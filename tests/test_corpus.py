@@ -113,6 +113,9 @@ def test_speed_perturbed_plans_have_kaldi_ids_and_the_perturbed_length(tiny_corp
     assert corpus.perturbed_length(16000, 0.9) == round(16000 / 0.9) == 17778
     assert corpus.perturbed_length(16001, 1.1) == round(16001 / 1.1) and corpus.perturbed_length(7, 1.0) == 7
     assert corpus.speed_ratio(0.9) == (9, 10) and corpus.speed_id("1-2-3", 1.1) == "sp1.1-1-2-3"
+    for factor in (0.9, 1.0, 1.1, 1.25):
+        assert corpus.unperturbed_id(corpus.speed_id("1-2-3", factor)) == "1-2-3"
+    assert corpus.unperturbed_id("spk7-1-2") == "spk7-1-2"  # an id that starts with "sp" is not a copy
     candidate = corpus.librispeech_candidates(tiny_corpus, "dev-clean")[0]
     original = corpus.probe(candidate, 30.0, True)
     slower = corpus.probe(candidate, 30.0, True, speed=0.9)
