@@ -238,10 +238,15 @@ _NOT_CONFIGURATION = {
 
 def _configuration(run: Run) -> dict[str, Any]:
     """The settings that make runs repeats of each other: the recipe apart from seed and paths. A setting
-    the run's recipe.yaml does not record (saved before the setting existed) is unknown, shown as ``?``."""
+    the run's recipe.yaml does not record (saved before the setting existed) is unknown, shown as ``?``.
+    The training set enters by its size (``run_start.utterances``), not its path, which differs between
+    machines: a run on a perturbed or extended copy is another configuration."""
     if run.recipe is None:
         return {}
     flat = {}
+    starts = run.of_kind("run_start")
+    if starts and isinstance(starts[0].get("utterances"), int):
+        flat["training utterances"] = json.dumps(starts[0]["utterances"])
     for section, values in run.recipe.to_dict().items():
         if isinstance(values, dict):
             for key, value in values.items():

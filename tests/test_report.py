@@ -42,6 +42,7 @@ def write_run(
     jitter=0.0,
     cpu_watts_per_core=0.0,
     grid_g_co2_per_kwh=0.0,
+    utterances=None,
 ):
     """A run directory with a plausible event log: one eval per epoch with the given CER/WER %."""
     rng = np.random.default_rng(seed)
@@ -83,7 +84,8 @@ def write_run(
             )
             events.append({**sample, "gpus": gpus})
 
-    emit("run_start", recipe=name, rig=rig, replicas=1, workers=1, resumed=False, downtime=0.0)
+    size = {} if utterances is None else {"utterances": utterances}
+    emit("run_start", recipe=name, rig=rig, replicas=1, workers=1, resumed=False, downtime=0.0, **size)
     first = True
     for epoch, (c, w) in enumerate(zip(cer, wer, strict=True)):
         for _ in range(STEPS):
@@ -234,6 +236,21 @@ def test_aggregation_of_repeated_runs(tmp_path):
     tta = sorted((eval_times(5)[4] - 50) * s + 50 for s in [1.0, 1.2, 0.8, 1.1, 1.5])
     mean = sum(tta[1:-1]) / 3 / 60
     assert f"| {mean:.1f} ({tta[0] / 60:.1f}\u2013{tta[-1] / 60:.1f}, n=5) |" in rows[0]
+
+
+def test_runs_on_training_sets_of_different_size_are_not_repeats(tmp_path):
+    runs = [
+        write_run(tmp_path / "plain-a", CER_A, seed=1, utterances=508),
+        write_run(tmp_path / "plain-b", CER_A, seed=2, utterances=508),
+        write_run(tmp_path / "perturbed", CER_A, seed=1, utterances=1524),
+    ]
+    status, out = run_report(tmp_path, runs)
+    assert status == 0
+    table = (out / "report.md").read_text().split("(median rule")[1].split("##")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| cpu @ laptop")]
+    assert len(rows) == 2
+    assert rows[0].startswith("| cpu @ laptop [training utterances=508] |") and "n=2" in rows[0]
+    assert rows[1].startswith("| cpu @ laptop [training utterances=1524] |") and "n=" not in rows[1]
 
 
 def test_truncated_last_line_missing_log_and_unknown_baseline(tmp_path, capsys):
