@@ -286,9 +286,11 @@ def _copy(pipe: IO[bytes], path: Path) -> None:
 
 
 def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The harness's environment without fail points, plus ``extra``."""
+    """The harness's environment without fail points, plus ``extra``. A process that crashes (SIGSEGV,
+    SIGABRT) writes its Python stack to its ``.err`` log (``PYTHONFAULTHANDLER``)."""
     env = {key: value for key, value in os.environ.items() if key != "ASR_FAILPOINTS"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("PYTHONFAULTHANDLER", "1")
     return {**env, **(extra or {})}
 
 
