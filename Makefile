@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KENLM_BIN := .cache/kenlm/bin
 # Test processes (pytest-xdist). 0 (the default, and CI's): one after another in this process. The fault and
-# multi-worker tests kill and time real processes; a parallel run has not yet passed on the 2-core CI machine
-# (its one failure, a one-second clock tolerance, is fixed). TEST_WORKERS=auto: one process per core, locally.
+# multi-worker tests kill and time real processes; no parallel run has passed on the 2-core CI machine yet (the
+# last, TEST_WORKERS=2: 642 s against 882 s serial, lost one training process to a start-up SIGSEGV that 21
+# reruns did not repeat). TEST_WORKERS=auto: one process per core, locally.
 TEST_WORKERS ?= 0
 
 .PHONY: demo test install kenlm lint clean-venv
