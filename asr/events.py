@@ -19,7 +19,8 @@ Kinds and their own fields:
   up to their damage, or missing).
 - ``step``: ``phase`` = "train", ``loss`` (mean CTC loss per utterance), ``batch_size`` (global
   utterances), ``replicas``, ``step_seconds``, ``elements_per_second`` (batch_size / step_seconds),
-  ``elements_per_second_per_replica``, ``audio_seconds`` (unpadded audio in the batch).
+  ``elements_per_second_per_replica``, ``audio_seconds`` (unpadded audio in the batch),
+  ``learning_rate`` (the update's: ``train.warmup_steps`` and the per-epoch decay).
 - ``sample``: ``pairs`` = [[reference, hypothesis], ...] from a greedy decode of a training batch.
 - ``phase``: ``phase`` in {"checkpoint", "swap_out", "evaluate", "swap_in"}, ``seconds``.
 - ``off_clock``: ``name`` (``eval:<set>`` for an ``eval.extra_sets`` entry), ``seconds``: work the run

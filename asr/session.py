@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from asr import text
-from asr.config import Recipe
+from asr.config import Recipe, TrainConfig
 from asr.features import FEATURE_DIM
 from asr.model import output_frames
 
@@ -261,12 +261,12 @@ def make_optimizer(recipe: Recipe):
     return optimizer
 
 
-def learning_rate_at(recipe: Recipe, epoch: int) -> float:
-    """The learning rate of ``epoch`` (0-based): constant, then decayed once per epoch."""
-    train = recipe.train
-    return train.learning_rate * train.learning_rate_decay ** max(
-        0, epoch - train.learning_rate_decay_from_epoch
-    )
+def learning_rate_at(train: TrainConfig, epoch: int, step: int) -> float:
+    """The learning rate of the update after ``step`` updates, in ``epoch`` (0-based): a linear warm-up
+    over ``train.warmup_steps`` updates, constant, then decayed once per epoch."""
+    warmup = min(1.0, (step + 1) / train.warmup_steps) if train.warmup_steps else 1.0
+    decay = train.learning_rate_decay ** max(0, epoch - train.learning_rate_decay_from_epoch)
+    return train.learning_rate * warmup * decay
 
 
 def loss_scale(optimizer):

@@ -302,6 +302,7 @@ class Trainer:
         self._pending_batch = None
         self._update_seconds = 0.0
         """Seconds of the micro-batches of the update in progress (``train.accumulate_steps``)."""
+        self._learning_rate: float | None = None
         self._batches = None
         self._bar = None
         self._vote = None
@@ -513,9 +514,6 @@ class Trainer:
 
     def _train_epoch(self, stream) -> str | None:
         """Steps to the end of the epoch in progress (None), or until a reason to stop inside it."""
-        from asr.session import learning_rate_at
-
-        self.session.optimizer.learning_rate = learning_rate_at(self.recipe, self.progress.epoch)
         self._bar = _progress_bar(self.cluster.is_chief, self.plan.steps, self.progress)
         try:
             while True:
@@ -558,12 +556,22 @@ class Trainer:
         fault = failpoints.hit("train.step", key=self.progress.step + self.progress.skipped_steps + 1)
         if fault in ("nan", "inf"):
             batch = self.session.poison(batch, float(fault))
+        self._set_learning_rate()
         result = self.session.train_step(batch)
         self._update_seconds += time.monotonic() - began
         self.progress.batches_in_epoch += 1
         self._bar.update(1)
         if result is not None:
             self._finish_update(result, batch)
+
+    def _set_learning_rate(self) -> None:
+        """Give the optimizer the schedule's rate for the coming update (assigned only when it changes)."""
+        from asr.session import learning_rate_at
+
+        rate = learning_rate_at(self.recipe.train, self.progress.epoch, self.progress.step)
+        if rate != self._learning_rate:
+            self.session.optimizer.learning_rate = rate
+            self._learning_rate = rate
 
     def _flush(self) -> None:
         """Apply the micro-batches accumulated so far (an epoch end or a stop inside an update)."""
@@ -589,10 +597,11 @@ class Trainer:
     def _log_step(self, loss: float, seconds: float, audio: float, batch: int) -> None:
         replicas = self.strategy.num_replicas_in_sync
         eps = batch / seconds
+        learning_rate = float(np.asarray(self.session.optimizer.learning_rate))
         self.log.write("step", phase="train", loss=loss, batch_size=batch, replicas=replicas,
                        step_seconds=seconds, elements_per_second=eps,
-                       elements_per_second_per_replica=eps / replicas, audio_seconds=audio)  # fmt: skip
-        learning_rate = float(np.asarray(self.session.optimizer.learning_rate))
+                       elements_per_second_per_replica=eps / replicas, audio_seconds=audio,
+                       learning_rate=learning_rate)  # fmt: skip
         self.log.scalars(self.progress.step, loss=loss, utterances_per_second=eps, step_seconds=seconds,
                          learning_rate=learning_rate)  # fmt: skip
         self._bar.set_postfix(loss=f"{loss:.2f}", utt_s=f"{eps:.1f}", refresh=False)
@@ -641,8 +650,8 @@ class Trainer:
         self.progress.batches_in_epoch = 0
         due = self.schedule.evaluation_due(finished) and self.recipe.eval.mode != "external"
         checkpoint = self._save(epoch_end=finished, evaluation_pending=due)
-        self.log.write("epoch_end", epoch=finished, train_seconds=train_seconds,
-                       learning_rate=learning_rate_at(self.recipe, finished))  # fmt: skip
+        last_rate = learning_rate_at(self.recipe.train, finished, max(0, self.progress.step - 1))
+        self.log.write("epoch_end", epoch=finished, train_seconds=train_seconds, learning_rate=last_rate)
         if due:
             self._evaluate(checkpoint)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from asr.config import load_recipe
+from asr.config import TrainConfig, load_recipe
 from asr.model import build_model
-from asr.session import clip_gradients, make_optimizer, make_train_step
+from asr.session import clip_gradients, learning_rate_at, make_optimizer, make_train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["model.conv_filters=16", "model.rnn_layers=1", "model.rnn_units=16", "model.dropout=0",
@@ -28,6 +28,18 @@ def test_clipping_measures_the_norm_of_the_unscaled_gradients():
     np.testing.assert_allclose(clipped_scaled[0].numpy() / scale, [0.6, 0.8], rtol=1e-6)  # powers of 2: exact
     unclipped = clip_gradients(scaled, scaled, clip_norm=10.0, scale=scale)
     np.testing.assert_array_equal(unclipped[0].numpy(), scaled[0].numpy())
+
+
+def test_learning_rate_warms_up_linearly_then_decays_once_per_epoch():
+    train = TrainConfig(learning_rate=4e-3, warmup_steps=4, learning_rate_decay=0.5,
+                        learning_rate_decay_from_epoch=1)  # fmt: skip
+    rates = [learning_rate_at(train, epoch=0, step=step) for step in range(6)]
+    np.testing.assert_allclose(rates, [1e-3, 2e-3, 3e-3, 4e-3, 4e-3, 4e-3], rtol=1e-12)
+    assert learning_rate_at(train, epoch=1, step=40) == pytest.approx(4e-3)
+    assert learning_rate_at(train, epoch=3, step=120) == pytest.approx(1e-3)
+    assert learning_rate_at(train, epoch=3, step=0) == pytest.approx(0.25e-3)  # both factors at once
+    plain = TrainConfig(learning_rate=4e-3)
+    assert [learning_rate_at(plain, epoch, step) for epoch, step in ((0, 0), (9, 500))] == [4e-3, 4e-3]
 
 
 def batch(seed: int = 0):

@@ -534,12 +534,12 @@ def test_dynamic_batching_trains_batches_of_several_sizes_within_the_budget(shar
     assert all(math.isfinite(e["loss"]) for e in steps)
 
 
-def test_accumulation_with_dynamic_batches_counts_updates_and_a_resumed_run_continues_the_same_order(
+def test_accumulation_dynamic_batches_and_warm_up_count_updates_and_a_resumed_run_continues_them_alike(
     shards, tmp_path
 ):
     settings = ["data.bucket_boundaries=[400,700]", "data.batch_by=audio_seconds",
                 "data.batch_audio_seconds=20", "train.accumulate_steps=2", "train.epochs=1",
-                "eval.mode=loss"]  # fmt: skip
+                "train.warmup_steps=3", "eval.mode=loss"]  # fmt: skip
     whole = tmp_path / "whole"
     result = train(shards, whole, *settings)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -554,3 +554,6 @@ def test_accumulation_with_dynamic_batches_counts_updates_and_a_resumed_run_cont
     assert [e["batch_size"] for e in resumed] == [e["batch_size"] for e in updates]
     # one CPU process is deterministic and the resume restores weights, optimizer, data position and RNG
     assert [e["loss"] for e in resumed] == [e["loss"] for e in updates]
+    rates = [e["learning_rate"] for e in updates]
+    np.testing.assert_allclose(rates, [rates[-1] * min(1, (i + 1) / 3) for i in range(len(rates))], rtol=1e-6)
+    assert [e["learning_rate"] for e in resumed] == rates  # the warm-up counts updates across the resume
