@@ -20,21 +20,32 @@ Parallel decoding
     batch's logits while the previous one is decoded; ``PendingDecode.result()`` collects the texts.
     Workers are forked (``spawn``/``forkserver`` would re-import the main module, TensorFlow
     included, in every worker); they only ever run numpy, pyctcdecode and KenLM, never TensorFlow.
-    Each builds its own decoder and loads the LM once, in its initializer.
+    Each builds its own decoder and loads the LM once, in its initializer. The pool is a
+    ``concurrent.futures`` one: a worker that dies (a SIGTERM sent to the whole process group by
+    ``pkill -f`` or a batch scheduler, an out-of-memory kill) fails the batch with
+    :class:`DecoderWorkerError`, where ``multiprocessing.Pool`` replaces the worker and waits forever
+    for the lost result (and can hang in ``terminate``). Workers ignore SIGINT: Ctrl-C in a terminal
+    reaches the whole foreground process group, and the main process, not the workers, decides what
+    an interrupt does (``asr.train`` finishes the evaluation and stops). SIGTERM ends a worker at once,
+    whatever handler the forking process had installed.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from asr.lm import LM_BINARY, UNIGRAMS, load_unigrams
+from asr.pools import stop_pool
 from asr.text import BLANK_ID, NUM_SYMBOLS, SEPARATOR_ID, SPACE_ID, SYMBOLS, ctc_collapse, decode
 
 FrameWord = tuple[str, int, int]
@@ -42,6 +53,16 @@ FrameWord = tuple[str, int, int]
 
 BEAM_LABELS: tuple[str, ...] = (*SYMBOLS[:SEPARATOR_ID], "")
 """pyctcdecode labels for the 29 beam-search columns: space, a–z, apostrophe, blank ``""`` last."""
+
+
+class DecoderWorkerError(RuntimeError):
+    """A beam-search worker process died while decoding (killed, or out of memory)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a beam-search decoding process died (killed by a signal, or out of memory?); "
+            "nothing saved is lost: rerun the same command to redo the evaluation"
+        )
 
 
 class LanguageModelMissingWarning(UserWarning):
@@ -68,17 +89,25 @@ class Decoder(Protocol):
 class PendingDecode:
     """Texts of a submitted batch; ``result()`` blocks until they are decoded."""
 
-    def __init__(self, texts: list[str] | None = None, async_result=None):
+    def __init__(self, texts: list[str] | None = None, chunks: Sequence[Future] = ()):
         self._texts = texts
-        self._async_result = async_result
+        self._chunks = list(chunks)
+        """Futures of consecutive slices of the batch, each a list of texts."""
 
     def ready(self) -> bool:
-        return self._texts is not None or self._async_result.ready()
+        return self._texts is not None or all(chunk.done() for chunk in self._chunks)
 
     def result(self) -> list[str]:
         if self._texts is None:
-            self._texts = list(self._async_result.get())
+            self._texts = [text for chunk in self._chunks for text in _worker_result(chunk)]
         return self._texts
+
+
+def _worker_result(future: Future):
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise DecoderWorkerError() from None
 
 
 def split_batch(logits: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
@@ -217,12 +246,14 @@ _WORKER: dict = {}
 
 
 def _init_worker(lm_path, unigrams, alpha, beta, options) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the forking process's handler (asr.train's StopFlag)
     _WORKER["decoder"] = _build_pyctcdecoder(lm_path, unigrams, alpha, beta)
     _WORKER["options"] = options
 
 
-def _decode_in_worker(log_probs: np.ndarray) -> str:
-    return _WORKER["decoder"].decode(log_probs, **_WORKER["options"])
+def _decode_in_worker(log_probs: Sequence[np.ndarray]) -> list[str]:
+    return [_WORKER["decoder"].decode(matrix, **_WORKER["options"]) for matrix in log_probs]
 
 
 def _best_beam_words(decoder, log_probs: np.ndarray, options: dict) -> list[FrameWord]:
@@ -271,9 +302,9 @@ class BeamSearchDecoder:
         if self.workers == 1:
             self._local = _build_pyctcdecoder(self.lm_path, self.unigrams, alpha, beta)
         else:
-            context = multiprocessing.get_context("fork")
-            self._pool = context.Pool(
+            self._pool = ProcessPoolExecutor(
                 self.workers,
+                mp_context=multiprocessing.get_context("fork"),
                 initializer=_init_worker,
                 initargs=(self.lm_path, self.unigrams, alpha, beta, self._options),
             )
@@ -288,8 +319,13 @@ class BeamSearchDecoder:
             if self._local is None:
                 raise RuntimeError("decoder is closed")
             return PendingDecode(texts=[self._local.decode(lp, **self._options) for lp in log_probs])
-        chunk = max(1, len(log_probs) // (self.workers * 4))
-        return PendingDecode(async_result=self._pool.map_async(_decode_in_worker, log_probs, chunksize=chunk))
+        size = max(1, len(log_probs) // (self.workers * 4))
+        try:
+            chunks = [self._pool.submit(_decode_in_worker, log_probs[i : i + size])
+                      for i in range(0, len(log_probs), size)]  # fmt: skip
+        except BrokenProcessPool:
+            raise DecoderWorkerError() from None
+        return PendingDecode(chunks=chunks)
 
     def decode(self, logits: Sequence[np.ndarray]) -> list[str]:
         return self.submit(logits).result()
@@ -301,15 +337,17 @@ class BeamSearchDecoder:
             return []
         log_probs = beam_log_probs(logits)
         if self._pool is not None:
-            return self._pool.apply(_words_in_worker, (log_probs,))
+            try:
+                return _worker_result(self._pool.submit(_words_in_worker, log_probs))
+            except BrokenProcessPool:
+                raise DecoderWorkerError() from None
         if self._local is None:
             raise RuntimeError("decoder is closed")
         return _best_beam_words(self._local, log_probs, self._options)
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            stop_pool(self._pool)
             self._pool = None
         if self._local is not None:
             self._local.cleanup()

@@ -710,9 +710,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ info lines would drown the tables
     warnings.filterwarnings("always", category=UserWarning, module="asr")
+    from asr.decoding import DecoderWorkerError
+
     try:
         return watch_command(args) if args.watch else run_command(args)
-    except (EvaluateError, WriteError) as error:
+    except (EvaluateError, WriteError, DecoderWorkerError) as error:
         print(f"asr.evaluate: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

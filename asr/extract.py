@@ -42,6 +42,7 @@ import asr
 from asr import corpus, failpoints, features, shards, text
 from asr.config import OneLineParser
 from asr.files import WriteError, read_json, remove_temporaries, write_json
+from asr.pools import stop_pool
 
 MANIFEST = "manifest.json"
 SIDECARS = "sidecars"
@@ -616,10 +617,9 @@ def _summary(config: ExtractConfig, manifest: dict, timing: dict) -> None:
 class WorkerPool:
     """The worker processes (forkserver: they start fast and share no TensorFlow state).
 
-    A ``concurrent.futures`` pool, because it notices a worker that dies (an out-of-memory kill, a
-    SIGKILL) and fails its task with ``BrokenProcessPool``, where ``multiprocessing.Pool`` replaces the
-    worker and waits forever for the lost result. :meth:`stop` ends the workers at once (Ctrl-C, an error):
-    none is still writing when it returns.
+    A ``concurrent.futures`` pool, so a worker that dies fails its task instead of hanging
+    (:mod:`asr.pools`). :meth:`stop` ends the workers at once (Ctrl-C, an error): none is still writing
+    when it returns.
     """
 
     def __init__(self, workers: int):
@@ -648,14 +648,8 @@ class WorkerPool:
             ) from None
 
     def stop(self) -> None:
-        """Terminate the workers, then wait for the pool's manager thread to see them gone and end (left
-        running, it races the interpreter's exit and prints a traceback)."""
-        processes = list((getattr(self.executor, "_processes", None) or {}).values())
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.join()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        """End the workers at once; none is still writing when it returns."""
+        stop_pool(self.executor)
 
 
 def run(config: ExtractConfig) -> int:

@@ -9,8 +9,10 @@ run pays one dictionary lookup per pass::
     ASR_FAILPOINTS="train.step=nan@5+6+7"           # passes keyed 5, 6 and 7 return "nan"
 
 ``ACTION@N[+N...]``: ``N`` is the ``key`` the code passes (the batch number for ``train.step``) or else
-the point's pass count in this process, from 1. ``kill`` sends SIGKILL to this process; any other action
-is returned to the caller, which knows what it means (``nan``/``inf``: make this step's loss non-finite).
+the point's pass count in this process, from 1. ``kill`` sends SIGKILL to this process; ``term-all``
+sends SIGTERM to it and to every process it started, as ``pkill -f`` or a batch scheduler cancelling a
+job does; any other action is returned to the caller, which knows what it means (``nan``/``inf``: make
+this step's loss non-finite).
 
 Points: ``checkpoint.weights`` (before the weights are written), ``checkpoint.state`` (weights written,
 run state not yet), ``train.step`` (before a step; key: the batch's number in the run, from 1, skipped
@@ -60,4 +62,10 @@ def hit(name: str, key: int | None = None) -> str | None:
         return None
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "term-all":
+        import psutil
+
+        for process in psutil.Process().children(recursive=True):
+            process.send_signal(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
     return action

@@ -657,9 +657,19 @@ class Trainer:
 
     def _evaluate(self, checkpoint) -> None:
         """Evaluate an epoch-end checkpoint, log the results, update TTA, record both in the checkpoint."""
+        from asr.decoding import DecoderWorkerError
+
         finished = int(checkpoint.state["epoch_end"])
         failpoints.hit("evaluate")
-        results = self.evaluator.evaluate(self.session, checkpoint, self.log)
+        try:
+            results = self.evaluator.evaluate(self.session, checkpoint, self.log)
+        except DecoderWorkerError:
+            if self.stop is None or self.stop.signal is None:
+                raise
+            # the signal reached the decoding workers too (pkill -f, a scheduler's group kill): stop as
+            # for the signal alone; the checkpoint still says the evaluation is pending, so a rerun redoes it
+            self.log.say(f"evaluation of epoch {finished + 1} interrupted; it is redone when the run resumes")
+            return
         for fields in results:
             event = self.log.write("eval", epoch=finished, checkpoint=checkpoint.name, **fields)
             if fields.get("extra"):
@@ -808,11 +818,12 @@ def _one_line_error(error: Exception) -> str | None:
     from asr.checkpoint import CheckpointMismatchError, NoValidCheckpointError
     from asr.clustering import ClusteredFileError
     from asr.data import DataError
+    from asr.decoding import DecoderWorkerError
     from asr.evaluate import EvaluateError
     from asr.strategy import StrategyError
 
     if isinstance(error, (DataError, StrategyError, CheckpointMismatchError, NoValidCheckpointError,
-                          EvaluateError, ClusteredFileError)):  # fmt: skip
+                          EvaluateError, ClusteredFileError, DecoderWorkerError)):  # fmt: skip
         return str(error)
     return None
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import signal
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from asr.decoding import (
     BEAM_LABELS,
     BeamSearchDecoder,
+    DecoderWorkerError,
     GreedyDecoder,
     LanguageModelMissingWarning,
     beam_log_probs,
@@ -160,6 +164,27 @@ def test_pool_decoding_matches_single_process_and_overlaps(lm_dir):
         first = pooled.submit(utterances[:3])
         second = pooled.submit(utterances[3:])  # submitted before the first is collected
         assert first.result() + second.result() == expected
+
+
+def test_workers_ignore_ctrl_c_and_a_killed_worker_fails_the_batch_instead_of_hanging(lm_dir):
+    utterances = [peaked(COOL)] * 8
+    with BeamSearchDecoder(beam_width=8, lm_dir=lm_dir, workers=2) as pooled:
+        expected = pooled.decode(utterances)
+        workers = psutil.Process().children()
+        assert len(workers) == 2
+        for worker in workers:  # Ctrl-C in a terminal reaches the whole process group
+            worker.send_signal(signal.SIGINT)
+        assert pooled.decode(utterances) == expected
+        workers[0].kill()
+        workers[0].wait(10)
+        with pytest.raises(DecoderWorkerError, match="decoding process died"):
+            pending = pooled.submit(utterances)
+            deadline = time.monotonic() + 60
+            while not pending.ready():  # multiprocessing.Pool never got here: it waited for the lost chunk
+                assert time.monotonic() < deadline, "the batch of a killed worker never finished"
+                time.sleep(0.05)
+            pending.result()
+    assert not psutil.Process().children()  # close() ended the other worker too
 
 
 def test_make_decoder_picks_greedy_for_beam_width_one(lm_dir):

@@ -390,6 +390,25 @@ def test_kill_during_evaluation_redoes_it_on_resume(shards, tmp_path):
     assert "is complete" in train(shards, run, *sets).stderr
 
 
+def test_sigterm_to_the_trainer_and_its_decoding_workers_stops_and_the_rerun_redoes_the_evaluation(
+    shards, tmp_path
+):
+    """What ``pkill -f asr.train`` or a scheduler cancelling the job does: SIGTERM to every process, the
+    beam-search workers included, during an evaluation. The run stops as for the signal alone (before,
+    it waited forever for the dead workers' results), and the rerun redoes the evaluation."""
+    sets = ("train.epochs=2", "eval.mode=resident", "eval.decode_workers=2")
+    run = tmp_path / "run"
+    stopped = train(shards, run, *sets, env=with_faults("evaluate=term-all@2"), timeout=240)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert "evaluation of epoch 2 interrupted" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert [e["reason"] for e in events(run) if e["event"] == "run_end"] == ["signal"]
+    assert json.loads((run / "checkpoints" / "ckpt-8.json").read_text())["evaluation_pending"] is True
+    resumed = train(shards, run, *sets)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "redoing the interrupted evaluation of epoch 2" in resumed.stderr
+    assert [e["epoch"] for e in events(run) if e["event"] == "eval"] == [0, 1]
+
+
 def test_damaged_latest_checkpoint_falls_back_with_one_warning_and_none_valid_is_exit_2(
     shards, finished_run, tmp_path
 ):
