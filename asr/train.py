@@ -654,6 +654,7 @@ class Trainer:
         self.log.write("epoch_end", epoch=finished, train_seconds=train_seconds, learning_rate=last_rate)
         if due:
             self._evaluate(checkpoint)
+            self._learning_rate = None  # the swap evaluator builds a new optimizer: assign the rate again
 
     def _evaluate(self, checkpoint) -> None:
         """Evaluate an epoch-end checkpoint, log the results, update TTA, record both in the checkpoint."""
