@@ -320,12 +320,8 @@ class BeamSearchDecoder:
                 raise RuntimeError("decoder is closed")
             return PendingDecode(texts=[self._local.decode(lp, **self._options) for lp in log_probs])
         size = max(1, len(log_probs) // (self.workers * 4))
-        try:
-            chunks = [self._pool.submit(_decode_in_worker, log_probs[i : i + size])
-                      for i in range(0, len(log_probs), size)]  # fmt: skip
-        except BrokenProcessPool:
-            raise DecoderWorkerError() from None
-        return PendingDecode(chunks=chunks)
+        return PendingDecode(chunks=[self._submit(_decode_in_worker, log_probs[i : i + size])
+                                     for i in range(0, len(log_probs), size)])  # fmt: skip
 
     def decode(self, logits: Sequence[np.ndarray]) -> list[str]:
         return self.submit(logits).result()
@@ -337,13 +333,17 @@ class BeamSearchDecoder:
             return []
         log_probs = beam_log_probs(logits)
         if self._pool is not None:
-            try:
-                return _worker_result(self._pool.submit(_words_in_worker, log_probs))
-            except BrokenProcessPool:
-                raise DecoderWorkerError() from None
+            return _worker_result(self._submit(_words_in_worker, log_probs))
         if self._local is None:
             raise RuntimeError("decoder is closed")
         return _best_beam_words(self._local, log_probs, self._options)
+
+    def _submit(self, function, *args) -> Future:
+        """``function(*args)`` in a worker; a pool already broken by a dead worker raises at once."""
+        try:
+            return self._pool.submit(function, *args)
+        except BrokenProcessPool:
+            raise DecoderWorkerError() from None
 
     def close(self) -> None:
         if self._pool is not None:
