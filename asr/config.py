@@ -99,6 +99,10 @@ class DataConfig:
     ``[1.0, 1.0]``: off."""
     spec_augment: bool = False
     """SpecAugment-style time and frequency masking on training batches."""
+    spec_augment_from_epoch: int = 0
+    """First epoch (0-based) whose batches are masked, with ``spec_augment``; earlier epochs train on
+    unmasked features. Masking slows the first epochs, when the model underfits anyway, and is what keeps it
+    improving once it starts to fit; starting it late trades one for the other (RESULTS.md section 9)."""
     freq_masks: int = 2
     """Feature bands zeroed per utterance (with ``spec_augment``)."""
     freq_mask_width: int = 15
@@ -438,6 +442,7 @@ BOUNDS: dict[str, Bound] = {
     "data.freq_mask_width": Bound(0, 93, note="features per frame"),
     "data.time_masks": Bound(0),
     "data.time_mask_width": Bound(0),
+    "data.spec_augment_from_epoch": Bound(0, note="0: from the first epoch"),
     "data.noise_probability": Bound(0, 1, note="1: every training utterance"),
     "model.conv_filters": _COUNT,
     "model.conv_kernel": _COUNT,

@@ -194,16 +194,19 @@ def _count_records(
 ) -> list[tuple[int, str | None]]:
     from concurrent.futures import ThreadPoolExecutor
 
-    import tensorflow as tf
     from tqdm import tqdm
 
-    tf.constant(0)  # TF's eager context starts here: its lazy start from several threads at once can segfault
+    if not files:
+        return []
+    # TF's first dataset ops started from several threads at once segfaulted (~1 start in 20, even
+    # after a tf.constant), so the first file is counted here, before the reader threads exist.
+    first = count_readable_records(files[0], shards.compression_type)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        counted = pool.map(lambda f: count_readable_records(f, shards.compression_type), files)
+        counted = pool.map(lambda f: count_readable_records(f, shards.compression_type), files[1:])
         quiet = not progress or len(files) < 2 or not sys.stderr.isatty()
-        bar = tqdm(counted, total=len(files), desc="checking shards", unit="shard", leave=False,
+        bar = tqdm(counted, total=len(files), initial=1, desc="checking shards", unit="shard", leave=False,
                    disable=quiet, file=sys.stderr)  # fmt: skip
-        return list(bar)
+        return [first, *bar]
 
 
 def count_readable_records(file: str, compression_type: str) -> tuple[int, str | None]:
@@ -467,7 +470,7 @@ def training_dataset(
         features = normalize_graph(features[None], frames[None], *statistics, data.normalization)[0]
         if training and data.tempo_range != (1.0, 1.0):
             features, frames = perturb_tempo(features, frames, label_length, data, model, seed(1))
-        if training and data.spec_augment:
+        if training and data.spec_augment and epoch >= data.spec_augment_from_epoch:
             features = spec_augment(features, frames, data, seed(0))
         if tag_epoch:
             return features, frames, labels, label_length, tf.constant(epoch, tf.int32)

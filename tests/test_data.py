@@ -326,9 +326,33 @@ def test_augmentations_change_training_batches_reproducibly_and_never_validation
     )
 
 
+def test_spec_augment_starts_at_its_epoch(tiny_shards):
+    shards = data.open_shards(tiny_shards / "train")
+    masked_from_2 = dataclasses.replace(ONE_BY_ONE, spec_augment=True, spec_augment_from_epoch=2)
+
+    def features_of(config, epoch):
+        batches = data.training_dataset(shards, config, MODEL, 1, epoch, 3)
+        return [b[0] for b in batches.as_numpy_iterator()]
+
+    for epoch in (0, 1):
+        for a, b in zip(features_of(masked_from_2, epoch), features_of(ONE_BY_ONE, epoch), strict=True):
+            np.testing.assert_array_equal(a, b)
+    always = dataclasses.replace(masked_from_2, spec_augment_from_epoch=0)
+    for epoch in (2, 3):
+        late, plain = features_of(masked_from_2, epoch), features_of(ONE_BY_ONE, epoch)
+        for a, c in zip(late, features_of(always, epoch), strict=True):
+            np.testing.assert_array_equal(a, c)
+        masked_frames = [
+            ((a == 0).all(axis=-1).sum(), (b == 0).all(axis=-1).sum())
+            for a, b in zip(late, plain, strict=True)
+        ]
+        assert any(late_count > plain_count for late_count, plain_count in masked_frames)
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
-    [("{vtlp_range: [1.1, 0.9]}", r"data\.vtlp_range: expected \[low, high\]"),
+    [("{spec_augment_from_epoch: -1}", r"data\.spec_augment_from_epoch: must be"),
+     ("{vtlp_range: [1.1, 0.9]}", r"data\.vtlp_range: expected \[low, high\]"),
      ("{vtlp_range: [0.9]}", r"data\.vtlp_range"),
      ("{noise_snr_db: [10]}", r"data\.noise_snr_db: expected \[\] \(off\) or \[low, high\]"),
      ("{noise_snr_db: [20, 10]}", r"data\.noise_snr_db"),
