@@ -609,12 +609,30 @@ def _group_cell(values: list[float | None], scale: float, digits: int = 1) -> tu
     return text, middle
 
 
+def censored_aggregate(runs: Sequence[Run], times: Sequence[Any]) -> float | None:
+    """A lower bound (s) of the runs' aggregate time to a target that some never reached: each of those
+    counts at its whole active length, the earliest it could have got there had it gone on."""
+    if any(t == "not evaluated" for t in times):
+        return None
+    return aggregate(
+        [float(t) if _number(t) else run.active_seconds for run, t in zip(runs, times, strict=True)]
+    )[0]
+
+
+def _percent_of_baseline(middle: float | None, reference: float | None, bound: float | None) -> str:
+    if middle is None:
+        return "NA"
+    if reference:
+        return f"{100 * middle / reference:.0f}%"
+    return f"\u2264{100 * middle / bound:.0f}%" if bound else "\u2014"
+
+
 def tta_tables(report: Report) -> list[Table]:
     """The paper's Table 4 for each rule: minutes per target and % of the baseline configuration."""
     tables = []
     per_run = {run.label: tta_seconds(run, report.targets, report.window) for run in report.runs}
     for rule in RULES:
-        rows, base = [], {}
+        rows, base, bounds = [], {}, {}
         for group, members in report.groups.items():
             cells, percents = [], []
             for metric, target in report.targets:
@@ -628,12 +646,9 @@ def tta_tables(report: Report) -> list[Table]:
                 cells.append(text)
                 if group == report.baseline:
                     base[key] = middle
-                reference = base.get(key)
-                percents.append(
-                    "NA"
-                    if middle is None
-                    else ("\u2014" if not reference else f"{100 * middle / reference:.0f}%")
-                )
+                    if middle is None:
+                        bounds[key] = censored_aggregate(members, raw)
+                percents.append(_percent_of_baseline(middle, base.get(key), bounds.get(key)))
             rows.append([group, *cells])
             rows.append(["  % of baseline", *percents])
         name = (
@@ -643,6 +658,16 @@ def tta_tables(report: Report) -> list[Table]:
             f"Baseline: {report.baseline}. Repeated runs: aggregate (min\u2013max, n); "
             "% of the baseline's aggregate."
         )
+        known = [
+            f"{_target_label(m, t)} {b / 60:.1f} min" for (m, t, _), b in bounds.items() if b is not None
+        ]
+        if known:
+            note += (
+                " \u2264 X%: an upper bound, the baseline's aggregate being NA (a run missed the target);"
+                " counting such a run at its whole length, the aggregate is at least: "
+                + ", ".join(known)
+                + "."
+            )
         if any("=?" in group for group in report.groups):
             note += " [setting=?]: not recorded in the run's recipe.yaml (saved before the setting existed)."
         tables.append(

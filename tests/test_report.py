@@ -189,6 +189,27 @@ def test_tta_table_minutes_percent_of_baseline_and_na(tmp_path, capsys):
     assert "wrote" in printed
 
 
+def test_a_baseline_seed_that_never_reaches_a_target_bounds_the_percent(tmp_path):
+    stuck = [40.0, 20.0, 12.0, 11.0, 10.5, 10.4, 10.6, 10.5]  # never a median of CER 10
+    runs = [
+        write_run(tmp_path / "base-0", CER_A, name="base", seed=0),
+        write_run(tmp_path / "base-1", stuck, name="base", seed=1),
+        write_run(tmp_path / "fast-0", CER_B, name="fast", seed=0),
+        write_run(tmp_path / "fast-1", CER_B, name="fast", seed=1),
+    ]
+    status, out = run_report(tmp_path, runs, "--baseline", "base")
+    assert status == 0
+    table = (
+        (out / "report.md").read_text().split("## Time to accuracy in minutes (median rule")[1].split("##")[0]
+    )
+    times = eval_times(8)
+    stuck_length = max(json.loads(line)["elapsed"] for line in (runs[1] / EVENT_LOG_NAME).open())
+    bound = (times[4] + stuck_length) / 2  # CER_A reaches CER 10 at epoch 4, CER_B at epoch 3
+    percents = [line.split("|")[2].strip() for line in table.splitlines() if "% of baseline" in line]
+    assert percents == ["NA", f"\u2264{100 * times[3] / bound:.0f}%"]
+    assert f"the aggregate is at least: CER 10 {bound / 60:.1f} min, CER 8" in table
+
+
 def test_definition_throughput_and_runs_tables(tmp_path):
     a = write_run(tmp_path / "a", CER_A, batch=8)
     status, out = run_report(tmp_path, [a])
