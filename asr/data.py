@@ -198,8 +198,8 @@ def _count_records(
 
     if not files:
         return []
-    # TF's first dataset ops started from several threads at once segfaulted (~1 start in 20, even
-    # after a tf.constant), so the first file is counted here, before the reader threads exist.
+    # TF's first dataset ops started from several threads at once segfaulted now and then, even after
+    # a tf.constant, so the first file is counted here, before the reader threads exist.
     first = count_readable_records(files[0], shards.compression_type)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         counted = pool.map(lambda f: count_readable_records(f, shards.compression_type), files[1:])
