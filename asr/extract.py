@@ -506,6 +506,16 @@ def valid_sidecar(config: ExtractConfig, plan: Plan, index: int) -> dict | None:
     return sidecar
 
 
+def feature_mean_std(feature_sum, feature_squares, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation over ``frames`` frames from their sum and sum of squares
+    (float64 ``[93]`` each); zeros and ones when there are no frames."""
+    if not frames:
+        return np.zeros(features.FEATURE_DIM), np.ones(features.FEATURE_DIM)
+    mean = np.asarray(feature_sum, dtype=np.float64) / frames
+    variance = np.asarray(feature_squares, dtype=np.float64) / frames - np.square(mean)
+    return mean, np.sqrt(np.maximum(variance, 0.0))
+
+
 def build_manifest(config: ExtractConfig, plan: Plan, sidecars: list[dict]) -> dict:
     """The split's manifest from the plan and every shard's sidecar (no feature is re-read)."""
     feature_sum = np.zeros(features.FEATURE_DIM, dtype=np.float64)
@@ -518,11 +528,7 @@ def build_manifest(config: ExtractConfig, plan: Plan, sidecars: list[dict]) -> d
     skipped.sort(key=lambda s: (s["utt_id"], s["path"]))
     frames = sum(s["frames"] for s in sidecars)
     seconds = sum(s["seconds"] for s in sidecars)
-    if frames:
-        mean = feature_sum / frames
-        std = np.sqrt(np.maximum(feature_squares / frames - np.square(mean), 0.0))
-    else:
-        mean, std = np.zeros(features.FEATURE_DIM), np.ones(features.FEATURE_DIM)
+    mean, std = feature_mean_std(feature_sum, feature_squares, frames)
     by_reason = Counter(corpus.reason_key(s["reason"]) for s in skipped)
     return {
         "format": FORMAT,
