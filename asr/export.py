@@ -48,7 +48,14 @@ import numpy as np
 
 from asr.config import Recipe, dump_recipe
 from asr.features import FEATURE_DIM, FRAME_SECONDS, SAMPLE_RATE
-from asr.files import DirectoryExistsError, directory_in_place, refuse_existing, write_json, write_text
+from asr.files import (
+    DirectoryExistsError,
+    directory_in_place,
+    os_error_line,
+    refuse_existing,
+    write_json,
+    write_text,
+)
 from asr.inference import TFLITE_BACKENDS as TFLITE_FILES
 from asr.text import BLANK_ID, SEPARATOR_ID, SYMBOLS
 
@@ -299,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"error: {error.filename or options.out}: {error.strerror or error}", file=sys.stderr)
+        print(f"error: {os_error_line(error, options.out)}", file=sys.stderr)
         return 2
     print(f"exported {metadata['source']} (step {metadata.get('step')}) to {options.out} "
           f"in {time.perf_counter() - started:.0f} s")  # fmt: skip

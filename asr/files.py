@@ -41,6 +41,11 @@ class WriteError(OSError):
         return f"{self.path}: cannot write ({reason}); what was written before is intact, rerun when fixed"
 
 
+def os_error_line(error: OSError, path: str | os.PathLike = "") -> str:
+    """``PATH: reason`` for a one-line error message: the file the OS names (else ``path``) and why."""
+    return f"{error.filename or path}: {error.strerror or error}"
+
+
 class JsonError(ValueError):
     """A JSON file that is missing or not valid JSON; the message names it."""
 

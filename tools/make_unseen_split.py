@@ -51,6 +51,7 @@ from asr.files import (  # noqa: E402
     DirectoryExistsError,
     WriteError,
     directory_in_place,
+    os_error_line,
     refuse_existing,
     write_json,
     write_text,
@@ -326,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"{PROG}: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        print(f"{PROG}: error: {os_error_line(error)}", file=sys.stderr)
         return 2
     held = ", ".join(f"{h['id']} {h['name']}".strip() for h in result["held_out"])
     print(f"{PROG}: {config.out}: held out {held}", file=sys.stderr)

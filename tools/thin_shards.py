@@ -31,6 +31,7 @@ from asr.files import (  # noqa: E402
     DirectoryExistsError,
     WriteError,
     directory_in_place,
+    os_error_line,
     refuse_existing,
     write_json,
 )
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"{PROG}: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        print(f"{PROG}: error: {os_error_line(error)}", file=sys.stderr)
         return 2
     counts = manifest["counts"]
     print(
