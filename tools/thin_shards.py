@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from asr.config import OneLineParser  # noqa: E402
 from asr.extract import feature_mean_std  # noqa: E402
+from asr.features import FRAME_SECONDS  # noqa: E402
 from asr.files import (  # noqa: E402
     DirectoryExistsError,
     WriteError,
@@ -47,13 +48,12 @@ from asr.shards import (  # noqa: E402
 )
 
 PROG = "thin_shards"
-FRAME_SECONDS = 0.01
-"""Hop of the features (160 samples at 16 kHz)."""
 
 
 def thin_shard(source: Path, target: Path, every: int) -> dict:
-    """Write records 0, ``every``, 2 × ``every``, ... of ``source`` to ``target``; returns the shard's
-    manifest entry with ``feature_sum`` / ``feature_sum_squares`` (float64 ``[93]``) for the mean/std."""
+    """Write records 0, ``every``, 2 × ``every``, ... of ``source`` to ``target`` (nothing when none is
+    kept); returns the shard's manifest entry with ``feature_sum`` / ``feature_sum_squares`` (float64
+    ``[93]``) for the mean/std."""
     kept: list[bytes] = []
     frames = 0
     feature_sum = feature_squares = 0.0
@@ -65,7 +65,8 @@ def thin_shard(source: Path, target: Path, every: int) -> dict:
         feature_sum = feature_sum + features.sum(axis=0)
         feature_squares = feature_squares + np.square(features).sum(axis=0)
         kept.append(record)
-    write_shard(target, kept, compression_of(source))
+    if kept:
+        write_shard(target, kept, compression_of(source))
     return {
         "file": target.name,
         "utterances": len(kept),
@@ -86,8 +87,6 @@ def thin(source: Path, out: Path, every: int, force: bool = False) -> dict:
     with directory_in_place(out, force) as directory:
         entries = [thin_shard(file, directory / file.name, every) for file in files]
         entries = [entry for entry in entries if entry["utterances"]]
-        for empty in {file.name for file in files} - {entry["file"] for entry in entries}:
-            (directory / empty).unlink()
         frames = sum(entry["frames"] for entry in entries)
         mean, std = feature_mean_std(
             sum(entry.pop("feature_sum") for entry in entries),
