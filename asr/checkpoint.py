@@ -287,8 +287,17 @@ class Checkpointer:
                 file.unlink(missing_ok=True)
 
 
+WEIGHT_AVERAGE_KEY = "weight_average"
+"""The checkpoint key of the trainable weights' moving average (``train.ema_decay``, :class:`asr.session.
+WeightAverage`): a list in ``model.trainable_weights`` order."""
+
+
 def restore_weights(model, path: str | os.PathLike) -> None:
     """Load only the model's weights from a training checkpoint (evaluation models have no optimizer).
+
+    When the checkpoint holds a moving average of the weights (``train.ema_decay``), the trainable weights
+    are the average's, batch-norm statistics the model's: the weights the run's evaluations measured, so that
+    ``asr.evaluate``, export and transcription agree with the TTA series.
 
     Raises :class:`CheckpointMismatchError` naming the checkpoint when layers or shapes differ, and
     :class:`CheckpointDamagedError` when its files cannot be read.
@@ -299,6 +308,12 @@ def restore_weights(model, path: str | os.PathLike) -> None:
         status = tf.train.Checkpoint(model=model).read(str(path))
         status.expect_partial()
         status.assert_existing_objects_matched()
+        first_average = f"{WEIGHT_AVERAGE_KEY}/0/.ATTRIBUTES/VARIABLE_VALUE"
+        if tf.train.load_checkpoint(str(path)).has_tensor(first_average):
+            trainable = [w.value for w in model.trainable_weights]
+            status = tf.train.Checkpoint(**{WEIGHT_AVERAGE_KEY: trainable}).read(str(path))
+            status.expect_partial()
+            status.assert_existing_objects_matched()
     except _tf_restore_errors() as error:
         raise _restore_error(error, Path(path), "does not fit the recipe's model") from None
 

@@ -191,6 +191,14 @@ class TrainConfig:
     accumulate_steps: int = 1
     """Micro-batches (dataset batches) per optimizer update: gradients summed over them, divided by their
     number. 1: none. Steps, checkpoints and the learning-rate schedule count updates."""
+    ema_decay: float = 0.0
+    """Evaluate, checkpoint and export an exponential moving average of the trainable weights instead of the
+    weights themselves: after each update ``average = d * average + (1 - d) * weights`` with
+    ``d = min(ema_decay, (1 + n) / (10 + n))`` and n the updates before it (TensorFlow's ``num_updates``
+    rule: the average follows the weights closely at the start, when they move fast, and averages over
+    about ``1 / (1 - ema_decay)`` updates later). Batch-norm statistics are the model's own. 0: off.
+    Measured on minilibri (RESULTS.md section 9): 0.99 with the short start, dev CER 19.5 % after 8 epochs
+    where the raw weights measure 22.4 %."""
     max_consecutive_nan_steps: int = 5
     """After this many non-finite losses in a row, stop with the last good weights."""
     seed: int = 1234
@@ -466,6 +474,7 @@ BOUNDS: dict[str, Bound] = {
     "train.keep_checkpoints": _COUNT,
     "train.max_consecutive_nan_steps": _COUNT,
     "train.accumulate_steps": _COUNT,
+    "train.ema_decay": Bound(0, 1, high_open=True, note="0: off"),
     "train.seed": Bound(0, 2**32, high_open=True, note="NumPy's seed range"),
     "runtime.replicas": Bound(0, note="0: all GPUs, or one CPU"),
     "eval.beam_width": Bound(1, note="1: greedy"),

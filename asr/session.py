@@ -42,12 +42,13 @@ class TrainingSession:
         self._infer = None
         self.input_spec = None
         self.ties: ClusterTies | None = None
+        self.average: WeightAverage | None = None
         self.build()
 
     def build(self) -> None:
         import keras
 
-        from asr.checkpoint import Checkpointer
+        from asr.checkpoint import WEIGHT_AVERAGE_KEY, Checkpointer
         from asr.model import build_model
 
         keras.utils.set_random_seed(self.recipe.train.seed)
@@ -58,6 +59,10 @@ class TrainingSession:
         if self.recipe.train.clustered_weights:
             self.ties = self.ties or ClusterTies(self.recipe.train.clustered_weights, self.model)
             self.ties.assign_weights(self.model)  # a checkpoint restored later replaces them
+        extra = {}
+        if self.recipe.train.ema_decay > 0:
+            self.average = WeightAverage(self.strategy, self.model, self.recipe.train.ema_decay)
+            extra[WEIGHT_AVERAGE_KEY] = self.average.variables
         self.checkpointer = Checkpointer(
             self.run_dir,
             self.recipe.train.keep_checkpoints,
@@ -65,6 +70,7 @@ class TrainingSession:
             model=self.model,
             optimizer=self.optimizer,
             dropout_random_state=random_state_variables(self.model),
+            **extra,
         )
         self._make_steps()
         if self.input_spec is not None:  # compile now, so that swap-in time includes it
@@ -72,6 +78,7 @@ class TrainingSession:
 
     def _make_steps(self) -> None:
         args = (self.strategy, self.model, self.optimizer, self.recipe, self.input_spec, self.ties)
+        args += (self.average,)
         if self.recipe.train.accumulate_steps > 1:
             self._accumulate_fn, self._apply_fn = make_accumulation_steps(*args)
         else:
@@ -87,7 +94,7 @@ class TrainingSession:
         """Drop model, optimizer and compiled step so their memory can be reused by evaluation."""
         import keras
 
-        self.model = self.optimizer = self.checkpointer = self._step_fn = self._infer = None
+        self.model = self.optimizer = self.checkpointer = self._step_fn = self._infer = self.average = None
         self._accumulate_fn = self._apply_fn = None
         keras.backend.clear_session(free_memory=True)
         gc.collect()
@@ -140,6 +147,17 @@ class TrainingSession:
             checksum.update(np.ascontiguousarray(weight.numpy()).tobytes())
         return checksum.hexdigest().decode()
 
+    def evaluation_weights(self) -> list[np.ndarray]:
+        """The weights an evaluation measures, in ``model.weights`` order (what ``set_weights`` takes): the
+        model's, with each trainable weight replaced by its average under ``train.ema_decay``."""
+        weights = self.model.get_weights()
+        if self.average is None:
+            return weights
+        position = {id(v): i for i, v in enumerate(self.model.weights)}
+        for variable, average in zip(self.model.trainable_weights, self.average.variables, strict=True):
+            weights[position[id(variable)]] = average.numpy()
+        return weights
+
     def greedy_sample(self, features, frames, labels, label_lengths, count: int) -> list[list[str]]:
         """``[[reference, hypothesis], ...]`` for the first ``count`` utterances, greedy (beam width 1)."""
         import tensorflow as tf
@@ -161,6 +179,48 @@ class TrainingSession:
             reference = text.decode(np.asarray(labels)[row, : int(np.asarray(label_lengths)[row])].tolist())
             pairs.append([reference, greedy_text(logits[row, : out[row]])])
         return pairs
+
+
+def ema_decay_at(decay: float, updates):
+    """The averaging decay of the update after ``updates`` earlier ones: ``min(decay, (1 + n) / (10 + n))``
+    (TensorFlow's ``num_updates`` rule), so that the first averages follow the fast-moving weights instead
+    of holding on to their random start. Works on floats and on tensors."""
+    short_start = (1.0 + updates) / (10.0 + updates)
+    if isinstance(short_start, float):
+        return min(decay, short_start)
+    import tensorflow as tf
+
+    return tf.minimum(tf.cast(decay, short_start.dtype), short_start)
+
+
+class WeightAverage:
+    """An exponential moving average of the trainable weights (``train.ema_decay``), one variable per
+    trainable weight, created under the strategy like the weights (mirrored on every replica; a synchronous
+    update leaves the same weights everywhere, so the same average). :meth:`update` runs in the
+    cross-replica context of the step right after the optimizer applies an update; skipped steps do not
+    move it."""
+
+    def __init__(self, strategy, model, decay: float):
+        import tensorflow as tf
+
+        self.decay = decay
+        with strategy.scope():
+            self.variables = [
+                tf.Variable(w.numpy(), trainable=False, name=f"average_{i}")
+                for i, w in enumerate(model.trainable_weights)
+            ]
+
+    def update(self, distribution, weights, updates_before) -> None:
+        """``average -= (1 - d) * (average - weight)`` on every replica, ``d`` from :func:`ema_decay_at`."""
+        import tensorflow as tf
+
+        decay = ema_decay_at(self.decay, tf.cast(updates_before, tf.float32))
+
+        def move(average, weight):
+            return average.assign_sub((1.0 - decay) * (average - tf.cast(weight, average.dtype)))
+
+        for average, weight in zip(self.variables, weights, strict=True):
+            distribution.extended.update(average, move, args=(weight.value,))
 
 
 class ClusterTies:
@@ -289,7 +349,9 @@ def clip_gradients(grads, global_grads, clip_norm: float, scale=1.0):
     return [g * tf.cast(factor, g.dtype) for g in grads]
 
 
-def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None, ties=None) -> Callable:
+def make_train_step(
+    strategy, model, optimizer, recipe: Recipe, input_spec=None, ties=None, average=None
+) -> Callable:
     """The compiled synchronous step over a distributed batch; returns (loss sum, bad-step flag, frames,
     utterances).
 
@@ -297,11 +359,11 @@ def make_train_step(strategy, model, optimizer, recipe: Recipe, input_spec=None,
     dynamic batching it varies by length bucket), so the gradients the optimizer sums over replicas are
     the global batch's mean. A step whose loss or gradients are not
     finite on any replica is skipped on all of them: no gradient is applied and the batch-norm statistics
-    it moved are put back.
+    it moved are put back. ``average`` (a :class:`WeightAverage`) moves after every applied update.
     """
     import tensorflow as tf
 
-    parts = _StepParts(strategy, model, optimizer, recipe, ties)
+    parts = _StepParts(strategy, model, optimizer, recipe, ties, average)
 
     def replica_step(features, frames, labels, label_lengths):
         before = [tf.identity(v) for v in parts.statistics]
@@ -328,11 +390,19 @@ class _StepParts:
     """What the plain and the accumulating steps share, inside a replica: the loss and its gradients, and
     the clip-then-apply-or-skip that every replica agrees on."""
 
-    def __init__(self, strategy, model, optimizer, recipe: Recipe, ties: ClusterTies | None = None):
+    def __init__(
+        self,
+        strategy,
+        model,
+        optimizer,
+        recipe: Recipe,
+        ties: ClusterTies | None = None,
+        average: WeightAverage | None = None,
+    ):
         import keras
 
         self.strategy, self.model, self.optimizer, self.recipe = strategy, model, optimizer, recipe
-        self.ties = ties
+        self.ties, self.average = ties, average
         self.replicas = strategy.num_replicas_in_sync
         self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.variables = model.trainable_variables
@@ -375,14 +445,18 @@ class _StepParts:
             scale = loss_scale(self.optimizer) if self.loss_scaled else 1.0
             grads = clip_gradients(grads, summed, clip_norm, scale)
         optimizer, variables, statistics = self.optimizer, self.variables, self.statistics
+        average = self.average
 
         def apply_or_skip(distribution, grads, bad, before):
             ok = tf.equal(distribution.experimental_local_results(bad)[0], 0.0)
 
             def apply():
+                updates_before = tf.convert_to_tensor(optimizer.iterations)
                 distribution.extended.call_for_each_replica(
                     lambda g: optimizer.apply_gradients(zip(g, variables, strict=False)), args=(grads,)
                 )
+                if average is not None:
+                    average.update(distribution, variables, updates_before)
                 return tf.constant(True)
 
             def skip():
@@ -409,7 +483,9 @@ class _StepParts:
         )
 
 
-def make_accumulation_steps(strategy, model, optimizer, recipe: Recipe, input_spec=None, ties=None):
+def make_accumulation_steps(
+    strategy, model, optimizer, recipe: Recipe, input_spec=None, ties=None, average=None
+):
     """Gradient accumulation (``train.accumulate_steps``): ``(accumulate, apply)`` compiled steps.
 
     ``accumulate(batch)`` adds each replica's gradient of its micro-batch (loss / that micro-batch's
@@ -421,7 +497,7 @@ def make_accumulation_steps(strategy, model, optimizer, recipe: Recipe, input_sp
     """
     import tensorflow as tf
 
-    parts = _StepParts(strategy, model, optimizer, recipe, ties)
+    parts = _StepParts(strategy, model, optimizer, recipe, ties, average)
     on_read = {"trainable": False, "synchronization": tf.VariableSynchronization.ON_READ,
                "aggregation": tf.VariableAggregation.SUM}  # fmt: skip
     with strategy.scope():

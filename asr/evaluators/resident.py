@@ -1,7 +1,8 @@
 """``eval.mode: resident``: a second, evaluation-only model stays in memory (the Mozilla DeepSpeech way).
 
 At an epoch end it takes the training model's weights by copy (no checkpoint read, no rebuild of the
-training state), so evaluation costs memory for one more set of weights instead of swap time.
+training state; their moving average under ``train.ema_decay``), so evaluation costs memory for one more set
+of weights instead of swap time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class ResidentEvaluator:
         from asr.inference import model_logits_fn, read_normalization
 
         with log.phase("evaluate"):
-            self.model.set_weights(session.model.get_weights())
+            self.model.set_weights(session.evaluation_weights())
             if self._logits_fn is None:
                 mean, std = read_normalization(session.run_dir, self.recipe)
                 self._logits_fn = model_logits_fn(self.recipe, self.strategy, self.model, mean, std)
