@@ -58,14 +58,15 @@ def events(run_dir: Path) -> list[dict]:
 
 def model_weights(prefix: Path) -> dict[str, np.ndarray]:
     """Every model weight of a checkpoint (trainable ones are saved under the optimizer's references;
-    batch-norm statistics under the model's), by checkpoint key; optimizer slots excluded."""
+    batch-norm statistics under the model's) and their moving averages (``train.ema_decay``), by checkpoint
+    key; optimizer slots excluded."""
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(str(prefix))
     return {
         key: reader.get_tensor(key)
         for key in reader.get_variable_to_shape_map()
-        if key.startswith(("model/", "optimizer/_trainable_variables/"))
+        if key.startswith(("model/", "optimizer/_trainable_variables/", "weight_average/"))
     }
 
 
@@ -166,9 +167,10 @@ def finish(processes: list[subprocess.Popen], timeout: float = 300) -> list[str]
 
 def test_two_worker_processes_equal_one_process_with_the_same_global_batch(shards, tmp_path):
     """MultiWorkerMirroredStrategy across 2 processes on localhost: both workers end with the same weights,
-    which equal a one-process run of the same global batch up to reduction order; no scratch is left."""
+    which equal a one-process run of the same global batch up to reduction order, and so do the weights'
+    moving averages (``train.ema_decay``); no scratch is left."""
     sets = ("train.max_steps=3", "eval.mode=external", "runtime.sync_batch_norm=true", "model.dropout=0",
-            "data.spec_augment=false")  # fmt: skip
+            "data.spec_augment=false", "train.ema_decay=0.9")  # fmt: skip
     run = tmp_path / "run"
     errors = finish(start_workers(shards, run, tmp_path, *sets))
     for process_error in errors:
@@ -179,7 +181,10 @@ def test_two_worker_processes_equal_one_process_with_the_same_global_batch(shard
     assert digests[0] == digests[1]  # exact: synchronous all-reduce gives every worker the same update
     single = tmp_path / "single"
     assert train(shards, single, *sets, "runtime.strategy=one_device").returncode == 0
-    assert_same_weights(model_weights(latest(run)), model_weights(latest(single)), exact=False)
+    weights = model_weights(latest(run))
+    averaged = sum(key.startswith("weight_average/") for key in weights)
+    assert averaged == sum(key.startswith("optimizer/_trainable_variables/") for key in weights) > 0
+    assert_same_weights(weights, model_weights(latest(single)), exact=False)
     for index in range(2):
         assert not list((tmp_path / f"tmp{index}").glob("asr-worker-*")), "scratch directory left behind"
 
@@ -250,8 +255,8 @@ def test_extra_sets_are_logged_under_their_names_off_the_run_clock_and_not_for_t
 
 def test_sigterm_saves_and_a_rerun_resumes_where_training_stopped(shards, tmp_path):
     """SIGTERM mid-epoch: checkpoint and exit 143; re-running resumes (data position, clock, downtime)
-    and ends with the weights of an uninterrupted run."""
-    sets = ("train.epochs=3", "eval.mode=loss")
+    and ends with the weights of an uninterrupted run, their moving average included."""
+    sets = ("train.epochs=3", "eval.mode=loss", "train.ema_decay=0.99")
     straight = tmp_path / "straight"
     assert train(shards, straight, *sets).returncode == 0
 
@@ -284,7 +289,9 @@ def test_sigterm_saves_and_a_rerun_resumes_where_training_stopped(shards, tmp_pa
     assert steps[0]["step"] == stop_step + 1 and steps[0]["elapsed"] > stop_elapsed
     assert after[-1]["reason"] == "epochs"
     assert latest(run).name == latest(straight).name
-    assert_same_weights(model_weights(latest(run)), model_weights(latest(straight)))
+    weights = model_weights(latest(run))
+    assert any(key.startswith("weight_average/") for key in weights)
+    assert_same_weights(weights, model_weights(latest(straight)))
 
 
 def test_non_finite_loss_step_is_skipped_and_weights_untouched(shards, tmp_path):
