@@ -362,14 +362,16 @@ def phase_spans(run: Run) -> list[tuple[str, float, float]]:
 
 POWER_SOURCES = {
     "gpu": "GPU board power, NVML (measured)",
-    "cpu": "CPU, ESTIMATE: CPU time x rig.cpu_watts_per_core",
+    "cpu-rapl": "CPU packages, RAPL energy counters (measured: the whole packages, every process on them)",
+    "cpu": "CPU, ESTIMATE: CPU time x rig.cpu_watts_per_core, only where RAPL was not readable",
 }
 
 
 def power_samples(run: Run, source: str = "gpu") -> tuple[np.ndarray, np.ndarray]:
     """Run-clock seconds and watts of the ``util`` samples: ``gpu``, total GPU board power (NVML);
-    ``cpu``, an estimate, (``cpu_percent`` + ``children_cpu_percent``) / 100 busy cores ×
-    ``rig.cpu_watts_per_core`` (none when that is 0)."""
+    ``cpu-rapl``, the CPU packages' power measured by RAPL (``cpu_power_w``); ``cpu``, an estimate,
+    (``cpu_percent`` + ``children_cpu_percent``) / 100 busy cores × ``rig.cpu_watts_per_core`` (none when
+    that is 0)."""
     times, watts = [], []
     per_core = run.rig.cpu_watts_per_core
     for event in run.of_kind("util"):
@@ -380,6 +382,10 @@ def power_samples(run: Run, source: str = "gpu") -> tuple[np.ndarray, np.ndarray
             if powers:
                 times.append(float(event["elapsed"]))
                 watts.append(sum(powers))
+        elif source == "cpu-rapl":
+            if _number(event.get("cpu_power_w")):
+                times.append(float(event["elapsed"]))
+                watts.append(float(event["cpu_power_w"]))
         elif per_core > 0 and _number(event.get("cpu_percent")):
             children = event.get("children_cpu_percent")
             busy = float(event["cpu_percent"]) + (float(children) if _number(children) else 0.0)
@@ -761,10 +767,12 @@ def _energy_rows(
     to_accuracy, phases = [], []
     summed: list[float | None] = [0.0] * len(report.targets)
     whole = 0.0
+    measured_cpu = False
     for source in POWER_SOURCES:
-        result = energy(run, source)
+        result = None if source == "cpu" and measured_cpu else energy(run, source)
         if result is None:
             continue
+        measured_cpu = measured_cpu or source == "cpu-rapl"
         cells = []
         for index, (metric, target) in enumerate(report.targets):
             value = seconds[(metric, target, "median")]
@@ -798,8 +806,8 @@ def energy_tables(report: Report) -> list[Table]:
                 "Energy to accuracy",
                 ["run"],
                 [],
-                "No power was sampled in any run (no NVML) and no run sets rig.cpu_watts_per_core: "
-                "no energy figures.",
+                "No power was sampled in any run (no NVML, no readable RAPL) and no run sets "
+                "rig.cpu_watts_per_core: no energy figures.",
             )
         ]
     sources = "; ".join(f"{key}: {text}" for key, text in POWER_SOURCES.items())
@@ -809,8 +817,9 @@ def energy_tables(report: Report) -> list[Table]:
             ["run", "source", "whole run", *[_target_label(m, t) for m, t in report.targets]],
             to_accuracy,
             f"Power integrated over the run clock (trapezoid between the 1 s utilization samples). {sources} "
-            "(busy cores of the training process and its children; memory, idle cores and the rest of the "
-            "host are not counted). A run with both has one row each; CO2 adds them.",
+            "(the estimate: busy cores of the training process and its children; memory, idle cores and the "
+            "rest of the host are not counted). A run with GPU and CPU figures has one row each; CO2 adds "
+            "them.",
         ),
         Table("Energy per phase and per epoch, kJ", ["run", "source", "per phase", "per epoch"], phases),
     ]
@@ -820,7 +829,8 @@ def energy_tables(report: Report) -> list[Table]:
                 "CO2 to accuracy (median rule), g",
                 ["run", "g CO2 per kWh", "whole run", *[_target_label(m, t) for m, t in report.targets]],
                 co2,
-                "g CO2 = (GPU + CPU energy) in kWh × rig.grid_g_co2_per_kwh; the CPU part is an estimate.",
+                "g CO2 = (GPU + CPU energy) in kWh × rig.grid_g_co2_per_kwh; the CPU part is an estimate "
+                "where its source is cpu.",
             )
         )
     return tables

@@ -7,7 +7,10 @@ decoding pool works there during evaluation, while the training process mostly w
 NVML is available (``pynvml`` from ``nvidia-ml-py`` and an NVIDIA driver), per GPU:
 ``utilization`` (percent of the sample period a kernel ran), ``memory_used_mb`` and ``power_w``
 (board power; None where the GPU does not report it). Without NVML, ``gpus`` is an empty list: a
-machine without GPUs or driver is normal, never an error.
+machine without GPUs or driver is normal, never an error. Where Linux exposes the CPU packages' RAPL
+energy counters (``/sys/class/powercap/intel-rapl:N``, also on AMD CPUs since Zen) and they are readable,
+``cpu_power_w`` is the packages' measured power, averaged over the interval since the previous sample
+(:class:`RaplCounter`); elsewhere the field is absent and the report estimates CPU energy instead.
 
 Each event carries the run clock's ``elapsed`` seconds, so utilization lines up with the other
 events and excludes downtime. How training uses it::
@@ -84,6 +87,53 @@ def _nvml(read: Callable[[], float]) -> float | None:
         return None
 
 
+POWERCAP_ROOT = "/sys/class/powercap"
+
+
+class RaplCounter:
+    """The CPU packages' cumulative energy from Linux's powercap RAPL zones (``intel-rapl:N`` whose ``name``
+    is ``package-*``; sub-zones such as ``core`` are parts of a package and not added again).
+
+    ``available`` is False, with the reason in ``unavailable_reason``, when there are no package zones
+    (virtual machines usually have none) or their ``energy_uj`` cannot be read (root-only on kernels patched
+    for CVE-2020-8694). :meth:`joules` adds up each package's increase since the previous reading, taking a
+    counter that wrapped past ``max_energy_range_uj`` into account.
+    """
+
+    def __init__(self, root: str | os.PathLike = POWERCAP_ROOT):
+        from pathlib import Path
+
+        self.zones: list[tuple[Path, int]] = []
+        self.unavailable_reason = ""
+        self._last: list[int] = []
+        self._total_uj = 0
+        for zone in sorted(Path(root).glob("intel-rapl:*")):
+            try:
+                if zone.name.count(":") != 1 or not (zone / "name").read_text().startswith("package"):
+                    continue
+                wrap = int((zone / "max_energy_range_uj").read_text()) + 1
+                self._last.append(int((zone / "energy_uj").read_text()))
+            except (OSError, ValueError) as error:
+                self.unavailable_reason = f"{zone}: {getattr(error, 'strerror', None) or error}"
+                self.zones, self._last = [], []
+                return
+            self.zones.append((zone / "energy_uj", wrap))
+        if not self.zones:
+            self.unavailable_reason = f"no RAPL package zone under {root}"
+
+    @property
+    def available(self) -> bool:
+        return bool(self.zones)
+
+    def joules(self) -> float:
+        """Energy of all packages since this counter was made (J); raises OSError if a zone vanished."""
+        for index, (path, wrap) in enumerate(self.zones):
+            now = int(path.read_text())
+            self._total_uj += (now - self._last[index]) % wrap
+            self._last[index] = now
+        return self._total_uj / 1e6
+
+
 class UtilizationSampler:
     """Writes a ``util`` event every ``interval_seconds`` from a daemon thread until :meth:`stop`.
 
@@ -99,6 +149,7 @@ class UtilizationSampler:
         pid: int | None = None,
         clock: Any = None,
         position: Callable[[], tuple[int, int]] | None = None,
+        powercap_root: str | os.PathLike = POWERCAP_ROOT,
     ):
         if interval_seconds <= 0:
             raise ValueError(f"interval_seconds must be positive, got {interval_seconds}")
@@ -113,6 +164,9 @@ class UtilizationSampler:
         self._gpus: GpuProbe | None = None
         self._children: dict[int, psutil.Process] = {}
         self._children_refreshed = -float("inf")
+        self._rapl = RaplCounter(powercap_root)
+        self._rapl_previous: tuple[float, float] | None = None
+        """(monotonic seconds, joules) of the previous RAPL reading."""
 
     def _clock_function(self, clock: Any) -> Callable[[], float]:
         if clock is None:
@@ -132,9 +186,29 @@ class UtilizationSampler:
         fields["cpu_percent"] = self.process.cpu_percent(interval=None)
         fields["children_cpu_percent"] = self._children_cpu_percent()
         fields["gpus"] = self._gpus.sample() if self._gpus is not None else []
+        if self._rapl.available:
+            fields["cpu_power_w"] = self._cpu_power()
         self.event_log.write("util", **fields)
         self.samples_written += 1
         return fields
+
+    def cpu_energy_method(self) -> str:
+        """One line on how CPU energy is known for this run: measured (RAPL) or why not."""
+        if self._rapl.available:
+            return f"measured by RAPL ({len(self._rapl.zones)} package(s); util events' cpu_power_w)"
+        return f"estimated in the report from CPU time ({self._rapl.unavailable_reason})"
+
+    def _cpu_power(self) -> float | None:
+        """Mean package power (W) since the previous reading; None for the first one (its baseline)."""
+        try:
+            reading = (time.monotonic(), self._rapl.joules())
+        except (OSError, ValueError):  # a zone vanished or a cut read: no figure this time
+            self._rapl_previous = None
+            return None
+        previous, self._rapl_previous = self._rapl_previous, reading
+        if previous is None or reading[0] <= previous[0]:
+            return None
+        return (reading[1] - previous[1]) / (reading[0] - previous[0])
 
     def _children_cpu_percent(self) -> float:
         """CPU percent of the process's descendants since the previous sample.
@@ -175,6 +249,8 @@ class UtilizationSampler:
         self._gpus = GpuProbe()
         self.process.cpu_percent(interval=None)  # the baseline the first sample is measured against
         self._children_cpu_percent()  # likewise for child processes (and the first /proc walk)
+        if self._rapl.available:
+            self._cpu_power()  # and for the energy counters
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="utilization-sampler", daemon=True)
         self._thread.start()

@@ -385,6 +385,7 @@ class Trainer:
             position = lambda: (self.progress.epoch, self.progress.step)  # noqa: E731
             sampler = UtilizationSampler(self.log, self.recipe.tta.sample_interval_seconds, clock=self.clock,
                                          position=position).start()  # fmt: skip
+            self.log.say(f"CPU energy: {sampler.cpu_energy_method()}")
         reason = "error"
         try:
             with StopFlag() as self.stop:

@@ -388,6 +388,30 @@ def test_cpu_energy_estimate_and_co2_to_accuracy(tmp_path):
     assert f"| cpu | 400 | {by_hand / 3.6e6 * 400:.1f} |" in co2
 
 
+def test_measured_cpu_power_replaces_the_estimate(tmp_path):
+    """Samples with RAPL's ``cpu_power_w`` give a measured ``cpu-rapl`` row; the estimate of the same run is
+    left out (it would count the CPU twice in CO2), and samples without a figure (the counter's first
+    reading) are skipped."""
+    run_dir = write_run(tmp_path / "cpu", CER_A, cpu_watts_per_core=4.0, grid_g_co2_per_kwh=400.0)
+    log = run_dir / "events.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    util = [e for e in events if e["event"] == "util"]
+    for index, event in enumerate(util):
+        event["cpu_power_w"] = None if index == 0 else 30.0
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    run = report.load_run(run_dir)
+    measured = report.energy(run, "cpu-rapl")
+    span = util[-1]["elapsed"] - util[1]["elapsed"]
+    assert measured["total"] == pytest.approx(30.0 * span)  # constant power: exact trapezoids
+    status, out = run_report(tmp_path, [run_dir])
+    assert status == 0
+    md = (out / "report.md").read_text()
+    energy = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert f"| cpu | cpu-rapl | {30.0 * span / 1000:.1f} |" in energy and "| cpu | cpu |" not in energy
+    co2 = md.split("## CO2 to accuracy")[1].split("##")[0]
+    assert f"| cpu | 400 | {30.0 * span / 3.6e6 * 400:.1f} |" in co2
+
+
 def test_no_cpu_estimate_without_a_per_core_figure(tmp_path):
     run = report.load_run(write_run(tmp_path / "cpu", CER_A))
     assert report.energy(run, "cpu") is None

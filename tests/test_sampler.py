@@ -83,3 +83,60 @@ def test_cpu_of_child_processes_is_sampled_separately(tmp_path):
     assert first["children_cpu_percent"] == 0.0  # exact: nothing counted yet, the sum's starting 0.0
     assert second["children_cpu_percent"] > 30.0
     assert second["cpu_percent"] < second["children_cpu_percent"]
+
+
+def powercap_tree(root, packages: dict[int, int], wrap: int = 1_000_000):
+    """A powercap directory as Linux lays it out: package zones ``intel-rapl:N`` with a ``core`` sub-zone
+    (part of its package, never added again) and the cumulative ``energy_uj`` of each."""
+    for index, microjoules in packages.items():
+        zone = root / f"intel-rapl:{index}"
+        (zone / f"intel-rapl:{index}:0").mkdir(parents=True, exist_ok=True)
+        (zone / "name").write_text(f"package-{index}\n")
+        (zone / "max_energy_range_uj").write_text(f"{wrap - 1}\n")
+        (zone / "energy_uj").write_text(f"{microjoules}\n")
+        (zone / f"intel-rapl:{index}:0" / "name").write_text("core\n")
+        (zone / f"intel-rapl:{index}:0" / "energy_uj").write_text("5\n")
+    (root / "intel-rapl-mmio:0").mkdir(exist_ok=True)  # another control type's zone: not a package
+
+
+def test_rapl_counter_adds_the_packages_and_survives_a_wrap(tmp_path):
+    from asr.sampler import RaplCounter
+
+    powercap_tree(tmp_path, {0: 100, 1: 999_000})
+    counter = RaplCounter(tmp_path)
+    assert counter.available and len(counter.zones) == 2
+    assert counter.joules() == 0.0
+    powercap_tree(tmp_path, {0: 500_100, 1: 1_000})  # package 1 wrapped past 999,999 µJ
+    assert counter.joules() == pytest.approx(0.5 + 0.002)  # 500,000 + 2,000 µJ
+    powercap_tree(tmp_path, {0: 600_100, 1: 3_000})
+    assert counter.joules() == pytest.approx(0.502 + 0.102)
+
+
+def test_rapl_counter_names_why_it_is_unavailable(tmp_path):
+    from asr.sampler import RaplCounter
+
+    missing = RaplCounter(tmp_path / "absent")
+    assert not missing.available and "no RAPL package zone" in missing.unavailable_reason
+    powercap_tree(tmp_path, {0: 100})
+    (tmp_path / "intel-rapl:0" / "energy_uj").write_text("not a number\n")
+    unreadable = RaplCounter(tmp_path)
+    assert not unreadable.available and "intel-rapl:0" in unreadable.unavailable_reason
+
+
+def test_sampler_writes_the_measured_package_power_where_rapl_is_readable(tmp_path):
+    powercap_tree(tmp_path / "powercap", {0: 0}, wrap=2**40)
+    with EventLog(tmp_path) as log:
+        sampler = UtilizationSampler(log, interval_seconds=10.0, powercap_root=tmp_path / "powercap")
+        first = sampler.sample()  # the counter's baseline
+        began = time.monotonic()
+        time.sleep(0.5)
+        powercap_tree(tmp_path / "powercap", {0: 20_000_000}, wrap=2**40)  # 20 J
+        second = sampler.sample()
+        waited = time.monotonic() - began
+        unmeasured = UtilizationSampler(log, interval_seconds=10.0, powercap_root=tmp_path / "absent")
+        plain = unmeasured.sample()
+    assert first["cpu_power_w"] is None
+    assert 20.0 / (waited + 0.1) < second["cpu_power_w"] <= 20.0 / 0.5  # 20 J over the ~0.5 s in between
+    assert "cpu_power_w" not in plain  # no counter: the field is absent and the report estimates instead
+    assert sampler.cpu_energy_method().startswith("measured by RAPL (1 package(s)")
+    assert unmeasured.cpu_energy_method().startswith("estimated in the report from CPU time (no RAPL package")
