@@ -214,17 +214,20 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_both_resume(shards, t
 
 
 def test_swap_evaluation_leaves_training_bit_for_bit_unchanged(shards, tmp_path):
-    """2 epochs with swap-in evaluation after each = 2 epochs without in-process evaluation."""
+    """2 epochs with swap-in evaluation after each = 2 epochs without in-process evaluation, the weights'
+    moving average included (rebuilt and restored with the training state at each swap-in)."""
     swap, external = tmp_path / "swap", tmp_path / "external"
     for run, mode in ((swap, "swap"), (external, "external")):
-        result = train(shards, run, "train.epochs=2", f"eval.mode={mode}")
+        result = train(shards, run, "train.epochs=2", f"eval.mode={mode}", "train.ema_decay=0.99")
         assert result.returncode == 0, result.stderr[-3000:]
     phases = [e["phase"] for e in events(swap) if e["event"] == "phase" and e["phase"] != "checkpoint"]
     assert phases == ["swap_out", "evaluate", "swap_in"] * 2
     assert sum(e["event"] == "eval" for e in events(swap)) == 2
     assert not any(e["event"] == "eval" for e in events(external))
     assert latest(swap).name == latest(external).name
-    assert_same_weights(model_weights(latest(swap)), model_weights(latest(external)))
+    weights = model_weights(latest(swap))
+    assert any(key.startswith("weight_average/") for key in weights)
+    assert_same_weights(weights, model_weights(latest(external)))
 
 
 @pytest.mark.parametrize("mode", ["resident", "swap"])
