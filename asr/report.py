@@ -767,12 +767,12 @@ def _energy_rows(
     to_accuracy, phases = [], []
     summed: list[float | None] = [0.0] * len(report.targets)
     whole = 0.0
-    measured_cpu = False
-    for source in POWER_SOURCES:
-        result = None if source == "cpu" and measured_cpu else energy(run, source)
+    results = {source: energy(run, source) for source in POWER_SOURCES}
+    if results["cpu-rapl"] is not None:
+        results["cpu"] = None  # measured: the estimate would count the CPU twice
+    for source, result in results.items():
         if result is None:
             continue
-        measured_cpu = measured_cpu or source == "cpu-rapl"
         cells = []
         for index, (metric, target) in enumerate(report.targets):
             value = seconds[(metric, target, "median")]

@@ -77,8 +77,9 @@ class TrainingSession:
             (self._step_fn or self._accumulate_fn).get_concrete_function()
 
     def _make_steps(self) -> None:
-        args = (self.strategy, self.model, self.optimizer, self.recipe, self.input_spec, self.ties)
-        args += (self.average,)
+        args = (
+            self.strategy, self.model, self.optimizer, self.recipe, self.input_spec, self.ties, self.average
+        )  # fmt: skip
         if self.recipe.train.accumulate_steps > 1:
             self._accumulate_fn, self._apply_fn = make_accumulation_steps(*args)
         else:
