@@ -23,6 +23,7 @@ from pathlib import Path
 import soundfile
 
 from asr import features, text
+from asr.audio import file_problem
 
 AUDIO_SUFFIXES = (".flac", ".wav")
 TOO_LONG = "too long"
@@ -32,6 +33,10 @@ UNREADABLE_AUDIO = "unreadable audio"
 MISSING_TRANSCRIPT = "missing transcript"
 UNMAPPABLE_TEXT = "unmappable text"
 EMPTY_TRANSCRIPT = "empty transcript"
+UNREADABLE_DIRECTORY = "unreadable directory"
+"""A directory of the corpus that cannot be listed (no permission): the audio in it is left out."""
+UNREADABLE_TRANSCRIPTS = "unreadable transcripts"
+"""A ``.trans.txt`` file that cannot be read: its utterances count as ``missing transcript``."""
 WRONG_SAMPLE_RATE = "wrong sample rate"
 CORRUPT_AUDIO = "corrupt audio"
 """Decoded without an error, but not what the header promised: fewer or more samples, NaN or infinite
@@ -47,6 +52,8 @@ REASONS = (
     EMPTY_TRANSCRIPT,
     WRONG_SAMPLE_RATE,
     CORRUPT_AUDIO,
+    UNREADABLE_DIRECTORY,
+    UNREADABLE_TRANSCRIPTS,
 )
 """Skip reasons, as counted in the manifest (``unmappable text: 'x' 'y'`` counts as ``unmappable text``)."""
 
@@ -111,6 +118,8 @@ def check_subsets(corpus: Path, subsets: list[str]) -> None:
 
 
 def _read_transcripts(path: Path) -> dict[str, str]:
+    """``{id: transcript}`` of a ``.trans.txt`` file; bytes that are not UTF-8 become U+FFFD, in ids as in
+    :func:`text_id`."""
     transcripts: dict[str, str] = {}
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
@@ -120,22 +129,47 @@ def _read_transcripts(path: Path) -> dict[str, str]:
     return transcripts
 
 
+def text_id(name: str) -> str:
+    """The utterance id of an audio file name (its stem) as text: a name that is not UTF-8 (Latin-1, say,
+    which ``os.walk`` gives with surrogate escapes) gets U+FFFD for each undecodable byte, as its id has in
+    the ``.trans.txt`` file read by :func:`_read_transcripts`."""
+    return os.fsencode(name).decode("utf-8", "replace").rsplit(".", 1)[0]
+
+
 def librispeech_candidates(corpus: Path, subset: str) -> list[Candidate]:
     """Every audio file of one subset with its transcript line (None when missing), sorted by id."""
+    return librispeech_listing(corpus, subset)[0]
+
+
+def librispeech_listing(corpus: Path, subset: str) -> tuple[list[Candidate], list[Skipped]]:
+    """:func:`librispeech_candidates`, and the directories and transcript files that could not be read
+    (``Skipped`` with an empty ``utt_id``, the path and :data:`UNREADABLE_DIRECTORY` or
+    :data:`UNREADABLE_TRANSCRIPTS` with the OS's reason): what they hold is left out."""
     candidates: list[Candidate] = []
-    for directory, _, files in os.walk(corpus / subset):
+    unreadable: list[Skipped] = []
+
+    def cannot_list(error: OSError) -> None:
+        reason = f"{UNREADABLE_DIRECTORY}: {error.strerror or error}"
+        unreadable.append(Skipped("", os.path.abspath(error.filename or corpus / subset), reason))
+
+    for directory, _, files in os.walk(corpus / subset, onerror=cannot_list):
         audio = sorted(name for name in files if name.endswith(AUDIO_SUFFIXES))
         if not audio:
             continue
         transcripts: dict[str, str] = {}
         for name in files:
             if name.endswith(".trans.txt"):
-                transcripts.update(_read_transcripts(Path(directory) / name))
+                path = Path(directory) / name
+                try:
+                    transcripts.update(_read_transcripts(path))
+                except OSError as error:
+                    reason = f"{UNREADABLE_TRANSCRIPTS}: {error.strerror or error}"
+                    unreadable.append(Skipped("", os.path.abspath(path), reason))
         for name in audio:
-            utt_id = name.rsplit(".", 1)[0]
+            utt_id = text_id(name)
             path = os.path.abspath(os.path.join(directory, name))
             candidates.append(Candidate(utt_id, path, transcripts.get(utt_id)))
-    return sorted(candidates, key=lambda c: c.utt_id)
+    return sorted(candidates, key=lambda c: c.utt_id), sorted(unreadable, key=lambda s: s.path)
 
 
 # --------------------------------------------------------------------------- manifest input
@@ -246,8 +280,11 @@ def probe(candidate: Candidate, max_duration: float, resample: bool, speed: floa
         return skip(f"{UNMAPPABLE_TEXT}: " + " ".join(repr(c) for c in error.characters))
     if not normalized:
         return skip(EMPTY_TRANSCRIPT)
+    problem = file_problem(candidate.path)  # a FIFO would block the header read forever
+    if problem:
+        return skip(f"{UNREADABLE_AUDIO}: {problem}")
     try:
-        info = soundfile.info(candidate.path)
+        info = soundfile.info(os.fsencode(candidate.path))  # bytes: any file name, UTF-8 or not
     except Exception:  # libsndfile raises several types for missing, empty or garbled files
         return skip(UNREADABLE_AUDIO)
     if info.frames <= 0 or info.samplerate <= 0:

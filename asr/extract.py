@@ -39,7 +39,8 @@ import numpy as np
 import soundfile
 
 import asr
-from asr import corpus, failpoints, features, shards, text
+from asr import audio, corpus, failpoints, features, shards, text
+from asr.clock import process_seconds
 from asr.config import OneLineParser
 from asr.files import WriteError, read_json, remove_temporaries, write_json
 from asr.pools import stop_pool
@@ -178,7 +179,8 @@ def planned_digest(utterances: Sequence[corpus.Planned]) -> str:
     digest = hashlib.sha256()
     for utterance in utterances:
         speed = f"\t{utterance.speed!r}" if utterance.speed != 1.0 else ""
-        digest.update(f"{utterance.utt_id}\t{utterance.path}\t{utterance.text}{speed}\n".encode())
+        line = f"{utterance.utt_id}\t{utterance.path}\t{utterance.text}{speed}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))  # a path may hold any bytes
     return digest.hexdigest()
 
 
@@ -264,62 +266,23 @@ def _probe_chunk(
 def _load_audio(path: str, resample: bool) -> np.ndarray | str:
     """Mono 16 kHz float32 samples, or the skip reason.
 
-    A file that decodes without an error can still be damaged; :func:`audio_damage` checks the samples
-    against the header, so that no features are made from garbage or from part of an utterance.
+    :func:`asr.audio.read` refuses what is not a regular file and checks the decoded samples against the
+    header (count, a WAV file cut short, NaN, a FLAC file's MD5), so that no features are made from garbage
+    or from part of an utterance: ``corrupt audio: DETAIL``.
     """
     try:
-        with soundfile.SoundFile(path) as audio:
-            declared, rate = audio.frames, audio.samplerate
-            samples = audio.read(dtype="float32", always_2d=False)
-    except Exception:  # libsndfile raises several types for a corrupt body
+        decoded = audio.read(path, fallback=False)
+    except audio.DamagedAudioError as error:
+        return f"{corpus.CORRUPT_AUDIO}: {error.detail}"
+    except audio.NotAFileError as error:
+        return f"{corpus.UNREADABLE_AUDIO}: {error}"
+    except audio.AudioError:
         return corpus.UNREADABLE_AUDIO
-    if samples.ndim != 1:
+    if decoded.channels != 1:
         return corpus.NOT_MONO
-    damage = audio_damage(path, samples, declared)
-    if damage:
-        return f"{corpus.CORRUPT_AUDIO}: {damage}"
-    if rate != features.SAMPLE_RATE:
-        if not resample:
-            return corpus.WRONG_SAMPLE_RATE
-        import soxr
-
-        samples = soxr.resample(samples, rate, features.SAMPLE_RATE, quality="HQ").astype(np.float32)
-    return samples
-
-
-def audio_damage(path: str, samples: np.ndarray, declared: int) -> str | None:
-    """What is wrong with decoded mono samples, or None: not as many as the header declares, NaN or
-    infinite values, or (FLAC) not the samples whose MD5 the encoder stored in the header.
-
-    libsndfile 1.2 raises for damaged FLAC frames (their CRCs fail), but other versions and formats return
-    short reads, and a damaged header can declare fewer samples than the frames hold (libsndfile then stops
-    early without an error): only the MD5 catches that.
-    """
-    if len(samples) != declared:
-        return f"decoded {len(samples)} of the {declared} samples its header declares"
-    if not np.isfinite(samples).all():
-        return "NaN or infinite samples"
-    if not flac_md5_matches(path, samples):
-        return "samples differ from the MD5 in its FLAC header"
-    return None
-
-
-def flac_md5_matches(path: str, samples: np.ndarray) -> bool:
-    """False when ``path`` is a FLAC file whose STREAMINFO MD5 is set and differs from the MD5 of the
-    decoded mono ``samples`` (the encoder's signed little-endian integers, recovered exactly from float32
-    for 8 to 24 bits per sample). True for other files, an unset MD5 or wider samples."""
-    with open(path, "rb") as handle:
-        head = handle.read(42)
-    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:  # STREAMINFO is always first
-        return True
-    bits = ((int.from_bytes(head[18:26], "big") >> 36) & 0x1F) + 1
-    stored = head[26:42]
-    if not any(stored) or bits > 24:
-        return True
-    integers = np.round(samples.astype(np.float64) * 2.0 ** (bits - 1)).astype("<i4")
-    width = (bits + 7) // 8  # bytes per sample: the low bytes of each little-endian int32
-    packed = integers.view(np.uint8).reshape(-1, 4)[:, :width]
-    return hashlib.md5(packed.tobytes()).digest() == stored
+    if decoded.sample_rate != features.SAMPLE_RATE and not resample:
+        return corpus.WRONG_SAMPLE_RATE
+    return audio.to_model_input(decoded)
 
 
 def extract_shard(config: ExtractConfig, index: int, utterances: Sequence[corpus.Planned]) -> dict:
@@ -444,49 +407,61 @@ def prepare_output(config: ExtractConfig) -> None:
         return
 
 
-def gather_candidates(config: ExtractConfig) -> tuple[list[corpus.Candidate], list[str], int]:
-    """All candidates sorted by id, warnings, and the number of subsets without audio."""
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What :func:`gather_candidates` found: candidates sorted by id, warnings, the number of subsets
+    without audio, and the directories and transcript files that could not be read."""
+
+    candidates: list[corpus.Candidate]
+    warnings: list[str]
+    empty_subsets: int
+    unreadable: list[corpus.Skipped]
+
+
+def gather_candidates(config: ExtractConfig) -> Found:
+    """Every candidate of the corpus subsets and the manifest input (see :class:`Found`); each directory
+    or transcript file that cannot be read is a warning and a skipped entry with its reason."""
     candidates: list[corpus.Candidate] = []
     warnings: list[str] = []
+    unreadable: list[corpus.Skipped] = []
     empty = 0
     if config.corpus is not None:
         for subset in config.subsets:
-            found = corpus.librispeech_candidates(config.corpus, subset)
-            if not found:
+            found, cannot = corpus.librispeech_listing(config.corpus, subset)
+            if not found and not cannot:
                 empty += 1
                 warnings.append(f"subset {subset!r} in {config.corpus} has no audio files")
+            for skipped in cannot:
+                warnings.append(f"{skipped.path}: {skipped.reason}; what it holds is left out")
             candidates += found
+            unreadable += cannot
     if config.manifest_input is not None:
         candidates += corpus.manifest_candidates(config.manifest_input)
     candidates.sort(key=lambda c: (c.utt_id, c.path))
     for previous, current in itertools.pairwise(candidates):
         if previous.utt_id == current.utt_id:
             raise ExtractError(
-                f"utterance id {current.utt_id!r} appears twice: {previous.path}, {current.path}"
+                f"utterance id {current.utt_id!r} appears twice: {audio.display(previous.path)}, "
+                f"{audio.display(current.path)}"
             )
-    return candidates, warnings, empty
+    return Found(candidates, warnings, empty, unreadable)
 
 
-def make_plan(
-    config: ExtractConfig, pool: WorkerPool, found: tuple[list[corpus.Candidate], list[str], int]
-) -> Plan:
-    """Probe every candidate's transcript and header (in the worker pool) and cut the kept into shards.
-
-    ``found`` is what :func:`gather_candidates` returned.
-    """
-    candidates, warnings, empty = found
+def make_plan(config: ExtractConfig, pool: WorkerPool, found: Found) -> Plan:
+    """Probe every candidate's transcript and header (in the worker pool) and cut the kept into shards."""
+    candidates = found.candidates
     chunks = [
         (candidates[start : start + PLAN_CHUNK], config.max_duration, config.resample, config.speeds())
         for start in range(0, len(candidates), PLAN_CHUNK)
     ]
     kept: list[corpus.Planned] = []
-    skipped: list[corpus.Skipped] = []
+    skipped: list[corpus.Skipped] = list(found.unreadable)
     for results in pool.ordered(_probe_chunk, chunks):
         for result in results:
             (kept if isinstance(result, corpus.Planned) else skipped).append(result)
     size = config.shard_size
     shard_list = tuple(tuple(kept[start : start + size]) for start in range(0, len(kept), size))
-    return Plan(shard_list, tuple(skipped), len(candidates), tuple(warnings), empty)
+    return Plan(shard_list, tuple(skipped), len(candidates), tuple(found.warnings), found.empty_subsets)
 
 
 def valid_sidecar(config: ExtractConfig, plan: Plan, index: int) -> dict | None:
@@ -596,13 +571,6 @@ def _progress(config: ExtractConfig, total_seconds: float, total_utterances: int
     )
 
 
-def _seconds_since_process_start() -> float:
-    """Wall seconds since this process started (interpreter start-up and imports included)."""
-    import psutil
-
-    return max(time.time() - psutil.Process().create_time(), 0.0)
-
-
 def _summary(config: ExtractConfig, manifest: dict, timing: dict) -> None:
     counts = manifest["counts"]
     reasons = ", ".join(f"{reason} {n}" for reason, n in counts["skipped_by_reason"].items()) or "none"
@@ -661,7 +629,7 @@ class WorkerPool:
 def run(config: ExtractConfig) -> int:
     """Plan, extract this task's missing shards, merge if complete. Returns the exit status."""
     started = time.perf_counter()
-    since_process_start = _seconds_since_process_start()
+    since_process_start = process_seconds()
     timing: dict[str, float | int] = {"imports_seconds": since_process_start}
     check_sources(config)
     prepare_output(config)

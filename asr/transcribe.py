@@ -64,10 +64,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import os
+import signal
+import stat
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -76,10 +80,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from asr import audio
+from asr.audio import Audio, display
 from asr.config import FINITE, Bound, OneLineParser, option_type
 from asr.decoding import BeamSearchDecoder, FrameWord, GreedyDecoder
 from asr.features import FRAME_SECONDS, SAMPLE_RATE, num_frames
 from asr.files import WriteError, write_text
+from asr.lm import LM_BINARY, UNIGRAMS
 from asr.text import SYMBOLS
 
 PROG = "asr.transcribe"
@@ -90,14 +97,20 @@ AUDIO_SUFFIXES = frozenset(
 """File name endings searched for in directories (any case); a file named directly may have any."""
 DEFAULT_OVERLAP_SECONDS = 3.0
 """Default overlap of consecutive windows (s); at most a quarter of the window."""
+MAX_WINDOW_SECONDS = 3600.0
+"""Longest ``--window-seconds``: an hour of audio in one model call (features of ~134 MB) is already far
+beyond the ~17 s the models are trained on."""
+QUIET_DBFS = -45.0
+"""A file whose level (:func:`asr.audio.level_dbfs`) is below this gets a warning. The bundled corpora's
+speech is at -25 to -15 dBFS (the level of each utterance's loudest 5 %); 20 dB quieter shifts every log-Mel
+feature by ln(100) = 4.6, 1.5 of the training features' typical standard deviation (3.1), and puts the
+typical band (mean log-Mel -10) below the features' floor (ln 1e-6 = -13.8), where it is no longer heard."""
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""Exit status once stdout's reader has gone (``| head``), as a tool killed by SIGPIPE has."""
 
 
 class UsageError(Exception):
     """A problem with the command line or the model; one line, exit status 2."""
-
-
-class AudioError(Exception):
-    """A file that cannot be transcribed; the message is the reason (one line, without the path)."""
 
 
 class Model(Protocol):
@@ -210,169 +223,140 @@ def plan_windows(samples: int, window: int, overlap: int) -> list[tuple[int, int
     return [(i * step, min(i * step + window, samples)) for i in range(count)]
 
 
-# --------------------------------------------------------------------------- audio
-
-
-@dataclasses.dataclass
-class Audio:
-    """A file's samples as the model needs them and what they were before."""
-
-    samples: np.ndarray
-    """float32 [N], 16 kHz mono."""
-    sample_rate: int
-    """Of the file (Hz)."""
-    channels: int
-    """Of the file."""
-
-    @property
-    def seconds(self) -> float:
-        return len(self.samples) / SAMPLE_RATE
-
-    def note(self) -> str | None:
-        """``44100 Hz stereo -> 16000 Hz mono`` when the file needed converting, else None."""
-        if self.sample_rate == SAMPLE_RATE and self.channels == 1:
-            return None
-        layout = {1: "mono", 2: "stereo"}.get(self.channels, f"{self.channels} channels")
-        return f"{self.sample_rate} Hz {layout} -> {SAMPLE_RATE} Hz mono"
-
-
-def load_audio(path: str | os.PathLike) -> Audio:
-    """Read, downmix (mean of the channels) and resample (soxr HQ) to 16 kHz mono float32; raises
-    :class:`AudioError` for a missing, unreadable, empty, truncated or damaged file."""
-    path = Path(path)
-    if not path.exists():
-        raise AudioError("no such file")
-    if path.is_dir():
-        raise AudioError("is a directory")
-    data, rate = _read(path)
-    if data.shape[0] == 0:
-        raise AudioError("no audio samples (empty)")
-    if not np.isfinite(data).all():
-        raise AudioError("damaged: NaN or infinite samples")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if rate != SAMPLE_RATE:
-        import soxr
-
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
-    return Audio(np.ascontiguousarray(mono, dtype=np.float32), int(rate), int(data.shape[1]))
-
-
-def _read(path: Path) -> tuple[np.ndarray, int]:
-    """``(float32 [N, channels], sample rate Hz)`` by soundfile, else by librosa (audioread)."""
-    import soundfile
-
-    try:
-        audio = soundfile.SoundFile(path)
-    except (RuntimeError, ValueError, OSError) as error:  # LibsndfileError is a RuntimeError
-        return _read_librosa(path, _reason(error))
-    with audio:
-        try:
-            data = audio.read(dtype="float32", always_2d=True)
-        except (RuntimeError, ValueError, OSError) as error:  # opened, then failed inside the data
-            raise AudioError(f"truncated or damaged ({_reason(error)})") from None
-        _check_complete(path, data, audio.frames, 0.01 if audio.format in ("MP3", "MPEG") else 0.0)
-        return data, int(audio.samplerate)
-
-
-def _check_complete(path: Path, data: np.ndarray, declared: int, tolerance: float = 0.0) -> None:
-    """Raise :class:`AudioError` when the number of samples decoded differs from the ``declared`` one by
-    more than ``tolerance`` (a fraction: MP3 files without a Xing header only estimate it), a WAV file ends
-    before its data does, or (FLAC) the samples are not the ones whose MD5 the encoder stored (see
-    ``asr.extract.audio_damage``)."""
-    from asr.extract import flac_md5_matches
-
-    if abs(data.shape[0] - declared) > tolerance * declared:
-        raise AudioError(f"truncated: decoded {data.shape[0]} of the {declared} samples its header declares")
-    cut = wav_truncation(path)
-    if cut:
-        raise AudioError(cut)
-    if not flac_md5_matches(str(path), data.reshape(-1)):  # interleaved, as the encoder hashed them
-        raise AudioError("damaged: samples differ from the MD5 in its FLAC header")
-
-
-def wav_truncation(path: str | os.PathLike) -> str | None:
-    """Why a RIFF WAV file is cut short (its ``data`` chunk declares more bytes than the file holds), or
-    None. libsndfile reads such a file without an error, as if it were shorter. A size of 0 or 0xFFFFFFFF
-    (a writer that never went back to fill it in) is not a declaration."""
-    with open(path, "rb") as handle:
-        head = handle.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        size = os.fstat(handle.fileno()).st_size
-        while len(chunk := handle.read(8)) == 8:
-            declared = int.from_bytes(chunk[4:], "little")
-            if chunk[:4] == b"data":
-                available = size - handle.tell()
-                if declared in (0, 0xFFFFFFFF) or declared <= available:
-                    return None
-                return f"truncated: {available} of the {declared} data bytes its header declares are there"
-            handle.seek(declared + (declared & 1), os.SEEK_CUR)
-    return None
-
-
-def _read_librosa(path: Path, soundfile_reason: str) -> tuple[np.ndarray, int]:
-    """Formats libsndfile cannot read (mp3 on old libsndfile, m4a, ...) through librosa/audioread."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "PySoundFile failed. Trying audioread instead."
-            import librosa
-
-            data, rate = librosa.load(path, sr=None, mono=False, dtype=np.float32)
-    except Exception as error:  # audioread raises its own types (NoBackendError, DecodeError, ...)
-        reason = soundfile_reason or _reason(error) or type(error).__name__
-        raise AudioError(f"not readable as audio ({reason})") from None
-    data = np.asarray(data, dtype=np.float32)
-    return (data[:, None] if data.ndim == 1 else data.T), int(rate)
-
-
-def _one_line(error: object) -> str:
-    return " ".join(str(error).split())
-
-
-def _reason(error: Exception) -> str:
-    """libsndfile's own words (``error_string``) without its ``Error : `` prefix, on one line."""
-    reason = _one_line(getattr(error, "error_string", None) or error)
-    return reason.removeprefix("Error : ").removeprefix("Error: ").rstrip(".")
-
-
 # --------------------------------------------------------------------------- inputs
 
 
-def find_audio(inputs: Sequence[str]) -> list[Path]:
+@dataclasses.dataclass(frozen=True)
+class Unsearchable:
+    """A directory among the inputs (or inside one) that could not be searched: one error line, counted
+    as a failed file."""
+
+    path: Path
+    reason: str
+
+
+Entry = Path | Unsearchable
+"""One item to transcribe (a file) or to report (a directory that could not be searched)."""
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What the command line names: the entries in order, each file once, and what :func:`check_output`
+    compares ``--output`` with."""
+
+    entries: list[Entry]
+    identities: dict[tuple[int, int], Path]
+    """``(st_dev, st_ino)`` of every existing input file, directory and list file: the file itself,
+    however it is spelled (``a/../a/x.wav``, a symlink, a hard link)."""
+    directories: list[Path]
+    """Directories named (on the command line or in a list), resolved."""
+
+
+def find_audio(inputs: Sequence[str]) -> Inputs:
     """The files to transcribe: files as given, directories searched recursively (sorted), ``@LIST`` files
-    expanded; duplicates dropped. Raises :class:`UsageError` when a list file cannot be read or nothing
-    was found. A missing file is kept (it is reported when it is read)."""
-    found: dict[Path, None] = {}
+    expanded; a file named twice (same device and inode, however spelled) is kept once, where it first
+    appears. Raises :class:`UsageError` when a list file cannot be read or nothing was found. A missing
+    file is kept (it is reported when it is read)."""
+    found = Inputs([], {}, [])
+    seen: set[object] = set()
     for item in inputs:
-        for path in _expand(item):
-            found.setdefault(path, None)
-    if not found:
+        for entry in _expand(item, found):
+            key = _identity(entry.path if isinstance(entry, Unsearchable) else entry)
+            key = key or ("path", os.path.abspath(entry if isinstance(entry, Path) else entry.path))
+            if key not in seen:
+                seen.add(key)
+                found.entries.append(entry)
+                if isinstance(entry, Path) and key[0] != "path":
+                    found.identities.setdefault(key, entry)  # type: ignore[arg-type]
+    if not found.entries:
         suffixes = " ".join(sorted(AUDIO_SUFFIXES))
-        raise UsageError(f"no audio files found in {' '.join(inputs)} (looked for {suffixes})")
-    return list(found)
+        named = " ".join(display(item) for item in inputs)
+        raise UsageError(f"no audio files found in {named} (looked for {suffixes})")
+    return found
 
 
-def _expand(item: str) -> Iterator[Path]:
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file ``path`` names (symlinks followed), None when it cannot be stat'ed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _remember(path: Path, found: Inputs) -> None:
+    key = _identity(path)
+    if key is not None:
+        found.identities.setdefault(key, path)
+
+
+def _expand(item: str, found: Inputs) -> Iterator[Entry]:
     if item.startswith("@"):
+        listed = Path(item[1:])
         try:
-            lines = Path(item[1:]).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-            raise UsageError(f"{item}: cannot read the list file ({reason})") from None
-        for line in lines:
+            lines = listed.read_bytes().splitlines()
+        except OSError as error:
+            raise UsageError(f"{display(item)}: cannot read the list file ({error.strerror})") from None
+        _remember(listed, found)
+        for line in map(os.fsdecode, lines):  # a list names any file, UTF-8 or not
             if line.strip() and not line.lstrip().startswith("#"):
-                yield from _expand_path(Path(line.strip()))
+                yield from _expand_path(Path(line.strip()), found)
     else:
-        yield from _expand_path(Path(item))
+        yield from _expand_path(Path(item), found)
 
 
-def _expand_path(path: Path) -> Iterator[Path]:
+def _expand_path(path: Path, found: Inputs) -> Iterator[Entry]:
     if not path.is_dir():
         yield path
         return
-    for found in sorted(path.rglob("*")):
-        if found.suffix.lower() in AUDIO_SUFFIXES and found.is_file():
-            yield found
+    _remember(path, found)
+    found.directories.append(Path(os.path.realpath(path)))
+    entries: list[Entry] = []
+
+    def cannot_search(error: OSError) -> None:
+        where = Path(error.filename) if error.filename else path
+        entries.append(Unsearchable(where, f"cannot search the directory ({audio.os_reason(error)})"))
+
+    for directory, _, names in os.walk(path, onerror=cannot_search):
+        # every name with an audio suffix that is no directory: a FIFO or a symlink loop is an error line
+        entries += [Path(directory, name) for name in names if Path(name).suffix.lower() in AUDIO_SUFFIXES]
+    yield from sorted(entries, key=lambda entry: entry.path if isinstance(entry, Unsearchable) else entry)
+
+
+def check_output(output: str, inputs: Inputs) -> None:
+    """Refuse, before any work, an ``--output`` that is one of the inputs (any spelling, symlink or hard
+    link), lies inside an input directory, is a directory or not a regular file, or cannot be written
+    (its nearest existing directory: a temporary file is created there and removed)."""
+    named = f"--output {display(output)}"
+    try:
+        info = os.stat(output)
+    except FileNotFoundError:
+        info = None
+    except OSError as error:
+        raise UsageError(f"{named}: {audio.os_reason(error)}") from None
+    if info is not None:
+        same = inputs.identities.get((info.st_dev, info.st_ino))
+        if same is not None:
+            raise UsageError(f"{named}: is the input {display(same)}; it would be overwritten")
+        if stat.S_ISDIR(info.st_mode):
+            raise UsageError(f"{named}: is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{named}: not a regular file")
+    resolved = Path(os.path.realpath(output))
+    for directory in inputs.directories:
+        if resolved.is_relative_to(directory):
+            raise UsageError(f"{named}: lies inside the input directory {display(directory)}")
+    parent = resolved.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{named}: {display(parent)} is not a directory")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{resolved.name}.probe-", dir=parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UsageError(f"{named}: cannot write in {display(parent)} ({audio.os_reason(error)})") from None
 
 
 # --------------------------------------------------------------------------- decoders with word frames
@@ -388,6 +372,25 @@ def make_word_decoder(beam_width: int, lm_dir: str | None, alpha: float, beta: f
     for warning in caught:
         print(f"{PROG}: warning: {warning.message}", file=sys.stderr, flush=True)
     return decoder
+
+
+def check_lm(lm_dir: str) -> None:
+    """:class:`UsageError` naming ``--lm`` unless ``lm_dir`` holds a readable ``asr.lm`` output (``lm.binary``
+    and ``unigrams.txt``, regular files)."""
+    if not os.path.isdir(lm_dir):
+        reason = audio.file_problem(lm_dir) or "not a directory"
+        raise UsageError(f"--lm {display(lm_dir)}: {reason} (an output directory of asr.lm)")
+    for name in (LM_BINARY, UNIGRAMS):
+        path = Path(lm_dir, name)
+        problem = audio.file_problem(path)
+        if problem is None:
+            try:
+                with open(path, "rb") as handle:
+                    handle.read(1)
+            except OSError as error:
+                problem = audio.os_reason(error)
+        if problem:
+            raise UsageError(f"--lm {display(lm_dir)}: {display(path)}: {problem} (build it with asr.lm)")
 
 
 # --------------------------------------------------------------------------- transcription
@@ -411,18 +414,23 @@ class Transcript:
     windows: int
     timings: dict[str, float]
     """Seconds: ``load``, ``features_network``, ``decode``."""
+    level: tuple[float, float]
+    """``(level, peak)`` in dBFS (:func:`asr.audio.level_dbfs`)."""
 
     @property
     def text(self) -> str:
         return " ".join(word.word for word in self.words)
 
     def to_json(self) -> dict[str, Any]:
+        level, peak = (round(value, 1) if math.isfinite(value) else None for value in self.level)
         return {
-            "path": str(self.path),
+            "path": display(self.path),
             "text": self.text,
             "duration": round(self.audio.seconds, 3),
             "sample_rate": self.audio.sample_rate,
             "channels": self.audio.channels,
+            "level_dbfs": level,
+            "peak_dbfs": peak,
             "windows": self.windows,
             "words": [word.to_json() for word in self.words],
             "timings": {key: round(value, 4) for key, value in self.timings.items()},
@@ -437,6 +445,11 @@ class Loaded:
     audio: Audio
     windows: list[tuple[int, int]]
     load_seconds: float
+    level: tuple[float, float]
+
+
+Failed = tuple[Path, str]
+"""A file (or a directory) that could not be transcribed and why (one line, without the path)."""
 
 
 def run_windows(model: Model, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -481,26 +494,32 @@ def transcribe_batch(model: Model, decoder: WordDecoder, batch: Sequence[Loaded]
             "features_network": network * len(item.audio.samples) / total_samples,
             "decode": time.perf_counter() - begun,
         }
-        transcripts.append(Transcript(item.path, item.audio, words, len(item.windows), timings))
+        transcripts.append(Transcript(item.path, item.audio, words, len(item.windows), timings, item.level))
     return transcripts
 
 
+Tell = Callable[[str, str], None]
+"""``tell(kind, line)``: a ``note`` or ``warning`` line about a file, printed as it is read."""
+
+
 def transcribe_files(
-    paths: Sequence[Path],
+    entries: Sequence[Entry],
     model: Model,
     decoder: WordDecoder,
     settings: Settings,
-    note: Callable[[str], None] = print,
+    tell: Tell = lambda kind, line: print(f"{kind}: {line}"),
 ) -> Iterator[tuple[Path, Transcript | str]]:
-    """``(path, transcript)`` or ``(path, error reason)`` per file, in order. Files are read one by one
-    and run through the model in batches of about the model's batch size in windows; ``note`` gets the
-    conversion line of each file that needed one."""
+    """``(path, transcript)`` or ``(path, error reason)`` per entry, in order. Files are read one by one
+    and run through the model in batches of about the model's batch size in windows; ``tell`` gets the
+    conversion note and the level warning of each file that needs one."""
     limit = max(1, int(getattr(model, "batch_size", 16)))
-    pending: list[Loaded | tuple[Path, str]] = []
-    for index, path in enumerate(paths):
-        pending.append(load(path, settings, note))
+    pending: list[Loaded | Failed] = []
+    for index, entry in enumerate(entries):
+        pending.append(
+            (entry.path, entry.reason) if isinstance(entry, Unsearchable) else load(entry, settings, tell)
+        )
         windows = sum(len(item.windows) for item in pending if isinstance(item, Loaded))
-        if windows >= limit or index == len(paths) - 1:
+        if windows >= limit or index == len(entries) - 1:
             loaded = [item for item in pending if isinstance(item, Loaded)]
             done = iter(transcribe_batch(model, decoder, loaded) if loaded else [])
             for item in pending:
@@ -508,17 +527,34 @@ def transcribe_files(
             pending = []
 
 
-def load(path: Path, settings: Settings, note: Callable[[str], None] = print) -> Loaded | tuple[Path, str]:
+def load(path: Path, settings: Settings, tell: Tell) -> Loaded | Failed:
     """A file read and planned into windows, or ``(path, reason)`` when it cannot be read."""
     begun = time.perf_counter()
     try:
-        audio = load_audio(path)
-    except AudioError as error:
+        sound = audio.load(path)
+    except audio.AudioError as error:
         return path, str(error)
-    if audio.note():
-        note(f"{path}: {audio.note()}")
-    windows = plan_windows(len(audio.samples), settings.window, settings.overlap)
-    return Loaded(path, audio, windows, time.perf_counter() - begun)
+    if sound.note():
+        tell("note", f"{display(path)}: {sound.note()}")
+    level = audio.level_dbfs(sound.samples)
+    quiet = quiet_warning(*level)
+    if quiet:
+        tell("warning", f"{display(path)}: {quiet}")
+    windows = plan_windows(len(sound.samples), settings.window, settings.overlap)
+    return Loaded(path, sound, windows, time.perf_counter() - begun, level)
+
+
+def quiet_warning(level: float, peak: float) -> str | None:
+    """Why a file's level (:func:`asr.audio.level_dbfs`, dBFS) makes its text unreliable, or None: silent,
+    or a level below :data:`QUIET_DBFS`."""
+    if peak == -math.inf:
+        return "silent (every sample is 0): no text"
+    if level < QUIET_DBFS:
+        return (
+            f"very quiet (level {level:.0f} dBFS, peak {peak:.0f} dBFS; below {QUIET_DBFS:.0f} dBFS the "
+            "model hears little): the text may be empty or wrong"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------- command line
@@ -546,16 +582,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="with --model: which exported file runs the model (default: tflite, float32; "
                         "starts without TensorFlow)")  # fmt: skip
     parser.add_argument("--beam", type=option_type(int, Bound(1)), default=1, metavar="N",
-                        help="beam width; 1 (default) is greedy decoding")  # fmt: skip
-    parser.add_argument("--lm", metavar="LM_DIR", help="beam search: asr.lm output (default: recipe eval.lm)")
+                        help="beam width; 1 (default) is greedy decoding, which uses no language "
+                        "model")  # fmt: skip
+    parser.add_argument("--lm", metavar="LM_DIR",
+                        help="with --beam N > 1: asr.lm output (default: recipe eval.lm)")  # fmt: skip
     finite = option_type(float, FINITE)
-    parser.add_argument("--alpha", type=finite, help="LM weight (default: recipe eval.lm_alpha)")
-    parser.add_argument("--beta", type=finite, help="word bonus (default: recipe eval.lm_beta)")
-    parser.add_argument("--window-seconds", type=option_type(float, Bound(0.5)), metavar="S",
-                        help="longer files are cut into windows of S seconds (default: the longest "
-                        "training input, data.max_frames x 10 ms)")  # fmt: skip
-    parser.add_argument("--overlap-seconds", type=option_type(float, Bound(0)), metavar="S",
-                        help="overlap of consecutive windows, at most half a window (default: "
+    parser.add_argument("--alpha", type=finite, help="with --beam: LM weight (default: recipe eval.lm_alpha)")
+    parser.add_argument("--beta", type=finite, help="with --beam: word bonus (default: recipe eval.lm_beta)")
+    parser.add_argument("--window-seconds", type=option_type(float, Bound(0.5, MAX_WINDOW_SECONDS)),
+                        metavar="S", help="longer files are cut into windows of S seconds (default: the "
+                        "longest training input, data.max_frames x 10 ms)")  # fmt: skip
+    parser.add_argument("--overlap-seconds", type=option_type(float, Bound(0, MAX_WINDOW_SECONDS / 2)),
+                        metavar="S", help="overlap of consecutive windows, at most half a window (default: "
                         f"{DEFAULT_OVERLAP_SECONDS:g} s or a quarter window, whichever is less)")  # fmt: skip
     parser.add_argument("--output", metavar="OUT.jsonl", help="also write one JSON object per file here")
     args = parser.parse_args(argv)
@@ -565,6 +603,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--xla needs --run")
     if args.backend is not None and args.model is None:
         parser.error("--backend needs --model")
+    for option in ("lm", "alpha", "beta"):
+        if getattr(args, option) is not None and args.beam == 1:
+            parser.error(
+                f"--{option} needs --beam N with N > 1 (beam 1 is greedy decoding: no language model)"
+            )
     window, overlap = args.window_seconds, args.overlap_seconds
     if window is not None and overlap is not None and 2 * overlap > window:
         parser.error("--overlap-seconds must be at most half of --window-seconds")
@@ -573,23 +616,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def open_model(args: argparse.Namespace) -> Model:
     """The model of ``--run`` (:func:`asr.inference.open_run`) or ``--model``
-    (:func:`asr.inference.open_export`); raises :class:`UsageError` with one line."""
+    (:func:`asr.inference.open_export`); raises :class:`UsageError` with one line for whatever the loader
+    raises for a directory it cannot use (a malformed file included)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from asr import inference
 
     def warn(message: str) -> None:
         print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
+    option = "--run" if args.run is not None else "--model"
     try:
         if args.run is not None:
             return inference.open_run(args.run, step=args.checkpoint, warn=warn, xla=args.xla)
         return inference.open_export(args.model, args.backend or "tflite")
-    except (ValueError, OSError) as error:  # NoValidCheckpointError, ConfigError, ExportNotFoundError, ...
-        raise UsageError(f"{'--run' if args.run is not None else '--model'}: {_one_line(error)}") from None
+    except (ValueError, OSError) as error:  # NoValidCheckpointError, ConfigError, JSON errors, ...
+        raise UsageError(f"{option}: {_one_line(error)}") from None
+    except (TypeError, KeyError, AttributeError, IndexError) as error:  # a file the loader did not check
+        where = display(args.run) if args.run is not None else f"{display(args.model)}/export.json"
+        raise UsageError(
+            f"{option}: {where}: malformed ({type(error).__name__}: {_one_line(error)})"
+        ) from None
 
 
 def window_settings(args: argparse.Namespace, model: Model) -> Settings:
-    """Window and overlap in samples from the options or the model's training length."""
+    """Window and overlap in samples from the options or the model's training length. Both are rounded to
+    samples; an overlap of at most half the window in seconds stays at most half of it in samples."""
     trained = model.max_frames * FRAME_SECONDS
     window = args.window_seconds if args.window_seconds is not None else trained
     overlap = args.overlap_seconds
@@ -598,8 +649,11 @@ def window_settings(args: argparse.Namespace, model: Model) -> Settings:
     if 2 * overlap > window:
         raise UsageError(f"--overlap-seconds {overlap:g}: at most half the window ({window:g} s)")
     if window > trained + 1e-9:
-        print_note(f"windows of {window:g} s are longer than the model was trained on ({trained:g} s)")
-    return Settings(round(window * SAMPLE_RATE), round(overlap * SAMPLE_RATE))
+        print_message(
+            "note", f"windows of {window:g} s are longer than the model was trained on ({trained:g} s)"
+        )
+    samples = round(window * SAMPLE_RATE)
+    return Settings(samples, min(round(overlap * SAMPLE_RATE), samples // 2))
 
 
 def decoder_for(args: argparse.Namespace, model: Model) -> WordDecoder:
@@ -608,42 +662,58 @@ def decoder_for(args: argparse.Namespace, model: Model) -> WordDecoder:
     lm_dir = args.lm if args.lm is not None else evaluation.lm
     alpha = args.alpha if args.alpha is not None else evaluation.lm_alpha
     beta = args.beta if args.beta is not None else evaluation.lm_beta
-    return make_word_decoder(args.beam, lm_dir or None, alpha, beta)
+    try:
+        return make_word_decoder(args.beam, lm_dir or None, alpha, beta)
+    except Exception as error:  # kenlm raises OSError/RuntimeError for a damaged lm.binary
+        raise UsageError(f"--lm {display(lm_dir)}: cannot be loaded ({_one_line(error)})") from None
 
 
 def run_command(args: argparse.Namespace, started: float) -> int:
     """Transcribe every file; ``started``: ``time.perf_counter()`` at process start (for the summary)."""
-    paths = find_audio(args.inputs)
+    inputs = find_audio(args.inputs)
+    if args.output:
+        check_output(args.output, inputs)
+    if args.lm is not None:
+        check_lm(args.lm)
     model = open_model(args)
     settings = window_settings(args, model)
     decoder = decoder_for(args, model)
     ready = time.perf_counter()
+    files = len(inputs.entries)
     try:
-        records, failures = report(transcribe_files(paths, model, decoder, settings, print_note), len(paths))
+        results = transcribe_files(inputs.entries, model, decoder, settings, print_message)
+        records, failures, stdout_open = report(results, files, finish=bool(args.output))
     finally:
         decoder.close()
     if args.output:
         write_text(args.output, "".join(json.dumps(r) + "\n" for r in records))
+    elif not stdout_open:
+        return EXIT_BROKEN_PIPE  # stopped at once: nothing left to do or to sum up
     audio_seconds = sum(r["duration"] for r in records)
     now = time.perf_counter()
-    print(summary(len(paths), failures, audio_seconds, ready - started, now - started), file=sys.stderr)
+    print(summary(files, failures, audio_seconds, ready - started, now - started), file=sys.stderr)
+    if not stdout_open:
+        return EXIT_BROKEN_PIPE
     return 1 if failures else 0
 
 
-def print_note(line: str) -> None:
-    """A ``note`` line on stderr (above the progress bar)."""
+def print_message(kind: str, line: str) -> None:
+    """A ``note`` or ``warning`` line on stderr (above the progress bar)."""
     from tqdm import tqdm
 
-    tqdm.write(f"{PROG}: note: {line}", file=sys.stderr)
+    tqdm.write(f"{PROG}: {kind}: {line}", file=sys.stderr)
 
 
-def report(results: Iterator[tuple[Path, Transcript | str]], files: int) -> tuple[list[dict], int]:
+def report(
+    results: Iterator[tuple[Path, Transcript | str]], files: int, finish: bool
+) -> tuple[list[dict], int, bool]:
     """Print each result as it comes (text to stdout, ``PATH<TAB>TEXT`` unless there is a single file;
-    errors to stderr) under a progress bar (several files, stderr a terminal); returns the JSON records
-    and the number of files that failed."""
+    errors to stderr) under a progress bar (several files, stderr a terminal). Returns the JSON records,
+    the number of files that failed, and whether stdout stayed open: once its reader has gone (``| head``)
+    nothing more is printed, and the files left are transcribed only if ``finish`` (for ``--output``)."""
     from tqdm import tqdm
 
-    records, failures = [], 0
+    records, failures, stdout_open = [], 0, True
     with tqdm(
         total=files, unit="file", file=sys.stderr, leave=False, disable=True if files < 2 else None
     ) as bar:
@@ -651,25 +721,47 @@ def report(results: Iterator[tuple[Path, Transcript | str]], files: int) -> tupl
             bar.update(1)
             if isinstance(result, str):
                 failures += 1
-                tqdm.write(f"{PROG}: error: {path}: {result}", file=sys.stderr)
+                tqdm.write(f"{PROG}: error: {display(path)}: {result}", file=sys.stderr)
                 continue
             records.append(result.to_json())
-            tqdm.write(result.text if files == 1 else f"{path}\t{result.text}", file=sys.stdout)
-            sys.stdout.flush()
-    return records, failures
+            if stdout_open:
+                stdout_open = print_text(result.text if files == 1 else f"{display(path)}\t{result.text}")
+                if not stdout_open and not finish:
+                    break
+    return records, failures, stdout_open
+
+
+def print_text(line: str) -> bool:
+    """``line`` on stdout, flushed; False when stdout's reader has gone (a broken pipe): stdout is then
+    pointed at /dev/null, so that Python's flush at exit fails no more."""
+    from tqdm import tqdm
+
+    try:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+        return True
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (a test's capture)
+            pass
+        return False
 
 
 def summary(files: int, failures: int, audio_seconds: float, startup: float, total: float) -> str:
-    """The last stderr line: files, start-up seconds and share, audio seconds, real-time factors."""
+    """The last stderr line: files, start-up seconds and share, audio seconds, real-time factors. Times to
+    0.01 s: the process start is known to one clock tick (:func:`asr.clock.process_seconds`)."""
     work = total - startup
     rtf = "n/a"
     if audio_seconds:
         rtf = f"{work / audio_seconds:.3f} ({total / audio_seconds:.3f} with start-up)"
     failed = f" ({failures} failed)" if failures else ""
     return (
-        f"{PROG}: {files} file(s){failed}, {audio_seconds:.1f} s of audio in {total:.1f} s: start-up "
-        f"{startup:.1f} s (imports + model load, {100 * startup / max(total, 1e-9):.0f} % of the total), "
-        f"transcription {work:.1f} s, real-time factor {rtf}"
+        f"{PROG}: {files} file(s){failed}, {audio_seconds:.1f} s of audio in {total:.2f} s: start-up "
+        f"{startup:.2f} s (process start to model ready, {100 * startup / max(total, 1e-9):.0f} % of the "
+        f"total), transcription {work:.2f} s, real-time factor {rtf}"
     )
 
 
@@ -687,12 +779,11 @@ def main(argv: Sequence[str] | None = None, started: float | None = None) -> int
         return 130
 
 
-def process_start() -> float:
-    """``time.perf_counter()`` value at which this process started (interpreter start-up included)."""
-    import psutil
-
-    return time.perf_counter() - max(time.time() - psutil.Process().create_time(), 0.0)
+def _one_line(error: object) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":
-    sys.exit(main(started=process_start()))
+    from asr.clock import process_seconds
+
+    sys.exit(main(started=time.perf_counter() - process_seconds()))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,3 +89,139 @@ def tiny_run(tiny_shards, tmp_path_factory) -> Path:
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+PERMISSION_CAPABILITIES = (1, 2)
+"""CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: what lets root read, search and write whatever the permission
+bits say."""
+
+
+def _libcap():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("cap")
+    if name is None:
+        pytest.skip("running as root without libcap: permission bits cannot be made to apply")
+    libcap = ctypes.CDLL(name, use_errno=True)
+    libcap.cap_get_proc.restype = ctypes.c_void_p
+    integer, pointer = ctypes.c_int, ctypes.c_void_p
+    libcap.cap_set_flag.argtypes = [pointer, integer, integer, pointer, integer]
+    libcap.cap_set_proc.argtypes = [ctypes.c_void_p]
+    libcap.cap_free.argtypes = [ctypes.c_void_p]
+    return libcap
+
+
+def _set_permission_capabilities(libcap, raised: bool) -> None:
+    import ctypes
+
+    state = libcap.cap_get_proc()
+    values = (ctypes.c_int * len(PERMISSION_CAPABILITIES))(*PERMISSION_CAPABILITIES)
+    try:
+        # 0: CAP_EFFECTIVE; 1/0: CAP_SET/CAP_CLEAR
+        assert libcap.cap_set_flag(state, 0, len(values), values, int(raised)) == 0
+        assert libcap.cap_set_proc(state) == 0, ctypes.get_errno()
+    finally:
+        libcap.cap_free(state)
+
+
+@contextlib.contextmanager
+def permission_bits_apply() -> Iterator[None]:
+    """Within the block, file permission bits apply to this thread even when the tests run as root (who
+    reads a ``chmod 000`` directory and writes a read-only one): the two capabilities that let root
+    ignore them (:data:`PERMISSION_CAPABILITIES`) leave the thread's effective set and come back after."""
+    if os.geteuid() != 0:
+        yield
+        return
+    libcap = _libcap()
+    _set_permission_capabilities(libcap, raised=False)
+    try:
+        yield
+    finally:
+        _set_permission_capabilities(libcap, raised=True)
+
+
+def permission_bits_apply_in_child() -> None:
+    """``preexec_fn`` of a subprocess in which permission bits apply even as root: the two capabilities
+    leave its bounding set, so the program it executes never gets them."""
+    if os.geteuid() == 0:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in PERMISSION_CAPABILITIES:
+            libc.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP
+
+
+@pytest.fixture(scope="session")
+def permission_bits():
+    """:func:`permission_bits_apply` (a context manager) for tests of unreadable and read-only files."""
+    return permission_bits_apply
+
+
+@pytest.fixture(scope="session")
+def permission_bits_in_child():
+    """:func:`permission_bits_apply_in_child`: a ``preexec_fn`` for subprocesses."""
+    return permission_bits_apply_in_child
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorizedRun:
+    """A run of a small model trained until it says the words of a few training utterances."""
+
+    run_dir: Path
+    audio: tuple[Path, ...]
+    """The utterances it learned (flac files of the tiny corpus), in id order."""
+    texts: tuple[str, ...]
+    """Their normalized transcripts."""
+    shards: Path
+    """``asr.extract`` output of these utterances, one copy each."""
+
+
+MEMORIZED_UTTERANCES = 4
+MEMORIZED_COPIES = 8
+"""Copies of each utterance per epoch: 8 steps of 4 per epoch instead of 1."""
+MEMORIZED_RECIPE = [
+    "model.conv_filters=64", "model.rnn_layers=1", "model.rnn_units=64", "model.dropout=0",
+    "data.spec_augment=false", "data.tempo_range=[1.0,1.0]", "train.global_batch=4", "train.epochs=18",
+    "train.learning_rate=5e-3", "train.learning_rate_decay_from_epoch=100", "eval.mode=loss",
+    "eval.every_epochs=100", "eval.lm=", "eval.beam_width=2", "eval.decode_workers=1",
+]  # fmt: skip
+"""Measured: 144 steps (~3 s of training, ~25 s with TensorFlow's start-up) take the training loss to ~0.01;
+the greedy text of each utterance is then its transcript."""
+
+
+@pytest.fixture(scope="session")
+def memorized_run(tiny_corpus, tmp_path_factory) -> MemorizedRun:
+    """:class:`MemorizedRun` of the tiny corpus's four shortest training utterances, once per session: a
+    model whose output is real words (the ``tiny_run`` model's is letters at random), for tests that must
+    see the right words come out of the real model."""
+    import json
+
+    import soundfile
+
+    from asr.text import normalize
+
+    out = tmp_path_factory.mktemp("memorized")
+    found = sorted((tiny_corpus / "train-clean").rglob("*.flac"), key=lambda p: (soundfile.info(p).frames, p))
+    chosen = sorted(found[:MEMORIZED_UTTERANCES])
+    transcripts = dict(
+        line.split(" ", 1) for p in tiny_corpus.rglob("*.trans.txt") for line in p.read_text().splitlines()
+    )
+    texts = tuple(normalize(transcripts[p.stem]) for p in chosen)
+    for name, copies in (("train", MEMORIZED_COPIES), ("once", 1)):
+        rows = [{"audio": str(p), "text": text, "id": f"{p.stem}-{k}" if copies > 1 else p.stem}
+                for k in range(copies) for p, text in zip(chosen, texts, strict=True)]  # fmt: skip
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        result = subprocess.run(
+            [sys.executable, "-m", "asr.extract", "--manifest-input", str(out / f"{name}.jsonl"),
+             "--out", str(out / name), "--workers", "2", "--quiet"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = out / "run"
+    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run_dir)]
+    for item in (f"data.train={out / 'train'}", f"data.dev={out / 'once'}", *MEMORIZED_RECIPE):
+        command += ["--set", item]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return MemorizedRun(run_dir, tuple(chosen), texts, out / "once")

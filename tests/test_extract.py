@@ -482,10 +482,78 @@ def test_damaged_audio_is_skipped_with_a_reason_never_featurized(damaged_corpus,
     assert np.isfinite(manifest["feature_mean"]).all() and np.isfinite(manifest["feature_std"]).all()
 
 
-def test_the_md5_check_accepts_every_bundled_flac_file(tiny_corpus):
-    for path in sorted(tiny_corpus.rglob("*.flac")):
-        samples, _ = soundfile.read(path, dtype="float32")
-        assert extract.audio_damage(str(path), samples, soundfile.info(path).frames) is None, path
+@pytest.fixture(scope="module")
+def odd_corpus(tiny_corpus, tmp_path_factory) -> Path:
+    """Subset ``odd``: two good utterances, a WAV file cut short, a file name that is not UTF-8 (Latin-1,
+    with its id in the same bytes in the transcript file), and a chapter directory nobody may list."""
+    root = tmp_path_factory.mktemp("odd")
+    chapter = root / "odd" / "6" / "60"
+    chapter.mkdir(parents=True)
+    good = sorted((tiny_corpus / "train-clean").rglob("*.flac"))[:2]
+    for number, path in enumerate(good):
+        shutil.copy(path, chapter / f"6-60-000{number}.flac")
+    whole = root / "whole.wav"
+    soundfile.write(whole, tone(1.0), 16000, subtype="PCM_16")
+    (chapter / "6-60-0002.wav").write_bytes(whole.read_bytes()[:20_000])
+    shutil.copy(good[0], os.fsencode(chapter) + b"/6-60-caf\xe9.flac")
+    lines = b"".join(f"6-60-000{n} SOME WORDS\n".encode() for n in range(3)) + b"6-60-caf\xe9 LATIN ONE\n"
+    (chapter / "6-60.trans.txt").write_bytes(lines)
+    locked = root / "odd" / "6" / "61"
+    locked.mkdir()
+    shutil.copy(good[1], locked / "6-61-0000.flac")
+    (locked / "6-61.trans.txt").write_text("6-61-0000 LOCKED AWAY\n")
+    locked.chmod(0)
+    return root
+
+
+def test_a_cut_wav_an_unlistable_directory_and_a_latin1_name(odd_corpus, tmp_path, capsys, permission_bits):
+    """The cut WAV decodes without an error as a shorter file: skipped as corrupt, as asr.transcribe refuses
+    it. The directory nobody may list is a warning and a skipped entry, not a silent gap. The Latin-1 name
+    is read (its id gets U+FFFD for the byte, as the transcript file's line does)."""
+    out = tmp_path / "out"
+    with permission_bits():
+        assert extract.main(["--corpus", str(odd_corpus), "--subsets", "odd", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    locked = odd_corpus / "odd" / "6" / "61"
+    assert (
+        f"asr.extract: warning: {locked}: unreadable directory: Permission denied; what it holds is left out"
+        in err
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["utt_id"]: (Path(s["path"]).name, s["reason"]) for s in manifest["skipped"]} == {
+        "": ("61", "unreadable directory: Permission denied"),
+        "6-60-0002": (
+            "6-60-0002.wav",
+            "corrupt audio: 19956 of the 32000 data bytes its header declares are there",
+        ),
+    }
+    assert manifest["counts"]["skipped_by_reason"] == {"corrupt audio": 1, "unreadable directory": 1}
+    kept = [u for shard in manifest["shards"] for u in shards.read_utterances(out / shard["file"])]
+    assert [(u["utt_id"], u["text"]) for u in kept] == [
+        ("6-60-0000", "some words"), ("6-60-0001", "some words"), ("6-60-caf\ufffd", "latin one")
+    ]  # fmt: skip
+    assert kept[2]["features"].tobytes() == kept[0]["features"].tobytes()  # the same audio
+
+
+def test_a_fifo_in_the_corpus_is_skipped_not_waited_for(tiny_corpus, tmp_path, run_module):
+    """Reading a FIFO's header waits for a writer forever: it is skipped at once with its reason (the
+    timeout makes a regression fail instead of hanging)."""
+    chapter = tmp_path / "corpus" / "fifo" / "5" / "50"
+    chapter.mkdir(parents=True)
+    shutil.copy(next((tiny_corpus / "train-clean").rglob("*.flac")), chapter / "5-50-0000.flac")
+    os.mkfifo(chapter / "5-50-0001.flac")
+    (chapter / "5-50.trans.txt").write_text("5-50-0000 GOOD\n5-50-0001 NEVER WRITTEN\n")
+    out = tmp_path / "out"
+    result = run_module("asr.extract", "--corpus", tmp_path / "corpus", "--subsets", "fifo", "--out", out,
+                        "--workers", 1, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(s["utt_id"], s["reason"]) for s in manifest["skipped"]] == [
+        ("5-50-0001", "unreadable audio: not a regular file (FIFO)")
+    ]
+    assert manifest["counts"]["kept"] == 1 and manifest["counts"]["skipped_by_reason"] == {
+        "unreadable audio": 1
+    }
 
 
 # --------------------------------------------------------------------------- speed perturbation
