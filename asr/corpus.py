@@ -263,9 +263,11 @@ def probe(candidate: Candidate, max_duration: float, resample: bool, speed: floa
     """Keep or skip one utterance from its transcript and audio header (no decoding).
 
     Durations are seconds; ``too short`` means fewer than ``MIN_FRAMES`` feature frames after
-    resampling to 16 kHz. Audio at another rate is kept (to be resampled) unless ``resample`` is
-    False, then skipped as ``wrong sample rate``. ``speed`` != 1.0 plans the speed-perturbed copy
-    (id :func:`speed_id`): its length, checked against ``max_duration``, is :func:`perturbed_length`'s.
+    resampling to 16 kHz. What is not a regular file (a FIFO would block the header read forever) is
+    ``unreadable audio: REASON`` (:func:`asr.audio.file_problem`). Audio at another rate is kept (to be
+    resampled) unless ``resample`` is False, then skipped as ``wrong sample rate``. ``speed`` != 1.0 plans
+    the speed-perturbed copy (id :func:`speed_id`): its length, checked against ``max_duration``, is
+    :func:`perturbed_length`'s.
     """
     utt_id = speed_id(candidate.utt_id, speed)
 

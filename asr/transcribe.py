@@ -9,34 +9,55 @@ Inputs
     Audio files (any suffix), directories (searched recursively for :data:`AUDIO_SUFFIXES`) and list files
     given as ``@LIST`` (one file or directory per line, relative to the current directory; blank lines and
     lines starting with ``#`` are skipped). Files are transcribed in the order given, directories in sorted
-    order; a file named twice is transcribed once.
+    order; a file named twice is transcribed once, where it first appears: "twice" means the same file
+    (device and inode), however it is spelled (``a/../a/x.wav``, a symlink, a hard link). File names may be
+    any bytes (a Latin-1 name is read like any other); they are printed with each byte that is not UTF-8 as
+    ``\\xNN`` (:func:`asr.audio.display`), in the JSON records too. A directory that cannot be searched
+    (no permission) is an error line and counts as a failed file; so is a file with an audio suffix inside
+    a directory that is not a regular file (a FIFO, a socket, a symlink loop).
 
 Audio
-    Any sample rate and channel count: read with soundfile (librosa, i.e. audioread/ffmpeg, for formats
-    libsndfile cannot read), channels averaged to mono, resampled to 16 kHz with soxr (high quality); a file
-    that needed either gets one ``note`` line on stderr (``44100 Hz stereo -> 16000 Hz mono``).
+    Read by :mod:`asr.audio`, as ``asr.extract`` reads it: any sample rate and channel count, soundfile
+    (librosa, i.e. audioread/ffmpeg, for formats libsndfile cannot read), channels averaged to mono,
+    resampled to 16 kHz with soxr (high quality); a file that needed either gets one ``note`` line on
+    stderr (``44100 Hz stereo -> 16000 Hz mono``). A file whose level is below :data:`QUIET_DBFS` (-45
+    dBFS; level: the RMS of its loudest 5 % of 30 ms frames, :func:`asr.audio.level_dbfs`), or that is
+    silent, gets a ``warning`` line naming its level and peak: the model hears little of it and its text
+    may be empty or wrong (the speech the models here were trained on is at -25 to -15 dBFS).
 
 Output
     stdout: one line per file, ``PATH<TAB>TEXT``; when exactly one file is transcribed (given or found),
     only its text. ``--output OUT.jsonl`` (written atomically once every file is done): one JSON object per
     transcribed file with ``path``, ``text``, ``duration`` (s), ``sample_rate`` and ``channels`` (of the
-    file), ``windows``, ``words`` (``[{"word", "start", "end"}]``, seconds from the start of the file) and
-    ``timings`` (s): ``load`` (read, downmix, resample), ``features_network`` (features and model; the files
-    of one model batch share its time in proportion to their durations) and ``decode``.
+    file), ``level_dbfs`` and ``peak_dbfs`` (null for silence), ``windows``, ``words`` (``[{"word",
+    "start", "end"}]``, seconds from the start of the file) and ``timings`` (s): ``load`` (read, downmix,
+    resample), ``features_network`` (features and model; the files of one model batch share its time in
+    proportion to their durations) and ``decode``. ``--output`` is checked before anything is read
+    (:func:`check_output`): it may not be one of the inputs (any spelling, symlink or hard link; a list
+    file included) or lie inside an input directory, be a directory or another non-regular file, or be
+    somewhere this process cannot write (a temporary file is created in its nearest existing directory,
+    then removed); each is one error line naming ``--output``, exit status 2.
+
+    When stdout's reader goes away (``... | head -1``), nothing more is printed; with ``--output`` every
+    file is still transcribed and the file written, without it the command stops at once. Either way it
+    ends quietly (no traceback, no error line) with exit status 141, as a tool killed by SIGPIPE.
 
 Long audio: overlapping windows
     The model was trained on utterances of at most ``data.max_frames`` 10 ms frames; a file longer than
-    the window (default: that length) is cut into windows of ``--window-seconds`` that overlap by
-    ``--overlap-seconds`` (default: 3 s, or a quarter of the window if that is less; at most half the
-    window), the last one shorter, ending with the file (:func:`plan_windows`). Each window is
+    the window (default: that length; at most :data:`MAX_WINDOW_SECONDS`) is cut into windows of
+    ``--window-seconds`` that overlap by ``--overlap-seconds`` (default: 3 s, or a quarter of the window if
+    that is less; at most half the window), the last one shorter, ending with the file
+    (:func:`plan_windows`). Both are rounded to 16 kHz samples; an overlap of at most half the window in
+    seconds stays at most half of it in samples (rounding may take one sample off it). Each window is
     transcribed on its own, then the word lists are stitched (:func:`stitch`): window i contributes the
-    words whose centre (mean of start and end time) lies before its seam with window i+1, window i+1
-    those from the seam on. The seam is the midpoint of the overlap, moved to the centre of the nearest
-    pause, a stretch of the overlap in which neither window heard a word (:func:`seam`). The two windows
-    time a word they both heard slightly differently (each has its own 30 ms frame grid and context); a
-    seam inside no word of either keeps every word on the same side in both, so a word near the midpoint
-    cannot be lost or doubled. A word shorter than the overlap lies whole in at least one of the two
-    windows; the part of it the other window's edge cuts off reaches that edge, so the seam (inside the
+    words whose centre (mean of start and end time) lies in the half-open interval from its seam with
+    window i-1 (included) to its seam with window i+1 (excluded), so a word centred exactly on a seam is
+    kept once, by the later window. The seam is the midpoint of the overlap, moved to the centre of the
+    nearest pause, a stretch of the overlap in which neither window heard a word (:func:`seam`). The two
+    windows time a word they both heard slightly differently (each has its own 30 ms frame grid and
+    context); a seam inside no word of either keeps every word on the same side in both, so a word near the
+    midpoint cannot be lost or doubled. A word shorter than the overlap lies whole in at least one of the
+    two windows; the part of it the other window's edge cuts off reaches that edge, so the seam (inside the
     overlap, outside the part) puts the part on the far side of it and the whole word on the near side:
     kept once, whole. With no pause in the overlap (no gap between words for the whole overlap) the seam
     stays at the midpoint.
@@ -50,14 +71,25 @@ Word times
     heard is about ``kernel / 2 * 10 ms`` = 55 ms later): times are early by up to one kernel width and
     quantized to ``conv_stride * 10 ms``. Times are clipped to ``[0, duration]``.
 
+Decoding
+    ``--beam 1`` (the default) is greedy decoding, which uses no language model: ``--lm``, ``--alpha`` or
+    ``--beta`` without ``--beam N`` (N > 1) is a usage error. An ``--lm`` given on the command line must
+    hold a readable ``lm.binary`` and ``unigrams.txt`` (checked before anything is read: one error line
+    naming ``--lm``, exit status 2); the recipe's ``eval.lm``, used when ``--lm`` is not given, may be
+    missing: beam search then goes on without a language model, with a warning.
+
 Errors and exit status
-    A file that cannot be transcribed (missing, not audio, empty, truncated or damaged) is one line
-    ``asr.transcribe: error: PATH: REASON`` on stderr and skipped; the others are transcribed; exit status
-    1 if any file failed, else 0. Usage errors (no ``--run``/``--model``, a run or export directory that
-    cannot be opened, no audio found, an overlap longer than half the window) are one line, exit status 2.
+    A file that cannot be transcribed (missing, a symlink loop, not a regular file, not readable, not
+    audio, empty, truncated or damaged: :mod:`asr.audio`) is one line ``asr.transcribe: error: PATH:
+    REASON`` on stderr and skipped; the others are transcribed; exit status 1 if any file failed, else 0
+    (141 once stdout's reader has gone). Usage errors (no ``--run``/``--model``, a run or export directory
+    that cannot be opened or holds a malformed file, no audio found, an ``--output`` or ``--lm`` refused as
+    above, a window or overlap out of range) are one line, exit status 2, before any audio is read.
     The last stderr line is a timing summary: start-up (from the start of the process to the model and
     decoder ready: interpreter, imports, model load) and its share of the total, seconds of audio,
-    real-time factor (seconds of processing per second of audio, start-up excluded and included).
+    real-time factor (seconds of processing per second of audio, start-up excluded and included). The
+    process start is Linux's record of it (:func:`asr.clock.process_seconds`: exact to a 10 ms clock tick,
+    never less than the truth), so times are printed to 0.01 s.
 """
 
 from __future__ import annotations
@@ -258,16 +290,18 @@ def find_audio(inputs: Sequence[str]) -> Inputs:
     appears. Raises :class:`UsageError` when a list file cannot be read or nothing was found. A missing
     file is kept (it is reported when it is read)."""
     found = Inputs([], {}, [])
-    seen: set[object] = set()
+    seen: set[tuple[int, int] | str] = set()
     for item in inputs:
         for entry in _expand(item, found):
-            key = _identity(entry.path if isinstance(entry, Unsearchable) else entry)
-            key = key or ("path", os.path.abspath(entry if isinstance(entry, Path) else entry.path))
-            if key not in seen:
-                seen.add(key)
-                found.entries.append(entry)
-                if isinstance(entry, Path) and key[0] != "path":
-                    found.identities.setdefault(key, entry)  # type: ignore[arg-type]
+            path = entry.path if isinstance(entry, Unsearchable) else entry
+            identity = _identity(path)
+            key = identity or os.path.abspath(path)  # what cannot be stat'ed: by its name
+            if key in seen:
+                continue
+            seen.add(key)
+            found.entries.append(entry)
+            if identity is not None:
+                found.identities.setdefault(identity, path)
     if not found.entries:
         suffixes = " ".join(sorted(AUDIO_SUFFIXES))
         named = " ".join(display(item) for item in inputs)
@@ -664,8 +698,11 @@ def decoder_for(args: argparse.Namespace, model: Model) -> WordDecoder:
     beta = args.beta if args.beta is not None else evaluation.lm_beta
     try:
         return make_word_decoder(args.beam, lm_dir or None, alpha, beta)
-    except Exception as error:  # kenlm raises OSError/RuntimeError for a damaged lm.binary
-        raise UsageError(f"--lm {display(lm_dir)}: cannot be loaded ({_one_line(error)})") from None
+    except (OSError, RuntimeError, ValueError) as error:  # kenlm: OSError "Cannot read model ..."
+        if not lm_dir:
+            raise
+        option = "--lm" if args.lm is not None else "eval.lm"
+        raise UsageError(f"{option} {display(lm_dir)}: cannot be loaded ({_one_line(error)})") from None
 
 
 def run_command(args: argparse.Namespace, started: float) -> int:
