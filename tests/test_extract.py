@@ -485,7 +485,8 @@ def test_damaged_audio_is_skipped_with_a_reason_never_featurized(damaged_corpus,
 @pytest.fixture(scope="module")
 def odd_corpus(tiny_corpus, tmp_path_factory) -> Path:
     """Subset ``odd``: two good utterances, a WAV file cut short, a file name that is not UTF-8 (Latin-1,
-    with its id in the same bytes in the transcript file), and a chapter directory nobody may list."""
+    with its id in the same bytes in the transcript file), a chapter directory nobody may list and one
+    whose transcript file nobody may read."""
     root = tmp_path_factory.mktemp("odd")
     chapter = root / "odd" / "6" / "60"
     chapter.mkdir(parents=True)
@@ -503,6 +504,11 @@ def odd_corpus(tiny_corpus, tmp_path_factory) -> Path:
     shutil.copy(good[1], locked / "6-61-0000.flac")
     (locked / "6-61.trans.txt").write_text("6-61-0000 LOCKED AWAY\n")
     locked.chmod(0)
+    hidden = root / "odd" / "6" / "62"
+    hidden.mkdir()
+    shutil.copy(good[1], hidden / "6-62-0000.flac")
+    (hidden / "6-62.trans.txt").write_text("6-62-0000 HIDDEN TEXT\n")
+    (hidden / "6-62.trans.txt").chmod(0)
     return root
 
 
@@ -520,14 +526,16 @@ def test_a_cut_wav_an_unlistable_directory_and_a_latin1_name(odd_corpus, tmp_pat
         in err
     )
     manifest = json.loads((out / "manifest.json").read_text())
-    assert {s["utt_id"]: (Path(s["path"]).name, s["reason"]) for s in manifest["skipped"]} == {
-        "": ("61", "unreadable directory: Permission denied"),
-        "6-60-0002": (
-            "6-60-0002.wav",
-            "corrupt audio: 19956 of the 32000 data bytes its header declares are there",
-        ),
-    }
-    assert manifest["counts"]["skipped_by_reason"] == {"corrupt audio": 1, "unreadable directory": 1}
+    cut = "corrupt audio: 19956 of the 32000 data bytes its header declares are there"
+    assert sorted((s["utt_id"], Path(s["path"]).name, s["reason"]) for s in manifest["skipped"]) == [
+        ("", "6-62.trans.txt", "unreadable transcripts: Permission denied"),
+        ("", "61", "unreadable directory: Permission denied"),
+        ("6-60-0002", "6-60-0002.wav", cut),
+        ("6-62-0000", "6-62-0000.flac", "missing transcript"),
+    ]
+    assert manifest["counts"]["skipped_by_reason"] == {
+        "corrupt audio": 1, "missing transcript": 1, "unreadable directory": 1, "unreadable transcripts": 1
+    }  # fmt: skip
     kept = [u for shard in manifest["shards"] for u in shards.read_utterances(out / shard["file"])]
     assert [(u["utt_id"], u["text"]) for u in kept] == [
         ("6-60-0000", "some words"), ("6-60-0001", "some words"), ("6-60-caf\ufffd", "latin one")
