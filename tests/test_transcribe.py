@@ -659,9 +659,10 @@ def memorized_model(memorized_run):
     return open_run(memorized_run.run_dir)
 
 
-LOGIT_TOLERANCE = 1e-4
-"""The same features (the same code on the same samples) through the same model in two batch layouts:
-float32 sums in another order, measured within 1e-5 of logits up to ~20."""
+LOGIT_TOLERANCE = 1e-5
+"""Relative to the largest logit (~17 here). The same features (the same code on the same samples) through
+the same model: identical in this process (measured), but float32 sums in another order (another batch
+layout, another BLAS thread count) may differ in the last bits."""
 
 
 def test_the_command_computes_the_logits_evaluation_computes(memorized_model, memorized_run):
@@ -768,7 +769,8 @@ def test_a_closed_stdout_loses_no_output_and_ends_quietly(memorized_run, memoriz
 
 def test_a_fifo_among_the_inputs_is_an_error_line_not_a_hang(memorized_run, memorized_export, tmp_path):
     """A FIFO blocks whoever opens it until a writer comes: refused at once, the next file transcribed. The
-    summary's times fit in the wall time the parent measured around the process (to its 0.01 s)."""
+    summary's times fit in the wall time the parent measured around the process (psutil's process start
+    made them longer by the boot time's fraction of a second: 0.42 s on the machine this was written on)."""
     fifo = tmp_path / "fifo.wav"
     os.mkfifo(fifo)
     began = time.perf_counter()
@@ -785,7 +787,7 @@ def test_a_fifo_among_the_inputs_is_an_error_line_not_a_hang(memorized_run, memo
     summary = err.splitlines()[-1]
     total, startup = (float(x) for x in re.search(r"in ([\d.]+) s: start-up ([\d.]+) s", summary).groups())
     assert summary.startswith("asr.transcribe: 2 file(s) (1 failed), ")
-    assert 0 < startup <= total <= wall + 0.01, (summary, wall)
+    assert 0 < startup <= total <= wall + 0.02, (summary, wall)  # a tick of 0.01 s, and the rounding
 
 
 MALFORMED_EXPORT = {
