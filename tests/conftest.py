@@ -141,27 +141,10 @@ def permission_bits_apply() -> Iterator[None]:
         _set_permission_capabilities(libcap, raised=True)
 
 
-def permission_bits_apply_in_child() -> None:
-    """``preexec_fn`` of a subprocess in which permission bits apply even as root: the two capabilities
-    leave its bounding set, so the program it executes never gets them."""
-    if os.geteuid() == 0:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        for capability in PERMISSION_CAPABILITIES:
-            libc.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP
-
-
 @pytest.fixture(scope="session")
 def permission_bits():
     """:func:`permission_bits_apply` (a context manager) for tests of unreadable and read-only files."""
     return permission_bits_apply
-
-
-@pytest.fixture(scope="session")
-def permission_bits_in_child():
-    """:func:`permission_bits_apply_in_child`: a ``preexec_fn`` for subprocesses."""
-    return permission_bits_apply_in_child
 
 
 @dataclasses.dataclass(frozen=True)
