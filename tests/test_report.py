@@ -5,9 +5,12 @@ import re
 import numpy as np
 import pytest
 
-from asr import report
 from asr.config import Recipe, RigConfig, TrainConfig, TTAConfig, dump_recipe
 from asr.events import EVENT_LOG_NAME
+from asr.report import load_run, main
+from asr.report.energy import energy, integrate
+from asr.report.grouping import aggregate
+from asr.report.measures import epoch_accuracy, windowed_throughput
 
 # Synthetic run shape, so every time below can be checked by hand: each epoch is 10 training
 # steps of STEP s (the very first step of a session takes FIRST_STEP s: graph tracing), then
@@ -154,7 +157,7 @@ CER_B = [30.0, 11.0, 9.5, 9.0, 8.8, 8.1, 7.9, 8.0]  # large batch
 def run_report(tmp_path, runs, *extra, plots=False):
     out = tmp_path / "out"
     args = [str(r) for r in runs] + ["--out", str(out), *extra]
-    status = report.main(args + ([] if plots else ["--no-plots"]))
+    status = main(args + ([] if plots else ["--no-plots"]))
     return status, out
 
 
@@ -238,11 +241,11 @@ def test_resume_with_downtime_is_excluded_from_tta_and_shown_separately(tmp_path
 
 def test_aggregation_of_repeated_runs(tmp_path):
     # exact: means and medians of a few whole numbers are exactly representable (Python floats, any CPU)
-    assert report.aggregate([5.0, 1.0, 3.0, 100.0, 4.0]) == (4.0, 1.0, 100.0)  # mean of 3, 4, 5
-    assert report.aggregate([3.0, 1.0, 2.0, 10.0]) == (2.5, 1.0, 10.0)  # median
-    assert report.aggregate([1.0, None, 2.0]) == (2.0, 1.0, None)  # not reached = slowest
-    assert report.aggregate([None, None, 1.0]) == (None, 1.0, None)
-    assert report.aggregate([1.0, 2.0, 3.0, 4.0, None]) == (3.0, 1.0, None)
+    assert aggregate([5.0, 1.0, 3.0, 100.0, 4.0]) == (4.0, 1.0, 100.0)  # mean of 3, 4, 5
+    assert aggregate([3.0, 1.0, 2.0, 10.0]) == (2.5, 1.0, 10.0)  # median
+    assert aggregate([1.0, None, 2.0]) == (2.0, 1.0, None)  # not reached = slowest
+    assert aggregate([None, None, 1.0]) == (None, 1.0, None)
+    assert aggregate([1.0, 2.0, 3.0, 4.0, None]) == (3.0, 1.0, None)
     runs = [
         write_run(tmp_path / f"seed{s}", CER_A, seed=s, step_scale=scale)
         for s, scale in enumerate([1.0, 1.2, 0.8, 1.1, 1.5])
@@ -293,6 +296,21 @@ def test_truncated_last_line_missing_log_and_unknown_baseline(tmp_path, capsys):
         "baseline 'sys10' matches no run" in md
         and "Baseline: cpu @ laptop [train.global_batch=8]. Repeated" in md
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--price-per-hour", "-1"], "argument --price-per-hour: must be at least 0, got -1"),
+        (["--window", "nan"], "argument --window: must be a finite number, got nan"),
+        (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_status_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--out", str(tmp_path / "out"), *args])
+    assert exit_.value.code == 2 and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err == f"asr.report: error: {message} (see --help)\n"
 
 
 def test_nothing_to_report_exits_2(tmp_path, capsys):
@@ -354,8 +372,8 @@ def test_cost_energy_and_final_accuracy(tmp_path):
     cost = md.split("## Cost to accuracy")[1].split("##")[0]
     assert f"| gpu | 1.0000 | {tta_hours:.4f} |" in cost and "| cpu | no price |" in cost
     # constant 200 W sampled every second from 1 s: energy to CER 10 = 200 W x (TTA - 1 s)
-    energy = md.split("## Energy to accuracy")[1].split("##")[0]
-    assert f"| {200 * (eval_times(8)[4] - 1) / 1000:.1f} |" in energy and "| cpu |" not in energy
+    kj = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert f"| {200 * (eval_times(8)[4] - 1) / 1000:.1f} |" in kj and "| cpu |" not in kj
     final = md.split("## Final accuracy")[1].split("##")[0]
     assert "| gpu | 18.00 (6.50, beam 512) | 20.25 (7.50, beam 512) |" in final
     assert "No eval/results.json" in final and "cpu" in final.split("No eval/results.json")[1]
@@ -364,10 +382,10 @@ def test_cost_energy_and_final_accuracy(tmp_path):
 def test_integrate_power_by_hand():
     times, watts = np.array([0.0, 10.0]), np.array([0.0, 100.0])
     # whole numbers and halves: float64 trapezoids are exact here, approx only for readability
-    assert report.integrate(times, watts, 0, 10) == pytest.approx(500.0)
-    assert report.integrate(times, watts, 5, 10) == pytest.approx(375.0)  # (50 + 100) / 2 x 5 s
-    assert report.integrate(times, watts, -5, 50) == pytest.approx(500.0)  # no extrapolation
-    assert report.integrate(times[:1], watts[:1], 0, 10) == 0.0
+    assert integrate(times, watts, 0, 10) == pytest.approx(500.0)
+    assert integrate(times, watts, 5, 10) == pytest.approx(375.0)  # (50 + 100) / 2 x 5 s
+    assert integrate(times, watts, -5, 50) == pytest.approx(500.0)  # no extrapolation
+    assert integrate(times[:1], watts[:1], 0, 10) == 0.0
 
 
 def test_cpu_energy_estimate_and_co2_to_accuracy(tmp_path):
@@ -376,14 +394,14 @@ def test_cpu_energy_estimate_and_co2_to_accuracy(tmp_path):
     times, watts = np.array([(e["elapsed"], e["cpu_percent"] / 100 * 4.0) for e in events
                              if e["event"] == "util"]).T  # fmt: skip
     by_hand = float(np.sum(np.diff(times) * (watts[1:] + watts[:-1]) / 2))  # trapezoids, 1 s apart
-    run = report.load_run(run_dir)
-    assert report.energy(run, "gpu") is None
-    assert report.energy(run, "cpu")["total"] == pytest.approx(by_hand, rel=1e-9)  # same sums, other order
+    run = load_run(run_dir)
+    assert energy(run, "gpu") is None
+    assert energy(run, "cpu")["total"] == pytest.approx(by_hand, rel=1e-9)  # same sums, other order
     status, out = run_report(tmp_path, [run_dir])
     assert status == 0
     md = (out / "report.md").read_text()
-    energy = md.split("## Energy to accuracy")[1].split("##")[0]
-    assert f"| cpu | cpu | {by_hand / 1000:.1f} |" in energy and "ESTIMATE" in energy
+    kj = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert f"| cpu | cpu | {by_hand / 1000:.1f} |" in kj and "ESTIMATE" in kj
     co2 = md.split("## CO2 to accuracy")[1].split("##")[0]
     assert f"| cpu | 400 | {by_hand / 3.6e6 * 400:.1f} |" in co2
 
@@ -399,27 +417,27 @@ def test_measured_cpu_power_replaces_the_estimate(tmp_path):
     for index, event in enumerate(util):
         event["cpu_power_w"] = None if index == 0 else 30.0
     log.write_text("".join(json.dumps(e) + "\n" for e in events))
-    run = report.load_run(run_dir)
-    measured = report.energy(run, "cpu-rapl")
+    run = load_run(run_dir)
+    measured = energy(run, "cpu-rapl")
     span = util[-1]["elapsed"] - util[1]["elapsed"]
     assert measured["total"] == pytest.approx(30.0 * span)  # constant power: exact trapezoids
     status, out = run_report(tmp_path, [run_dir])
     assert status == 0
     md = (out / "report.md").read_text()
-    energy = md.split("## Energy to accuracy")[1].split("##")[0]
-    assert f"| cpu | cpu-rapl | {30.0 * span / 1000:.1f} |" in energy and "| cpu | cpu |" not in energy
+    kj = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert f"| cpu | cpu-rapl | {30.0 * span / 1000:.1f} |" in kj and "| cpu | cpu |" not in kj
     co2 = md.split("## CO2 to accuracy")[1].split("##")[0]
     assert f"| cpu | 400 | {30.0 * span / 3.6e6 * 400:.1f} |" in co2
 
 
 def test_no_cpu_estimate_without_a_per_core_figure(tmp_path):
-    run = report.load_run(write_run(tmp_path / "cpu", CER_A))
-    assert report.energy(run, "cpu") is None
+    run = load_run(write_run(tmp_path / "cpu", CER_A))
+    assert energy(run, "cpu") is None
 
 
 def test_energy_per_phase_and_epoch_add_up(tmp_path):
-    run = report.load_run(write_run(tmp_path / "gpu", CER_A[:3], power_w=100.0))
-    result = report.energy(run)
+    run = load_run(write_run(tmp_path / "gpu", CER_A[:3], power_w=100.0))
+    result = energy(run)
     end = eval_times(3)[-1] + 2  # last swap_in ends; samples every whole second from 1 s
     # 100 W trapezoids between whole seconds: whole numbers, exact in any summation order
     assert result["total"] == pytest.approx(100.0 * (math.floor(end) - 1))
@@ -472,11 +490,11 @@ def test_feature_extraction_time_is_shown_separately(tmp_path):
 
 def test_windowed_throughput_counts_evaluation_as_time_without_training():
     segments = [(0.0, 10.0, 2.0), (10.0, 20.0, 0.0), (20.0, 30.0, 4.0)]  # train, evaluate, train
-    centres, rates = report.windowed_throughput(segments, window=10.0, spacing=5.0)
+    centres, rates = windowed_throughput(segments, window=10.0, spacing=5.0)
     # exact: whole numbers, so the BLAS product (its order chosen per CPU) rounds nothing; even 0.0 is exact
     assert centres.tolist() == [5.0, 10.0, 15.0, 20.0, 25.0]
     assert rates.tolist() == pytest.approx([2.0, 1.0, 0.0, 2.0, 4.0])
-    assert report.windowed_throughput([])[0].size == 0
+    assert windowed_throughput([])[0].size == 0
 
 
 def test_a_setting_an_older_run_did_not_record_keeps_the_runs_apart(tmp_path):
@@ -533,4 +551,4 @@ def test_runs_table_shows_each_evaluated_set_last_and_median_of_last_3(tmp_path)
     assert runs.index(dev) < runs.index("dev-seen")
     tta = (out / "report.md").read_text().split("## Runs")[0]
     assert "dev-seen" not in tta  # never a TTA set
-    assert report.epoch_accuracy([]) == "\u2014"
+    assert epoch_accuracy([]) == "\u2014"
