@@ -430,6 +430,61 @@ def test_measured_cpu_power_replaces_the_estimate(tmp_path):
     assert f"| cpu | 400 | {30.0 * span / 3.6e6 * 400:.1f} |" in co2
 
 
+def test_a_session_without_rapl_keeps_its_estimate_next_to_the_measured_one(tmp_path):
+    """A run whose first session measured RAPL and whose resumed session (another host) did not: the
+    measured part counts under cpu-rapl, the second session's CPU under the estimate, each session once."""
+    run_dir = write_run(tmp_path / "cpu", CER_A, cpu_watts_per_core=4.0, grid_g_co2_per_kwh=400.0,
+                        resume_after_epoch=3)  # fmt: skip
+    log = run_dir / EVENT_LOG_NAME
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    resumed = next(i for i, e in enumerate(events) if e["event"] == "run_start" and e["resumed"])
+    first = [e for e in events[:resumed] if e["event"] == "util"]
+    second = [e for e in events[resumed:] if e["event"] == "util"]
+    for index, event in enumerate(first):
+        event["cpu_power_w"] = None if index == 0 else 20.0 + index % 3  # the counter's baseline: no figure
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+
+    def trapezoids(samples, watts):
+        times = np.array([e["elapsed"] for e in samples])
+        power = np.array([watts(e) for e in samples])
+        return float(np.sum(np.diff(times) * (power[1:] + power[:-1]) / 2))
+
+    measured = trapezoids(first[1:], lambda e: e["cpu_power_w"])
+    estimated = trapezoids(second, lambda e: e["cpu_percent"] / 100 * 4.0)
+    run = load_run(run_dir)
+    assert energy(run, "cpu-rapl")["total"] == pytest.approx(measured, rel=1e-12)
+    assert energy(run, "cpu")["total"] == pytest.approx(estimated, rel=1e-12)
+    status, out = run_report(tmp_path, [run_dir])
+    assert status == 0
+    md = (out / "report.md").read_text()
+    kj = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert (
+        f"| cpu | cpu-rapl | {measured / 1000:.1f} |" in kj
+        and f"| cpu | cpu | {estimated / 1000:.1f} |" in kj
+    )
+    co2 = md.split("## CO2 to accuracy")[1].split("##")[0]
+    assert f"| cpu | 400 | {(measured + estimated) / 3.6e6 * 400:.1f} |" in co2
+
+
+def test_a_source_is_never_bridged_across_a_session_counted_under_the_other(tmp_path):
+    """Sessions measured, estimated, measured: the measured curve stops at the middle session instead of
+    joining its neighbours over it (that would count the middle session's CPU twice)."""
+    run_dir = tmp_path / "three"
+    run_dir.mkdir()
+    rig = RigConfig(name="laptop", cpu_watts_per_core=4.0)
+    (run_dir / "recipe.yaml").write_text(dump_recipe(Recipe(name="cpu", rig=rig)))
+    events = []
+    for session, rapl in enumerate((True, False, True)):
+        events.append({"event": "run_start", "elapsed": 5.0 * session, "resumed": session > 0})
+        for second in range(5 * session, 5 * session + 5):
+            util = {"event": "util", "elapsed": float(second), "cpu_percent": 100.0}
+            events.append({**util, "cpu_power_w": 10.0} if rapl else util)
+    (run_dir / EVENT_LOG_NAME).write_text("".join(json.dumps(e) + "\n" for e in events))
+    run = load_run(run_dir)
+    assert energy(run, "cpu-rapl")["total"] == 2 * 4 * 10.0  # exact: whole seconds and watts
+    assert energy(run, "cpu")["total"] == 4 * 4.0  # one busy core at 4 W from 5 s to 9 s
+
+
 def test_no_cpu_estimate_without_a_per_core_figure(tmp_path):
     run = load_run(write_run(tmp_path / "cpu", CER_A))
     assert energy(run, "cpu") is None

@@ -1,5 +1,9 @@
 """Energy of a run from its ``util`` samples (``docs/metrics.md``, *Energy and CO2*): power per source
 integrated over the run clock, in total, per phase and per epoch.
+
+The CPU is counted once per session: a session whose samples carry RAPL's measured ``cpu_power_w`` counts
+under ``cpu-rapl``, any other under the ``cpu`` estimate (:func:`estimated_cpu_joules`, which
+``tools/bench_infer.py`` uses too), so a run resumed on a machine without RAPL keeps both parts.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ POWER_SOURCES = {
     "cpu-rapl": "CPU packages, RAPL energy counters (measured: the whole packages, every process on them)",
     "cpu": "CPU, ESTIMATE: CPU time x rig.cpu_watts_per_core, only where RAPL was not readable",
 }
+CPU_SOURCES = ("cpu-rapl", "cpu")
+"""The CPU's sources: each session counts under exactly one."""
 
 
 def estimated_cpu_joules(cpu_seconds: float, watts_per_core: float) -> float:
@@ -45,7 +51,8 @@ def integrate(times: np.ndarray, values: np.ndarray, start: float, end: float) -
 
 @dataclasses.dataclass(frozen=True)
 class PowerCurve:
-    """One source's samples as segments ``(run-clock seconds, watts)``, each a curve of its own."""
+    """One source's samples as segments ``(run-clock seconds, watts)``, each a curve of its own: nothing is
+    counted between two segments (the sessions in between counted under another source)."""
 
     segments: tuple[tuple[np.ndarray, np.ndarray], ...]
 
@@ -58,10 +65,23 @@ class PowerCurve:
         return sum((integrate(times, watts, start, end) for times, watts in self.segments), 0.0)
 
 
+def measured_cpu(session: list[dict[str, Any]]) -> bool:
+    """Whether RAPL measured the session's CPU power (a ``util`` sample with a ``cpu_power_w`` figure)."""
+    return any(e.get("event") == "util" and is_number(e.get("cpu_power_w")) for e in session)
+
+
 def power_curve(run: Run, source: str = "gpu") -> PowerCurve:
-    """The ``source`` power of the run's ``util`` samples (:func:`sample_watts`), one segment."""
-    curve = _samples(run.of_kind("util"), source, run.rig.cpu_watts_per_core)
-    return PowerCurve((curve,) if len(curve[0]) else ())
+    """The ``source`` power of the run's ``util`` samples (:func:`sample_watts`). Consecutive sessions it
+    counts make one segment; ``cpu-rapl`` counts the sessions RAPL measured (:func:`measured_cpu`), the
+    ``cpu`` estimate every other session."""
+    segments: list[list[dict[str, Any]]] = [[]]
+    for session in run.session_events():
+        if source in CPU_SOURCES and measured_cpu(session) != (source == "cpu-rapl"):
+            segments.append([])
+        else:
+            segments[-1] += [e for e in session if e.get("event") == "util"]
+    curves = (_samples(samples, source, run.rig.cpu_watts_per_core) for samples in segments)
+    return PowerCurve(tuple(curve for curve in curves if len(curve[0])))
 
 
 def _samples(util: list[dict[str, Any]], source: str, per_core: float) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,15 @@ class Run:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == kind]
 
+    def session_events(self) -> list[list[dict[str, Any]]]:
+        """The events of each session (process) of the run, in log order: every ``run_start`` opens one."""
+        sessions: list[list[dict[str, Any]]] = [[]]
+        for event in self.events:
+            if event.get("event") == "run_start" and sessions[-1]:
+                sessions.append([])
+            sessions[-1].append(event)
+        return sessions
+
     @property
     def active_seconds(self) -> float:
         return max((float(e["elapsed"]) for e in self.events if is_number(e.get("elapsed"))), default=0.0)

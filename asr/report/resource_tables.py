@@ -68,15 +68,14 @@ def _energy_rows(
     run: Run, comparison: Comparison
 ) -> tuple[list[list[str]], list[list[str]], list[float | None], float]:
     """One run's energy-to-accuracy and per-phase rows (one per power source), joules to each target
-    summed over sources (None where not reached), and the whole run's joules."""
+    summed over sources (None where not reached), and the whole run's joules. Each session's CPU counts
+    under one source (:mod:`asr.report.energy`), so the sum counts it once."""
     seconds = tta_seconds(run, comparison.targets, comparison.window)
     to_accuracy, phases = [], []
     summed: list[float | None] = [0.0] * len(comparison.targets)
     whole = 0.0
-    results = {source: energy(run, source) for source in POWER_SOURCES}
-    if results["cpu-rapl"] is not None:
-        results["cpu"] = None  # measured: the estimate would count the CPU twice
-    for source, result in results.items():
+    for source in POWER_SOURCES:
+        result = energy(run, source)
         if result is None:
             continue
         cells = []
