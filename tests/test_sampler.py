@@ -140,3 +140,14 @@ def test_sampler_writes_the_measured_package_power_where_rapl_is_readable(tmp_pa
     assert "cpu_power_w" not in plain  # no counter: the field is absent and the report estimates instead
     assert sampler.cpu_energy_method().startswith("measured by RAPL (1 package(s)")
     assert unmeasured.cpu_energy_method().startswith("estimated in the report from CPU time (no RAPL package")
+
+
+def test_cpu_name_reads_the_first_processor_and_falls_back_off_linux(tmp_path):
+    from asr.sampler import cpu_name
+
+    cpuinfo = tmp_path / "cpuinfo"
+    processor = "processor\t: {}\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: fpu\n"
+    cpuinfo.write_text(processor.format(0) + "\n" + processor.format(1).replace("AMD EPYC", "other"))
+    assert cpu_name(cpuinfo) == f"AMD EPYC (family 25, model 17), {os.cpu_count()} logical CPUs"
+    elsewhere = cpu_name(tmp_path / "absent")
+    assert elsewhere.endswith(f", {os.cpu_count()} logical CPUs") and "family" not in elsewhere

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from asr.sampler import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -167,13 +169,6 @@ def plot(rows: list[dict], column: str, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 class Sweep:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -361,16 +360,6 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def cpu_name() -> str:
-    """``lscpu``'s model name, CPU family and model, and the core count."""
-    fields = {}
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    name = fields.get("Model name", "unknown")
-    return f"{name} (family {fields.get('CPU family')}, model {fields.get('Model')}), {os.cpu_count()} cores"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "cpu2", help="trained cpu-recipe run")
@@ -411,6 +400,8 @@ def main() -> None:
                             args.repeats, accuracy, args.lm)  # fmt: skip
                 print(f"{model} / {backend} / {threads} thread(s) ...", file=sys.stderr)
                 results.append(run_child(cell))
+    from asr.sampler import cpu_name
+
     table = markdown(results, sizes, args.watts_per_core, cpu_name())
     print(table)
     if args.out:
