@@ -151,3 +151,69 @@ def test_cpu_name_reads_the_first_processor_and_falls_back_off_linux(tmp_path):
     assert cpu_name(cpuinfo) == f"AMD EPYC (family 25, model 17), {os.cpu_count()} logical CPUs"
     elsewhere = cpu_name(tmp_path / "absent")
     assert elsewhere.endswith(f", {os.cpu_count()} logical CPUs") and "family" not in elsewhere
+
+
+def load_bench_infer():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "bench_infer.py"
+    spec = importlib.util.spec_from_file_location("bench_infer", script)
+    module = sys.modules["bench_infer"] = importlib.util.module_from_spec(spec)  # its dataclass looks it up
+    spec.loader.exec_module(module)
+    return module
+
+
+class PackageHeatingModel:
+    """Stands in for an acoustic model in ``tools/bench_infer.py``: all-blank logits, and each call adds
+    3 J to package 0 of a fake powercap tree (when given one)."""
+
+    def __init__(self, powercap=None):
+        self.powercap, self.microjoules = powercap, 0
+
+    def run(self, batch):
+        import numpy as np
+
+        from asr.text import NUM_SYMBOLS
+
+        if self.powercap is not None:
+            self.microjoules += 3_000_000
+            powercap_tree(self.powercap, {0: self.microjoules}, wrap=2**40)
+        return (np.zeros((len(batch[0]) // 2, NUM_SYMBOLS), np.float32),)
+
+
+def test_bench_infer_measures_energy_with_rapl_where_readable_and_estimates_it_elsewhere(tmp_path):
+    """The rule training follows: RAPL's joules where the package counters are readable, else the report's
+    estimate (CPU seconds x watts per core); the table says which."""
+    import dataclasses
+
+    import numpy as np
+
+    from asr.report.energy import estimated_cpu_joules
+
+    bench = load_bench_infer()
+    powercap_tree(tmp_path / "powercap", {0: 0}, wrap=2**40)
+    speech = [("utt", np.random.default_rng(0).normal(0, 0.1, 16_000).astype(np.float32), "")]
+    tables = {}
+    for root in (tmp_path / "powercap", tmp_path / "absent"):
+        model = PackageHeatingModel(root if root.exists() else None)
+        cell = bench.Cell("cpu", "keras", 1, "", "", lengths=(0.5, 1.0), repeats=3, powercap_root=str(root))
+        result = {"cell": dataclasses.asdict(cell), "load_seconds": 1.0, "peak_rss_mb": 500.0,
+                  "energy": bench.energy_method(str(root))}  # fmt: skip
+        result["lengths"] = bench.time_lengths(model, cell, speech)
+        longest = result["lengths"][-1]
+        joules = bench.summarize(result, 3.75)["joules_longest"]
+        if root.exists():
+            assert longest["rapl_joules"] == pytest.approx(3.0)  # the counter's 3 J per call, not CPU time
+            assert joules == longest["rapl_joules"]
+        else:
+            assert "rapl_joules" not in longest
+            assert joules == estimated_cpu_joules(longest["cpu"], 3.75) == longest["cpu"] * 3.75
+        tables[root.name] = bench.markdown([result], {("cpu", "keras"): 1e6}, 3.75, "a CPU").splitlines()
+    assert tables["powercap"][0] == "CPU: a CPU. Energy: measured by RAPL (1 package(s), the whole packages)."
+    assert "(est.)" not in tables["powercap"][2] and "J per 30 s (est.)" in tables["absent"][2]
+    assert tables["absent"][0].startswith(
+        "CPU: a CPU. Energy: ESTIMATE from CPU seconds (no RAPL package zone"
+    )
+    assert tables["absent"][0].endswith("; the estimate: CPU seconds × 3.75 W per core.")
