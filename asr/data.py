@@ -277,11 +277,25 @@ def bucket_batch_sizes(data: DataConfig, global_batch: int, replicas: int = 1) -
     return [max(1, budget // max(1, n)) * replicas for n in longest]
 
 
+def within_max_frames(frames, data: DataConfig):
+    """Whether an utterance of ``frames`` input frames is short enough to train on: at most
+    ``data.max_frames`` (exactly ``max_frames`` is kept) where lengths are capped (:func:`length_capped`),
+    any length elsewhere. On Python ints and on int32 tensors (the pipeline's filter and tempo)."""
+    return frames <= data.max_frames if length_capped(data) else True
+
+
+def labels_fit(frames, label_length, model: ModelConfig):
+    """Whether a transcript of ``label_length`` labels (at least one) fits the model's output for ``frames``
+    input frames: CTC needs one output frame per label. On Python ints and on int32 tensors."""
+    return (output_frames(frames, model) >= label_length) & (label_length > 0)
+
+
 def drop_reason(frames: int, label_length: int, data: DataConfig, model: ModelConfig) -> str | None:
-    """Why an utterance of ``frames`` input frames and ``label_length`` labels is not trainable, or None."""
-    if length_capped(data) and frames > data.max_frames:
+    """Why an utterance of ``frames`` input frames and ``label_length`` labels is not trainable, or None:
+    the rules :func:`training_dataset` filters by (:func:`within_max_frames`, :func:`labels_fit`)."""
+    if not within_max_frames(frames, data):
         return DROP_TOO_MANY_FRAMES
-    if label_length < 1 or output_frames(frames, model) < label_length:
+    if not labels_fit(frames, label_length, model):
         return DROP_LABELS_TOO_LONG
     return None
 
@@ -366,9 +380,7 @@ def perturb_tempo(features, frames, label_length, data: DataConfig, model: Model
     low, high = data.tempo_range
     factor = low + (high - low) * tf.random.stateless_uniform([], seed=seed)
     stretched, count = stretch_time(features, frames, factor)
-    fits = output_frames(count, model) >= label_length
-    if length_capped(data):
-        fits &= count <= data.max_frames
+    fits = labels_fit(count, label_length, model) & within_max_frames(count, data)
     return tf.cond(fits, lambda: (stretched, count), lambda: (features, frames))
 
 
@@ -446,12 +458,8 @@ def training_dataset(
         records = records.shuffle(data.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     utterances = records.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def trainable(features, frames, labels, label_length):
-        fits = output_frames(frames, model) >= label_length
-        fits &= label_length > 0
-        if length_capped(data):
-            fits &= frames <= data.max_frames
-        return fits
+    def trainable(features, frames, labels, label_length):  # drop_reason's rules
+        return labels_fit(frames, label_length, model) & within_max_frames(frames, data)
 
     utterances = utterances.filter(trainable)
 
