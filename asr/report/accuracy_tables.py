@@ -58,7 +58,7 @@ def _tta_rows(
             if group == comparison.baseline:
                 base[key] = middle
                 if middle is None:
-                    bounds[key] = censored_aggregate(members, raw)
+                    bounds[key] = _censored_aggregate(members, raw)
             percents.append(_percent_of_baseline(middle, base.get(key), bounds.get(key)))
         rows.append([group, *cells])
         rows.append(["  % of baseline", *percents])
@@ -93,7 +93,7 @@ def _group_cell(values: list[float | None], scale: float, digits: int = 1) -> tu
     return text, middle
 
 
-def censored_aggregate(runs: Sequence[Run], times: Sequence[Any]) -> float | None:
+def _censored_aggregate(runs: Sequence[Run], times: Sequence[Any]) -> float | None:
     """A lower bound (s) of the runs' aggregate time to a target that some never reached: each of those
     counts at its whole active length, the earliest it could have got there had it gone on."""
     if any(t == "not evaluated" for t in times):

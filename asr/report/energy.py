@@ -65,18 +65,18 @@ class PowerCurve:
         return sum((integrate(times, watts, start, end) for times, watts in self.segments), 0.0)
 
 
-def measured_cpu(session: list[dict[str, Any]]) -> bool:
+def _measured_cpu(session: list[dict[str, Any]]) -> bool:
     """Whether RAPL measured the session's CPU power (a ``util`` sample with a ``cpu_power_w`` figure)."""
     return any(e.get("event") == "util" and is_number(e.get("cpu_power_w")) for e in session)
 
 
 def power_curve(run: Run, source: str = "gpu") -> PowerCurve:
-    """The ``source`` power of the run's ``util`` samples (:func:`sample_watts`). Consecutive sessions it
-    counts make one segment; ``cpu-rapl`` counts the sessions RAPL measured (:func:`measured_cpu`), the
+    """The ``source`` power of the run's ``util`` samples (:func:`_sample_watts`). Consecutive sessions it
+    counts make one segment; ``cpu-rapl`` counts the sessions RAPL measured (:func:`_measured_cpu`), the
     ``cpu`` estimate every other session."""
     segments: list[list[dict[str, Any]]] = [[]]
     for session in run.session_events():
-        if source in CPU_SOURCES and measured_cpu(session) != (source == "cpu-rapl"):
+        if source in CPU_SOURCES and _measured_cpu(session) != (source == "cpu-rapl"):
             segments.append([])
         else:
             segments[-1] += [e for e in session if e.get("event") == "util"]
@@ -88,7 +88,7 @@ def _samples(util: list[dict[str, Any]], source: str, per_core: float) -> tuple[
     """Run-clock seconds and watts of the samples that have a ``source`` figure, in time order."""
     times, watts = [], []
     for event in util:
-        value = sample_watts(event, source, per_core) if is_number(event.get("elapsed")) else None
+        value = _sample_watts(event, source, per_core) if is_number(event.get("elapsed")) else None
         if value is not None:
             times.append(float(event["elapsed"]))
             watts.append(value)
@@ -96,7 +96,7 @@ def _samples(util: list[dict[str, Any]], source: str, per_core: float) -> tuple[
     return np.asarray(times, dtype=float)[order], np.asarray(watts, dtype=float)[order]
 
 
-def sample_watts(event: dict[str, Any], source: str, per_core: float) -> float | None:
+def _sample_watts(event: dict[str, Any], source: str, per_core: float) -> float | None:
     """One ``util`` sample's power (W), None where it has none: ``gpu``, total GPU board power (NVML);
     ``cpu-rapl``, the CPU packages' power measured by RAPL (``cpu_power_w``); ``cpu``, the estimate,
     (``cpu_percent`` + ``children_cpu_percent``) / 100 busy cores × ``per_core`` watts (none when 0)."""
@@ -127,12 +127,12 @@ def energy(run: Run, source: str = "gpu") -> dict[str, Any] | None:
     for name, start, end in phase_spans(run):
         phases[name] = phases.get(name, 0.0) + curve.integrate(start, end)
     phases = {"train": total - sum(phases.values()), **phases}
-    bounds = epoch_bounds(run)
+    bounds = _epoch_bounds(run)
     per_epoch = {epoch: curve.integrate(start, end) for epoch, (start, end) in bounds.items()}
     return {"total": total, "phases": phases, "epochs": per_epoch, "curve": curve}
 
 
-def epoch_bounds(run: Run) -> dict[int, tuple[float, float]]:
+def _epoch_bounds(run: Run) -> dict[int, tuple[float, float]]:
     """Epoch -> (start, end) run-clock seconds: from its first training step's start (epoch 0: from 0) to
     the next epoch's start (the last: without end)."""
     starts: dict[int, float] = {}

@@ -46,14 +46,14 @@ def compare(runs: list[Run], baseline: str | None = None, price_override: float 
     if baseline is not None and not baseline_runs:
         baseline_runs = [r for r in runs if r.group == baseline]
     ordered = baseline_runs[:1] + [r for r in runs if r not in baseline_runs[:1]]
-    groups = assign_groups(ordered)
+    groups = _assign_groups(ordered)
     for index, run in enumerate(ordered):
         run.color = f"C{index % 10}"
     notes = []
     if baseline is not None and not baseline_runs:
         labels = ", ".join(sorted({r.label for r in runs} | {r.recipe_name for r in runs}))
         notes.append(f"baseline {baseline!r} matches no run (runs: {labels}); using {ordered[0].label}")
-    targets, window, target_notes = common_targets(ordered)
+    targets, window, target_notes = _common_targets(ordered)
     notes += target_notes
     for note in notes:
         warn(note)
@@ -80,7 +80,7 @@ def _configuration(run: Run) -> dict[str, Any]:
     return flat
 
 
-def assign_groups(runs: list[Run]) -> dict[str, list[Run]]:
+def _assign_groups(runs: list[Run]) -> dict[str, list[Run]]:
     """Label each run's configuration; runs sharing a label are repeats (aggregated)."""
     configs = [_configuration(run) for run in runs]
     by_name: dict[tuple[str, str], list[int]] = {}
@@ -125,7 +125,7 @@ def target_label(metric: str, target: float) -> str:
     return f"{metric.upper()} {target:g}"
 
 
-def common_targets(runs: list[Run]) -> tuple[list[tuple[str, float]], int, list[str]]:
+def _common_targets(runs: list[Run]) -> tuple[list[tuple[str, float]], int, list[str]]:
     """The baseline-first union of the runs' targets, the window, and notes where runs disagree."""
     notes, targets = [], []
     for run in runs:

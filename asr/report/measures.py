@@ -32,7 +32,7 @@ def tta_seconds(
     return values
 
 
-def training_steps(run: Run) -> list[dict[str, Any]]:
+def _training_steps(run: Run) -> list[dict[str, Any]]:
     """Training ``step`` events, without the first step of each session (it includes graph tracing)."""
     steps, first = [], True
     for event in run.events:
@@ -48,7 +48,7 @@ def training_steps(run: Run) -> list[dict[str, Any]]:
 def throughput(run: Run) -> dict[str, float] | None:
     """Utterances per second over training steps only: total, per replica, and the median step's; and
     seconds of (unpadded) audio per second, where the steps record it (``None`` otherwise)."""
-    steps = [s for s in training_steps(run) if is_number(s.get("batch_size"))]
+    steps = [s for s in _training_steps(run) if is_number(s.get("batch_size"))]
     if not steps:
         return None
     seconds = sum(float(s["step_seconds"]) for s in steps)

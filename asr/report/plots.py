@@ -26,31 +26,8 @@ def make_plots(comparison: Comparison, util_window_start: float | None) -> list[
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    figures: list[tuple[str, str, Callable[[Any], None]]] = [
-        (
-            "loss.png",
-            "CTC loss over run time (Gaussian-smoothed, \u03c3 = 10 steps)",
-            lambda f: plot_loss(comparison, f),
-        ),
-        (
-            "accuracy.png",
-            "Development CER and WER over run time, targets dashed",
-            lambda f: plot_accuracy(comparison, f),
-        ),
-        (
-            "throughput.png",
-            "Training throughput over run time (thin: per step, 0 while evaluating, swapping, "
-            "checkpointing; thick: mean over 60 s)",
-            lambda f: plot_throughput(comparison, f),
-        ),
-        (
-            "utilization.png",
-            f"CPU and GPU utilization over a {UTIL_WINDOW_SECONDS:g} s window",
-            lambda f: plot_utilization(comparison, f, util_window_start),
-        ),
-    ]
     pictures = []
-    for name, title, draw in figures:
+    for name, title, draw in _figures(comparison, util_window_start):
         figure = plt.figure(figsize=(9, 4.8) if name != "accuracy.png" else (12, 4.8), dpi=100)
         try:
             draw(figure)
@@ -60,6 +37,35 @@ def make_plots(comparison: Comparison, util_window_start: float | None) -> list[
         finally:
             plt.close(figure)
     return pictures
+
+
+def _figures(
+    comparison: Comparison, util_window_start: float | None
+) -> list[tuple[str, str, Callable[[Any], None]]]:
+    """(file name, title, function drawing it on a figure) of each plot, in the report's order."""
+    return [
+        (
+            "loss.png",
+            "CTC loss over run time (Gaussian-smoothed, \u03c3 = 10 steps)",
+            lambda f: _plot_loss(comparison, f),
+        ),
+        (
+            "accuracy.png",
+            "Development CER and WER over run time, targets dashed",
+            lambda f: _plot_accuracy(comparison, f),
+        ),
+        (
+            "throughput.png",
+            "Training throughput over run time (thin: per step, 0 while evaluating, swapping, "
+            "checkpointing; thick: mean over 60 s)",
+            lambda f: _plot_throughput(comparison, f),
+        ),
+        (
+            "utilization.png",
+            f"CPU and GPU utilization over a {UTIL_WINDOW_SECONDS:g} s window",
+            lambda f: _plot_utilization(comparison, f, util_window_start),
+        ),
+    ]
 
 
 def _plain_log_axis(axes: Any) -> None:
@@ -75,7 +81,7 @@ def _empty(axes: Any, text: str) -> None:
     axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, color="0.4")
 
 
-def plot_loss(comparison: Comparison, figure: Any) -> None:
+def _plot_loss(comparison: Comparison, figure: Any) -> None:
     from scipy.ndimage import gaussian_filter1d
 
     axes = figure.add_subplot(1, 1, 1)
@@ -99,7 +105,7 @@ def plot_loss(comparison: Comparison, figure: Any) -> None:
     axes.grid(True, which="both", alpha=0.3)
 
 
-def plot_accuracy(comparison: Comparison, figure: Any) -> None:
+def _plot_accuracy(comparison: Comparison, figure: Any) -> None:
     for index, metric in enumerate(METRICS):
         axes = figure.add_subplot(1, 2, index + 1)
         drawn = False
@@ -143,7 +149,7 @@ def _target_line(axes: Any, target: float) -> None:
     )
 
 
-def throughput_curve(run: Run) -> tuple[list[float], list[float]]:
+def _throughput_curve(run: Run) -> tuple[list[float], list[float]]:
     """The segments of :func:`throughput_segments` as a step curve (two points per segment)."""
     times, values = [], []
     for start, end, value in throughput_segments(run):
@@ -152,11 +158,11 @@ def throughput_curve(run: Run) -> tuple[list[float], list[float]]:
     return times, values
 
 
-def plot_throughput(comparison: Comparison, figure: Any) -> None:
+def _plot_throughput(comparison: Comparison, figure: Any) -> None:
     axes = figure.add_subplot(1, 1, 1)
     drawn = False
     for run in comparison.runs:
-        times, values = throughput_curve(run)
+        times, values = _throughput_curve(run)
         if any(values):
             axes.plot([t / 60 for t in times], values, color=run.color, linewidth=0.5, alpha=0.3)
             centres, rates = windowed_throughput(throughput_segments(run))
@@ -176,15 +182,15 @@ def plot_throughput(comparison: Comparison, figure: Any) -> None:
     axes.grid(True, alpha=0.3)
 
 
-def default_util_window(comparison: Comparison) -> float:
+def _default_util_window(comparison: Comparison) -> float:
     """Start 5 s before the first run's first evaluation phase (so the swap shows), else at 0."""
     spans = phase_spans(comparison.runs[0])
     starts = [start for phase, start, _ in spans if phase in ("swap_out", "evaluate")]
     return max(0.0, min(starts) - 5.0) if starts else 0.0
 
 
-def plot_utilization(comparison: Comparison, figure: Any, window_start: float | None) -> None:
-    start = default_util_window(comparison) if window_start is None else float(window_start)
+def _plot_utilization(comparison: Comparison, figure: Any, window_start: float | None) -> None:
+    start = _default_util_window(comparison) if window_start is None else float(window_start)
     end = start + UTIL_WINDOW_SECONDS
     axes = figure.add_subplot(1, 1, 1)
     drawn = shaded = False

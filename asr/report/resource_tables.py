@@ -14,6 +14,15 @@ from asr.report.table import Table, fmt
 JOULES_PER_KWH = 3.6e6
 
 
+NO_ENERGY = Table(
+    "Energy to accuracy",
+    ["run"],
+    [],
+    "No power was sampled in any run (no NVML, no readable RAPL) and no run sets "
+    "rig.cpu_watts_per_core: no energy figures.",
+)
+
+
 def energy_tables(comparison: Comparison) -> list[Table]:
     """Energy to accuracy (kJ until each median-rule TTA) per power source, CO2 to accuracy, and energy
     per phase/epoch."""
@@ -22,21 +31,10 @@ def energy_tables(comparison: Comparison) -> list[Table]:
         rows, phase_rows, joules_to, whole = _energy_rows(run, comparison)
         to_accuracy += rows
         phases += phase_rows
-        intensity = run.rig.grid_g_co2_per_kwh
-        if rows and intensity > 0:
-            grams = [None if j is None else j / JOULES_PER_KWH * intensity for j in joules_to]
-            co2.append([run.label, f"{intensity:g}", fmt(whole / JOULES_PER_KWH * intensity, 1),
-                        *[fmt(g, 1) for g in grams]])  # fmt: skip
+        if rows and run.rig.grid_g_co2_per_kwh > 0:
+            co2.append(_co2_row(run, joules_to, whole))
     if not to_accuracy:
-        return [
-            Table(
-                "Energy to accuracy",
-                ["run"],
-                [],
-                "No power was sampled in any run (no NVML, no readable RAPL) and no run sets "
-                "rig.cpu_watts_per_core: no energy figures.",
-            )
-        ]
+        return [NO_ENERGY]
     targets = [target_label(m, t) for m, t in comparison.targets]
     sources = "; ".join(f"{key}: {text}" for key, text in POWER_SOURCES.items())
     tables = [
@@ -52,16 +50,28 @@ def energy_tables(comparison: Comparison) -> list[Table]:
         Table("Energy per phase and per epoch, kJ", ["run", "source", "per phase", "per epoch"], phases),
     ]
     if co2:
+        note = (
+            "g CO2 = (GPU + CPU energy) in kWh × rig.grid_g_co2_per_kwh; the CPU part is an estimate "
+            "where its source is cpu."
+        )
         tables.append(
             Table(
-                "CO2 to accuracy (median rule), g",
-                ["run", "g CO2 per kWh", "whole run", *targets],
-                co2,
-                "g CO2 = (GPU + CPU energy) in kWh × rig.grid_g_co2_per_kwh; the CPU part is an estimate "
-                "where its source is cpu.",
+                "CO2 to accuracy (median rule), g", ["run", "g CO2 per kWh", "whole run", *targets], co2, note
             )
         )
     return tables
+
+
+def _co2_row(run: Run, joules_to: list[float | None], whole: float) -> list[str]:
+    """Grams of CO2 for the whole run and to each target (None: not reached), at the rig's grid intensity."""
+    intensity = run.rig.grid_g_co2_per_kwh
+    grams = [None if j is None else j / JOULES_PER_KWH * intensity for j in joules_to]
+    return [
+        run.label,
+        f"{intensity:g}",
+        fmt(whole / JOULES_PER_KWH * intensity, 1),
+        *[fmt(g, 1) for g in grams],
+    ]
 
 
 def _energy_rows(
