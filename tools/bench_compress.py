@@ -44,10 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def evaluate_run(run_dir: Path, sets, beam: int, lm: str) -> dict[str, float]:
     """WER/CER per set with greedy decoding and with beam + LM, from the run's newest checkpoint."""
-    from asr.evaluate import DecodeSetting, evaluate_checkpoint, load_run_recipe, open_newest
+    from asr.evaluate import DecodeSetting, evaluate_checkpoint
+    from asr.inference import open_run
 
-    recipe = load_run_recipe(run_dir)
-    _, logits_fn = open_newest(run_dir, recipe)
+    logits_fn = open_run(run_dir).logits_fn
     settings = [DecodeSetting(1), DecodeSetting(beam, lm)]
     scores = {}
     for result in evaluate_checkpoint(sets, logits_fn, settings, batch_size=16):
@@ -58,11 +58,9 @@ def evaluate_run(run_dir: Path, sets, beam: int, lm: str) -> dict[str, float]:
 
 
 def run_model(run_dir: Path):
-    from asr.checkpoint import latest_checkpoint
-    from asr.config import load_recipe
-    from asr.inference import restore_model
+    from asr.inference import restore_model, restore_run
 
-    return restore_model(load_recipe(run_dir / "recipe.yaml"), latest_checkpoint(run_dir))[0]
+    return restore_run(run_dir, None, restore_model)[2][0]
 
 
 def float32_sizes(model) -> dict[str, int]:
