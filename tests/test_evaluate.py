@@ -527,3 +527,142 @@ def data_dir_of(run_dir: Path) -> Path:
     import yaml
 
     return Path(yaml.safe_load((run_dir / "recipe.yaml").read_text())["data"]["dev"])
+
+
+# --------------------------------------------------------------------------- an export: --model
+
+EXPORT_LOGITS_TOLERANCE = 1e-4
+"""TFLite float32 vs the checkpoint's evaluation model on the same features: the same float32 arithmetic
+in other kernels (XNNPACK vs Eigen); measured 1.4e-5 on the cpu recipe's model (``tests/test_export.py``,
+``SAME_FEATURES_TOLERANCE``), 1.5e-6 on ``tiny_run``'s. With every logit moved by at most ``d`` (measured),
+greedy text can change only at a frame whose two best symbols are within ``2 d`` of each other, and the
+CTC loss (a log-sum-exp over paths of per-frame log-softmax terms, each moved by at most ``2 d``) by at
+most ``2 d`` per output frame."""
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_run, tmp_path_factory) -> Path:
+    """``asr.export`` of ``tiny_run``: TFLite float32 and int8 only (no SavedModel: faster, and a backend
+    the export lacks)."""
+    from asr import export
+
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    assert export.main(["--run", str(tiny_run), "--out", str(out), "--formats", "tflite", "tflite-int8"]) == 0
+    return out
+
+
+def evaluate_main(*args) -> int:
+    from asr.evaluate import main
+
+    return main([str(a) for a in args])
+
+
+def rows_of(path: Path) -> list[dict]:
+    return json.loads(path.read_text())
+
+
+def test_an_export_evaluates_like_its_checkpoint(tiny_run, tiny_export, tmp_path, capsys):
+    """``--model`` on the float32 TFLite export gives the checkpoint's hypotheses, scores and loss, in the
+    same files; the int8 export gets its own table beside it; the export's own files are left alone."""
+    from asr.inference import open_export, open_run
+
+    run_dir, dev = copy_of(tiny_run, tmp_path), data_dir_of(tiny_run)
+    shipped = {p.name: p.stat().st_mtime_ns for p in tiny_export.iterdir()}
+    assert evaluate_main("--run", run_dir, "--data", dev, "--beam", 1, "--lm", "") == 0
+    assert evaluate_main("--model", tiny_export, "--data", dev, "--beam", 1, "--lm", "") == 0
+    assert evaluate_main("--model", tiny_export, "--backend", "tflite-int8", "--data", dev, "--beam", 1,
+                         "--lm", "") == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"Export {tiny_export} (tflite, ckpt-" in printed and "| dev |" in printed
+
+    (run_out,) = (run_dir / "eval").glob("ckpt-*")
+    model_out = tiny_export / "eval" / "tflite"
+    assert sorted(p.name for p in model_out.iterdir()) == sorted(p.name for p in run_out.iterdir())
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_export.iterdir() if p.name != "eval"} == shipped
+
+    # the logits themselves, where the greedy text is decided: equal within float32 kernel differences
+    eval_set = load_eval_set(dev)
+    ((_, batch, frames, labels),) = padded_batches(eval_set, len(eval_set))
+    reference, out, _ = open_run(run_dir).logits_fn(batch, frames, labels)
+    exported, out_exported, _ = open_export(tiny_export, "tflite").logits_fn(batch, frames, labels)
+    assert out_exported.tolist() == out.tolist()
+    valid = np.arange(reference.shape[1])[None, :] < out[:, None]
+    moved = np.abs(exported - reference)[valid].max()
+    assert moved < EXPORT_LOGITS_TOLERANCE
+    top2 = np.sort(reference, axis=-1)[..., -2:]  # a frame's symbol can change only if its gap <= 2 x moved
+    near_tie = ((top2[..., 1] - top2[..., 0] <= 2 * moved) & valid).any(axis=1)
+    assert near_tie.sum() <= len(eval_set) // 2, "too many near ties for the comparison to mean something"
+
+    # the hypotheses: equal for every utterance without a near tie (rows are in set order)
+    run_lines = (run_out / "dev.beam1.hyp.tsv").read_text().splitlines()
+    model_lines = (model_out / "dev.beam1.hyp.tsv").read_text().splitlines()
+    assert model_lines[0] == run_lines[0] and len(model_lines) == len(run_lines) == len(eval_set) + 1
+    decided = [i for i in range(len(eval_set)) if not near_tie[i]]
+    assert [model_lines[1 + i] for i in decided] == [run_lines[1 + i] for i in decided]
+    assert any(line.split("\t")[-1] for line in run_lines[1:]), "the tiny model should emit some text"
+
+    # the rows: the same fields (the export's marked), the same scores when no utterance had a near tie,
+    # and the loss within what the logits allow: |d loss| <= 2 x (largest logit change) x output frames
+    (run_row,) = rows_of(run_out / "results.json")
+    (model_row,) = rows_of(model_out / "results.json")
+    assert set(model_row) == set(run_row) | {"backend", "model"}
+    assert (model_row["backend"], model_row["checkpoint"]) == ("tflite", run_out.name)
+    references = ["utterances", "reference_words", "reference_chars", "skipped_utterances", "decoder"]
+    assert {k: model_row[k] for k in references} == {k: run_row[k] for k in references}
+    if not near_tie.any():  # every hypothesis equal, so every count and rate (the same Python arithmetic)
+        scores = ["wer", "cer", "cer_maxlen", "substitutions", "deletions", "insertions", "hits",
+                  "char_substitutions", "char_deletions", "char_insertions"]  # fmt: skip
+        assert {k: model_row[k] for k in scores} == {k: run_row[k] for k in scores}
+    assert model_row["loss"] == pytest.approx(run_row["loss"], abs=2 * moved * out.max())
+
+    int8_out = tiny_export / "eval" / "tflite-int8"
+    (int8_row,) = rows_of(int8_out / "results.json")
+    assert int8_row["backend"] == "tflite-int8" and int8_row["utterances"] == len(eval_set)
+    assert "| set | utterances | WER | CER |" in (int8_out / "table.md").read_text()
+    merged = rows_of(tiny_export / "eval" / "results.json")
+    assert [(r["split"], r["backend"]) for r in merged] == [("dev", "tflite"), ("dev", "tflite-int8")]
+
+
+def test_bad_model_backend_or_out_is_one_line_exit_2_before_any_work(
+    tiny_export, tiny_shards, tmp_path, capsys
+):
+    dev = tiny_shards / "dev"
+    nowhere = tmp_path / "nowhere"
+    files, shards = sorted(tiny_export.rglob("*")), sorted(tiny_shards.rglob("*"))
+    cases = [
+        (["--model", nowhere], f"--model: {nowhere}: not an export directory of asr.export (no export.json)"),
+        (["--model", tiny_export, "--backend", "savedmodel"], f"--model: {tiny_export}: no saved_model.pb"),
+        (["--model", tiny_export, "--out", tiny_export], f"--out {tiny_export}: overlaps the export"),
+        (
+            ["--model", tiny_export, "--out", tiny_export / "x"],
+            f"--out {tiny_export / 'x'}: overlaps the export",
+        ),
+        (
+            ["--model", tiny_export, "--out", tiny_export.parent],
+            f"--out {tiny_export.parent}: overlaps the export",
+        ),
+        (
+            ["--model", tiny_export, "--out", dev / "results"],
+            f"--out {dev / 'results'}: overlaps --data {dev}",
+        ),
+        (["--model", tiny_export, "--out", tiny_shards], f"--out {tiny_shards}: overlaps --data {dev}"),
+    ]
+    for args, message in cases:
+        assert evaluate_main(*args, "--data", dev, "--beam", 1, "--lm", "") == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"asr.evaluate: error: {message}"), err
+    assert sorted(tiny_export.rglob("*")) == files and sorted(tiny_shards.rglob("*")) == shards
+
+    usage = [
+        (["--model", tiny_export, "--backend", "tflite8"], "argument --backend: invalid choice: 'tflite8'"),
+        (["--run", tmp_path, "--backend", "tflite"], "--backend needs --model"),
+        (["--run", tmp_path, "--out", tmp_path], "--out needs --model"),
+        (["--model", tiny_export, "--checkpoint", "3"], "--checkpoint: not with --model"),
+        (["--model", tiny_export, "--run", tmp_path], "argument --run: not allowed with argument --model"),
+    ]
+    for args, message in usage:
+        with pytest.raises(SystemExit) as exited:
+            evaluate_main(*args)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"python -m asr.evaluate: error: {message}"), err
