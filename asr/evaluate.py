@@ -557,8 +557,10 @@ def open_exported(export_dir: Path, backend: str):
     try:
         return open_export(export_dir, backend)
     except (ValueError, OSError) as error:  # ExportNotFoundError, ConfigError, an unreadable model file
-        lines = str(error).strip().splitlines() or [type(error).__name__]
-        raise EvaluateError(f"--model: {lines[0]}") from None
+        line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if str(export_dir) not in line:  # the interpreter's own message: say which model it was
+            line = f"{export_dir} ({backend}): {line}"
+        raise EvaluateError(f"--model: {line}") from None
 
 
 def with_ctc_loss(logits_fn: LogitsFn) -> LogitsFn:

@@ -629,9 +629,13 @@ def test_bad_model_backend_or_out_is_one_line_exit_2_before_any_work(
     dev = tiny_shards / "dev"
     nowhere = tmp_path / "nowhere"
     files, shards = sorted(tiny_export.rglob("*")), sorted(tiny_shards.rglob("*"))
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_export, cut)
+    (cut / "model.tflite").write_bytes((tiny_export / "model.tflite").read_bytes()[:100])
     cases = [
         (["--model", nowhere], f"--model: {nowhere}: not an export directory of asr.export (no export.json)"),
         (["--model", tiny_export, "--backend", "savedmodel"], f"--model: {tiny_export}: no saved_model.pb"),
+        (["--model", cut], f"--model: {cut} (tflite): "),
         (["--model", tiny_export, "--out", tiny_export], f"--out {tiny_export}: overlaps the export"),
         (
             ["--model", tiny_export, "--out", tiny_export / "x"],
@@ -666,3 +670,14 @@ def test_bad_model_backend_or_out_is_one_line_exit_2_before_any_work(
         err = capsys.readouterr().err
         assert exited.value.code == 2 and err.count("\n") == 1, err
         assert err.startswith(f"python -m asr.evaluate: error: {message}"), err
+
+
+def test_a_step_without_a_checkpoint_is_one_line_naming_the_steps_there_are(tiny_run, capsys):
+    (step,) = [int(p.stem.split("-")[1]) for p in (tiny_run / "checkpoints").glob("ckpt-*.json")]
+    files = sorted(tiny_run.rglob("*"))
+    assert evaluate_main("--run", tiny_run, "--checkpoint", step + 1, "--beam", 1, "--lm", "") == 2
+    assert capsys.readouterr().err == (
+        f"asr.evaluate: error: --checkpoint {step + 1}: {tiny_run}: no checkpoint at step {step + 1} "
+        f"(steps: {step})\n"
+    )
+    assert sorted(tiny_run.rglob("*")) == files
