@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_RECIPE
 
 from asr.decoding import BeamSearchDecoder, GreedyDecoder
 from asr.evaluate import (
@@ -378,6 +377,12 @@ def test_numeric_options_out_of_range_are_one_line_usage_errors(tmp_path, run_mo
     assert result.stderr == f"python -m asr.evaluate: error: argument {option}: {message} (see --help)\n"
 
 
+def evaluate_main(*args) -> int:
+    from asr.evaluate import main
+
+    return main([str(a) for a in args])
+
+
 def copy_of(run_dir: Path, tmp_path: Path) -> Path:
     shutil.copytree(run_dir, tmp_path / "run")
     return tmp_path / "run"
@@ -391,28 +396,40 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
 
 
-def test_command_with_a_damaged_shard_warns_and_counts_or_stops_with_strict(
-    tiny_run, tiny_corpus, tmp_path, run_module
-):
-    dev = tmp_path / "dev-small"
-    extracted = run_module("asr.extract", "--corpus", tiny_corpus, "--subsets", "dev-clean", "--out", dev,
-                           "--shard-size", 2, "--workers", 1, "--quiet")  # fmt: skip
-    assert extracted.returncode == 0, extracted.stderr
+def reshard(source: Path, out: Path, per_shard: int) -> Path:
+    """``source``'s utterances (real features) rewritten ``per_shard`` to a gzip shard, with a manifest
+    counting them as ``asr.extract`` writes it: several shards without extracting again."""
+    eval_set = load_eval_set(source)
+    out.mkdir(parents=True)
+    entries = []
+    for start in range(0, len(eval_set), per_shard):
+        rows = range(start, min(start + per_shard, len(eval_set)))
+        records = [utterance_example(eval_set.features[i], encode(eval_set.texts[i]), eval_set.texts[i],
+                                     eval_set.utt_ids[i], eval_set.durations[i]) for i in rows]  # fmt: skip
+        name = f"shard-{start // per_shard:05d}{SUFFIXES['gzip']}"
+        write_shard(out / name, records)
+        entries.append({"file": name, "utterances": len(records)})
+    (out / "manifest.json").write_text(json.dumps({"alphabet": list(SYMBOLS), "shards": entries}))
+    return out
+
+
+def test_command_with_a_damaged_shard_warns_and_counts_or_stops_with_strict(tiny_run, tmp_path, capsys):
+    dev = reshard(data_dir_of(tiny_run), tmp_path / "dev-small", per_shard=2)
     damaged = damage(dev / "shard-00001.tfrecord.gz", "flipped")
     run_dir = copy_of(tiny_run, tmp_path)
 
-    strict = run_module("asr.evaluate", "--run", run_dir, "--data", dev, "--beam", 1, "--strict")
-    assert strict.returncode == 2
-    assert strict.stderr.startswith(f"asr.evaluate: error: --data: {damaged}: ")
-    assert strict.stderr.endswith(" (--strict)\n") and strict.stderr.count("\n") == 1
+    assert evaluate_main("--run", run_dir, "--data", dev, "--beam", 1, "--strict") == 2
+    strict = capsys.readouterr().err
+    assert strict.startswith(f"asr.evaluate: error: --data: {damaged}: ")
+    assert strict.endswith(" (--strict)\n") and strict.count("\n") == 1
     assert not (run_dir / "eval").exists()
 
-    result = run_module("asr.evaluate", "--run", run_dir, "--data", dev, "--beam", 1)
-    assert result.returncode == 0, result.stderr[-3000:]
-    warnings = [line for line in result.stderr.splitlines() if "warning: --data" in line]
+    assert evaluate_main("--run", run_dir, "--data", dev, "--beam", 1) == 0
+    result = capsys.readouterr()
+    warnings = [line for line in result.err.splitlines() if "warning: --data" in line]
     assert len(warnings) == 1 and warnings[0].startswith(f"asr.evaluate: warning: --data: {damaged}: ")
     assert warnings[0].endswith("; 0 of its utterances used, 2 lost")
-    assert "dev-small: incomplete: 2 utterances in 1 damaged or missing shard files" in result.stdout
+    assert "dev-small: incomplete: 2 utterances in 1 damaged or missing shard files" in result.out
     (row,) = json.loads((run_dir / "eval" / "results.json").read_text())
     assert (row["utterances"], row["skipped_utterances"], row["damaged_shards"]) == (4, 2, 1)
 
@@ -488,38 +505,48 @@ def test_watch_stops_with_one_line_on_a_damaged_watched_file(tiny_run, tmp_path,
     assert result.stderr.count("\n") == 1
 
 
-def test_a_damaged_newest_checkpoint_falls_back_with_one_warning_naming_both(tiny_run, tmp_path, run_module):
+def later_checkpoint(run_dir: Path) -> tuple[int, int]:
+    """A second, later checkpoint of the run: its only one's files copied under step + 4, with their sizes
+    and checksums recorded as a save does (instead of training another epoch). Returns (older, newer)."""
+    directory = run_dir / "checkpoints"
+    (state_path,) = directory.glob("ckpt-*.json")
+    older = int(state_path.stem.split("-")[1])
+    newer = older + 4
+    state = json.loads(state_path.read_text())
+    files = {}
+    for name, record in state["files"].items():
+        renamed = name.replace(f"ckpt-{older}.", f"ckpt-{newer}.")
+        shutil.copyfile(directory / name, directory / renamed)
+        files[renamed] = record
+    state.update(step=newer, files=files)
+    state["progress"]["step"] = newer
+    (directory / f"ckpt-{newer}.json").write_text(json.dumps(state))
+    return older, newer
+
+
+def test_a_damaged_newest_checkpoint_falls_back_with_one_warning_naming_both(tiny_run, tmp_path, capsys):
     run = copy_of(tiny_run, tmp_path)
-    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run)]
-    for item in (f"data.train={data_dir_of(tiny_run).parent / 'train'}", f"data.dev={data_dir_of(tiny_run)}",
-                 *TINY_RECIPE, "train.epochs=2"):  # fmt: skip
-        command += ["--set", item]
-    trained = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert trained.returncode == 0, trained.stderr[-3000:]  # a second epoch: a second checkpoint
-    steps = sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("ckpt-*.json"))
-    assert len(steps) == 2
-    newest, older = steps[-1], steps[-2]
+    older, newest = later_checkpoint(run)
     (data,) = (run / "checkpoints").glob(f"ckpt-{newest}.data-*")
     data.write_bytes(data.read_bytes()[:64])
     dev = data_dir_of(tiny_run)
-    result = run_module("asr.evaluate", "--run", run, "--beam", 1, "--lm", "", "--data", dev)
-    assert result.returncode == 0, result.stderr[-3000:]
-    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert evaluate_main("--run", run, "--beam", 1, "--lm", "", "--data", dev) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and f"ckpt-{newest} (" in warnings[0]
     assert f"using the older ckpt-{older}" in warnings[0]
     assert (run / "eval" / f"ckpt-{older}" / "results.json").is_file()
 
-    damaged = run_module("asr.evaluate", "--run", run, "--checkpoint", newest, "--beam", 1, "--lm", "",
-                         "--data", dev)  # fmt: skip
-    lines = damaged.stderr.strip().splitlines()
-    assert damaged.returncode == 2 and lines[-1].startswith(f"asr.evaluate: error: --checkpoint {newest}: ")
-    assert "damaged" in lines[-1] and "Traceback" not in damaged.stderr
+    assert evaluate_main("--run", run, "--checkpoint", newest, "--beam", 1, "--lm", "", "--data", dev) == 2
+    damaged = capsys.readouterr().err
+    assert damaged.startswith(f"asr.evaluate: error: --checkpoint {newest}: ") and damaged.count("\n") == 1
+    assert "damaged" in damaged
 
     for data in (run / "checkpoints").glob("ckpt-*.data-*"):
         data.write_bytes(b"")
-    none = run_module("asr.evaluate", "--run", run, "--beam", 1, "--lm", "", "--data", dev)
-    assert none.returncode == 2 and "no usable checkpoint" in none.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in none.stderr
+    assert evaluate_main("--run", run, "--beam", 1, "--lm", "", "--data", dev) == 2
+    none = capsys.readouterr().err
+    assert none.startswith("asr.evaluate: error: --run ") and none.count("\n") == 1
+    assert "no usable checkpoint" in none
 
 
 def data_dir_of(run_dir: Path) -> Path:
@@ -549,12 +576,6 @@ def tiny_export(tiny_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "tiny"
     assert export.main(["--run", str(tiny_run), "--out", str(out), "--formats", "tflite", "tflite-int8"]) == 0
     return out
-
-
-def evaluate_main(*args) -> int:
-    from asr.evaluate import main
-
-    return main([str(a) for a in args])
 
 
 def rows_of(path: Path) -> list[dict]:
