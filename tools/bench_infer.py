@@ -401,16 +401,19 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from asr.config import Bound, OneLineParser, option_type
+
+    parser = OneLineParser(prog="tools/bench_infer.py", description=__doc__.split("\n\n")[0])
+    positive = option_type(float, Bound(0, low_open=True))
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "cpu2", help="trained cpu-recipe run")
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "minilibri")
     parser.add_argument("--lm", default=str(REPO / "work" / "minilibri" / "lm"))
     parser.add_argument("--models", nargs="+", default=["cpu", "paper"])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
-    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--lengths", nargs="+", type=float, default=list(LENGTHS))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--watts-per-core", type=float, default=WATTS_PER_CORE)
+    parser.add_argument("--threads", nargs="+", type=option_type(int, Bound(1)), default=[1, 2])
+    parser.add_argument("--lengths", nargs="+", type=positive, default=list(LENGTHS))
+    parser.add_argument("--repeats", type=option_type(int, Bound(1)), default=3)
+    parser.add_argument("--watts-per-core", type=positive, default=WATTS_PER_CORE)
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="directory for results.md/json and the plot")
     parser.add_argument("--child", help=argparse.SUPPRESS)
