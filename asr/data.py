@@ -90,6 +90,15 @@ class ShardSet:
         return TF_COMPRESSION_TYPE[compression_of(Path(self.files[0]))]
 
 
+def _without_autograph(function):
+    """``function`` for a ``tf.data`` transformation, traced as written: the pipeline's functions branch
+    only on Python values (recipe settings), never on tensors, so AutoGraph's source rewriting has nothing
+    to do and only costs start-up (about a second of CPU per process, for every run)."""
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(function)
+
+
 def open_shards(path: str | Path, key: str = "data.train", allow_missing: bool = False) -> ShardSet:
     """Read and check a shard directory's manifest; raise :class:`DataError` naming ``key`` and the path.
 
@@ -215,7 +224,7 @@ def count_readable_records(file: str, compression_type: str) -> tuple[int, str |
 
     dataset = tf.data.TFRecordDataset(file, compression_type=compression_type)
     try:
-        return int(dataset.reduce(np.int64(0), lambda count, _: count + 1)), None
+        return int(dataset.reduce(np.int64(0), _without_autograph(lambda count, _: count + 1))), None
     except tf.errors.OpError:
         pass
     count = 0
@@ -448,7 +457,9 @@ def training_dataset(
     if training:
         files = files.shuffle(len(shards.files), seed=epoch_seed, reshuffle_each_iteration=False)
     records = files.interleave(
-        lambda f, n: tf.data.TFRecordDataset(f, compression_type=shards.compression_type).take(n),
+        _without_autograph(
+            lambda f, n: tf.data.TFRecordDataset(f, compression_type=shards.compression_type).take(n)
+        ),
         cycle_length=min(data.readers, len(shards.files)),
         block_length=1,
         num_parallel_calls=min(data.readers, len(shards.files)),
@@ -456,12 +467,14 @@ def training_dataset(
     )
     if training:
         records = records.shuffle(data.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    utterances = records.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    utterances = records.map(
+        _without_autograph(parse_example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
 
     def trainable(features, frames, labels, label_length):  # drop_reason's rules
         return labels_fit(frames, label_length, model) & within_max_frames(frames, data)
 
-    utterances = utterances.filter(trainable)
+    utterances = utterances.filter(_without_autograph(trainable))
 
     def prepare(index, utterance):
         features, frames, labels, label_length = utterance
@@ -485,7 +498,9 @@ def training_dataset(
         return features, frames, labels, label_length
 
     utterances = utterances.enumerate().map(
-        lambda i, u: prepare(tf.cast(i, tf.int32), u), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        _without_autograph(lambda i, u: prepare(tf.cast(i, tf.int32), u)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     batches = _batch(utterances, data, model, global_batch, replicas, tag_epoch)
     if skip_batches:
@@ -513,7 +528,7 @@ def _batch(utterances, data: DataConfig, model: ModelConfig, batch: int, replica
         boundaries.append(data.max_frames + 1)  # the open last bucket padded to max_frames (never longer)
         sizes.append(sizes[-1])
     batches = utterances.bucket_by_sequence_length(
-        element_length_func=lambda features, frames, *rest: frames,
+        element_length_func=_without_autograph(lambda features, frames, *rest: frames),
         bucket_boundaries=boundaries,
         bucket_batch_sizes=sizes,
         padded_shapes=([None, FEATURE_DIM], [], [None], [], *tag_shape),
@@ -521,7 +536,7 @@ def _batch(utterances, data: DataConfig, model: ModelConfig, batch: int, replica
         drop_remainder=True,
     )
     if data.static_shapes:
-        batches = batches.map(lambda *elements: pad_labels_to_output(elements, model))
+        batches = batches.map(_without_autograph(lambda *elements: pad_labels_to_output(elements, model)))
     return batches
 
 

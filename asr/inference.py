@@ -150,7 +150,7 @@ def _replica_step(strategy, model):
         tf.TensorSpec([None], tf.int32),  # label lengths
     ]
 
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=signature, autograph=False)
     def step(*batch):
         def on_replica(features, frames, out_frames, labels, label_lengths):
             logits = tf.cast(model((features, frames), training=False), tf.float32)
@@ -259,7 +259,7 @@ def compiled_logits_fn(
     """
     import tensorflow as tf
 
-    infer = tf.function(lambda x, n: model((x, n), training=False), jit_compile=True)
+    infer = tf.function(lambda x, n: model((x, n), training=False), jit_compile=True, autograph=False)
 
     def logits_fn(features: np.ndarray, frames: np.ndarray, labels: Sequence[Sequence[int]]):
         features = normalize(features, np.asarray(frames), mean, std, mode)
