@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,18 +51,36 @@ def run_module():
     return run
 
 
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory, tiny_corpus) -> Path:
-    """``asr.extract`` output of the tiny corpus, once per session: ``train/`` and ``dev/`` under the path."""
-    out = tmp_path_factory.mktemp("tiny-shards")
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(path)`` once per test run, then its result: with pytest-xdist, once for every worker process
+    (the first builds under a lock, the others wait and reuse it). Its users must only read it."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # workers: <root>/popen-gwN
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            done.touch()
+    return path
+
+
+def _extract_tiny(out: Path) -> None:
     for subset, split in (("train-clean", "train"), ("dev-clean", "dev")):
         result = subprocess.run(
-            [sys.executable, "-m", "asr.extract", "--corpus", str(tiny_corpus), "--subsets", subset,
+            [sys.executable, "-m", "asr.extract", "--corpus", str(TINY_CORPUS), "--subsets", subset,
              "--out", str(out / split), "--workers", "2"],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
-    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """``asr.extract`` output of the tiny corpus, once per test run: ``train/`` and ``dev/`` under the path
+    (read only: a test that damages shards copies them first)."""
+    return built_once(tmp_path_factory, "tiny-shards", _extract_tiny)
 
 
 @pytest.fixture(scope="session")
@@ -81,14 +101,18 @@ TINY_RECIPE = [
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_shards, tmp_path_factory) -> Path:
-    """A run directory of ``asr.train`` holding one checkpoint of a tiny model (one epoch, ~10 s)."""
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run_dir)]
-    for item in (f"data.train={tiny_shards / 'train'}", f"data.dev={tiny_shards / 'dev'}", *TINY_RECIPE):
-        command += ["--set", item]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+    """A run directory of ``asr.train`` holding one checkpoint of a tiny model (one epoch, ~10 s), trained
+    once per test run; each test process gets its own copy (tests may write evaluations into it)."""
+
+    def train(run_dir: Path) -> None:
+        command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run_dir)]
+        for item in (f"data.train={tiny_shards / 'train'}", f"data.dev={tiny_shards / 'dev'}", *TINY_RECIPE):
+            command += ["--set", item]
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    trained = built_once(tmp_path_factory, "tiny-run", train)
+    return Path(shutil.copytree(trained, tmp_path_factory.mktemp("runs") / "tiny"))
 
 
 PERMISSION_CAPABILITIES = (1, 2)
@@ -175,22 +199,28 @@ the greedy text of each utterance is then its transcript."""
 
 @pytest.fixture(scope="session")
 def memorized_run(tiny_corpus, tmp_path_factory) -> MemorizedRun:
-    """:class:`MemorizedRun` of the tiny corpus's four shortest training utterances, once per session: a
-    model whose output is real words (the ``tiny_run`` model's is letters at random), for tests that must
-    see the right words come out of the real model."""
-    import json
-
+    """:class:`MemorizedRun` of the tiny corpus's four shortest training utterances, trained once per test
+    run (read only: a test that writes into the run copies it first): a model whose output is real words
+    (the ``tiny_run`` model's is letters at random), for tests that must see the right words come out of
+    the real model."""
     import soundfile
 
     from asr.text import normalize
 
-    out = tmp_path_factory.mktemp("memorized")
     found = sorted((tiny_corpus / "train-clean").rglob("*.flac"), key=lambda p: (soundfile.info(p).frames, p))
-    chosen = sorted(found[:MEMORIZED_UTTERANCES])
+    chosen = tuple(sorted(found[:MEMORIZED_UTTERANCES]))
     transcripts = dict(
         line.split(" ", 1) for p in tiny_corpus.rglob("*.trans.txt") for line in p.read_text().splitlines()
     )
     texts = tuple(normalize(transcripts[p.stem]) for p in chosen)
+    out = built_once(tmp_path_factory, "memorized", lambda path: _train_memorized(path, chosen, texts))
+    return MemorizedRun(out / "run", chosen, texts, out / "once")
+
+
+def _train_memorized(out: Path, chosen: tuple[Path, ...], texts: tuple[str, ...]) -> None:
+    import json
+
+    out.mkdir(parents=True)
     for name, copies in (("train", MEMORIZED_COPIES), ("once", 1)):
         rows = [{"audio": str(p), "text": text, "id": f"{p.stem}-{k}" if copies > 1 else p.stem}
                 for k in range(copies) for p, text in zip(chosen, texts, strict=True)]  # fmt: skip
@@ -201,10 +231,23 @@ def memorized_run(tiny_corpus, tmp_path_factory) -> MemorizedRun:
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
-    run_dir = out / "run"
-    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(out / "run")]
     for item in (f"data.train={out / 'train'}", f"data.dev={out / 'once'}", *MEMORIZED_RECIPE):
         command += ["--set", item]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return MemorizedRun(run_dir, tuple(chosen), texts, out / "once")
+
+
+LONGEST_FIRST = ("test_faults.py", "test_train.py", "test_evaluators.py", "test_e2e.py", "test_session.py",
+                 "test_evaluate.py")  # fmt: skip
+"""Modules whose tests take longest (``make test`` lists the slowest), run first: with several test
+processes (pytest-xdist) the long ones start early and the short ones fill in, so the processes finish
+together."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
