@@ -188,6 +188,36 @@ def remove_temporaries(directory: str | os.PathLike, pattern: str = "*") -> list
     return removed
 
 
+_interrupted = [False]
+
+
+@contextmanager
+def interrupts_recorded() -> Iterator[None]:
+    """Ctrl-C that is never lost while the block runs: SIGINT raises ``KeyboardInterrupt`` as usual and is
+    also recorded, so that an interrupt swallowed by a finalizer (Python ignores exceptions raised inside
+    ``__del__``, where TensorFlow runs code) still stops the stage at its next :func:`check_interrupted`
+    (:func:`directory_in_place` checks before it moves an output into place). Main thread only."""
+    import signal
+
+    def record(signum, frame):
+        _interrupted[0] = True
+        raise KeyboardInterrupt
+
+    _interrupted[0] = False
+    previous = signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupted[0] = False
+
+
+def check_interrupted() -> None:
+    """``KeyboardInterrupt`` if Ctrl-C came inside :func:`interrupts_recorded` (even if swallowed since)."""
+    if _interrupted[0]:
+        raise KeyboardInterrupt
+
+
 class DirectoryExistsError(FileExistsError):
     """An output directory that exists and may not be replaced; ``str()`` is one line naming it."""
 
@@ -322,6 +352,7 @@ def directory_in_place(out: Path, force: bool) -> Iterator[Path]:
     try:
         try:
             yield temporary
+            check_interrupted()
             _sync_tree(temporary)
         except OSError as error:
             raise _outside_name(error, temporary, out) from None
@@ -339,8 +370,8 @@ def _outside_name(error: OSError, temporary: Path, out: Path) -> OSError:
     """``error`` as a :class:`WriteError` naming the path under ``out`` that the temporary one stands for;
     unchanged when it is about a path outside the temporary directory (an input)."""
     path = error.path if isinstance(error, WriteError) else error.filename
-    if path is None:
-        return error
+    if path is None:  # a write() that failed names no file: it was one under the temporary directory
+        return WriteError(out, error)
     try:
         inside = Path(path).relative_to(temporary)
     except ValueError:
