@@ -71,7 +71,7 @@ from asr.text import BLANK_ID, SEPARATOR_ID, SYMBOLS
 PROG = "asr.export"
 FORMATS = ("savedmodel", "tflite", "tflite-int8")
 OPTIONAL_FORMATS = ("onnx",)
-ONNX_INSTALL = "pip install -e '.[onnx]'"
+ONNX_INSTALL = "the package's onnx extra: pip install tf2onnx==1.17.0 onnx==1.16.2 onnxruntime==1.19.2"
 
 
 class ExportError(ValueError):

@@ -11,7 +11,9 @@ directory alone is enough to use the model, or per utterance.
 :data:`LogitsFn` that runs it on every replica of a ``tf.distribute`` strategy; :func:`load_checkpoint`
 builds one from a run directory's checkpoint (:func:`compiled_logits_fn`: XLA on one device instead).
 :func:`open_run` and :func:`open_export` give an :class:`AcousticModel` from a run directory or from an
-``asr.export`` directory (SavedModel, TFLite float32/int8, ONNX), the same interface for every backend.
+``asr.export`` directory (SavedModel, TFLite float32/int8, ONNX), the same interface for every backend;
+:func:`open_export` first checks ``export.json`` and the size and CRC32C of every file the backend loads
+(:class:`ExportDamagedError`, one line naming the file).
 """
 
 from __future__ import annotations
