@@ -196,8 +196,14 @@ def interrupts_recorded() -> Iterator[None]:
     """Ctrl-C that is never lost while the block runs: SIGINT raises ``KeyboardInterrupt`` as usual and is
     also recorded, so that an interrupt swallowed by a finalizer (Python ignores exceptions raised inside
     ``__del__``, where TensorFlow runs code) still stops the stage at its next :func:`check_interrupted`
-    (:func:`directory_in_place` checks before it moves an output into place). Main thread only."""
+    (:func:`directory_in_place` checks before it moves an output into place). Outside the main thread
+    (where Python delivers no signal) it does nothing."""
     import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def record(signum, frame):
         _interrupted[0] = True
