@@ -251,7 +251,7 @@ def parse_args(argv: Sequence[str] | None) -> CompressConfig:
     method = parser.add_mutually_exclusive_group(required=True)
     method.add_argument("--clusters", type=option_type(int, Bound(2, 1 << MAX_BITS)), metavar="K",
                         help=f"k-means: centroids per table (2 to {1 << MAX_BITS}, and at most the "
-                        "weights of the smallest table)")  # fmt: skip
+                        "weights of the smallest weight matrix with --scope layer)")  # fmt: skip
     method.add_argument("--int8", action="store_true",
                         help="per-channel symmetric int8 weights instead (for comparison)")  # fmt: skip
     parser.add_argument("--scope", choices=("layer", "model"), default="layer",
