@@ -90,6 +90,15 @@ class ShardSet:
         return TF_COMPRESSION_TYPE[compression_of(Path(self.files[0]))]
 
 
+def _without_autograph(function):
+    """``function`` for a ``tf.data`` transformation, traced as written: the pipeline's functions branch
+    only on Python values (recipe settings), never on tensors, so AutoGraph's source rewriting has nothing
+    to do and only costs start-up (about a second of CPU per process, for every run)."""
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(function)
+
+
 def open_shards(path: str | Path, key: str = "data.train", allow_missing: bool = False) -> ShardSet:
     """Read and check a shard directory's manifest; raise :class:`DataError` naming ``key`` and the path.
 
@@ -215,7 +224,7 @@ def count_readable_records(file: str, compression_type: str) -> tuple[int, str |
 
     dataset = tf.data.TFRecordDataset(file, compression_type=compression_type)
     try:
-        return int(dataset.reduce(np.int64(0), lambda count, _: count + 1)), None
+        return int(dataset.reduce(np.int64(0), _without_autograph(lambda count, _: count + 1))), None
     except tf.errors.OpError:
         pass
     count = 0
@@ -277,11 +286,25 @@ def bucket_batch_sizes(data: DataConfig, global_batch: int, replicas: int = 1) -
     return [max(1, budget // max(1, n)) * replicas for n in longest]
 
 
+def within_max_frames(frames, data: DataConfig):
+    """Whether an utterance of ``frames`` input frames is short enough to train on: at most
+    ``data.max_frames`` (exactly ``max_frames`` is kept) where lengths are capped (:func:`length_capped`),
+    any length elsewhere. On Python ints and on int32 tensors (the pipeline's filter and tempo)."""
+    return frames <= data.max_frames if length_capped(data) else True
+
+
+def labels_fit(frames, label_length, model: ModelConfig):
+    """Whether a transcript of ``label_length`` labels (at least one) fits the model's output for ``frames``
+    input frames: CTC needs one output frame per label. On Python ints and on int32 tensors."""
+    return (output_frames(frames, model) >= label_length) & (label_length > 0)
+
+
 def drop_reason(frames: int, label_length: int, data: DataConfig, model: ModelConfig) -> str | None:
-    """Why an utterance of ``frames`` input frames and ``label_length`` labels is not trainable, or None."""
-    if length_capped(data) and frames > data.max_frames:
+    """Why an utterance of ``frames`` input frames and ``label_length`` labels is not trainable, or None:
+    the rules :func:`training_dataset` filters by (:func:`within_max_frames`, :func:`labels_fit`)."""
+    if not within_max_frames(frames, data):
         return DROP_TOO_MANY_FRAMES
-    if label_length < 1 or output_frames(frames, model) < label_length:
+    if not labels_fit(frames, label_length, model):
         return DROP_LABELS_TOO_LONG
     return None
 
@@ -366,9 +389,7 @@ def perturb_tempo(features, frames, label_length, data: DataConfig, model: Model
     low, high = data.tempo_range
     factor = low + (high - low) * tf.random.stateless_uniform([], seed=seed)
     stretched, count = stretch_time(features, frames, factor)
-    fits = output_frames(count, model) >= label_length
-    if length_capped(data):
-        fits &= count <= data.max_frames
+    fits = labels_fit(count, label_length, model) & within_max_frames(count, data)
     return tf.cond(fits, lambda: (stretched, count), lambda: (features, frames))
 
 
@@ -436,7 +457,9 @@ def training_dataset(
     if training:
         files = files.shuffle(len(shards.files), seed=epoch_seed, reshuffle_each_iteration=False)
     records = files.interleave(
-        lambda f, n: tf.data.TFRecordDataset(f, compression_type=shards.compression_type).take(n),
+        _without_autograph(
+            lambda f, n: tf.data.TFRecordDataset(f, compression_type=shards.compression_type).take(n)
+        ),
         cycle_length=min(data.readers, len(shards.files)),
         block_length=1,
         num_parallel_calls=min(data.readers, len(shards.files)),
@@ -444,16 +467,14 @@ def training_dataset(
     )
     if training:
         records = records.shuffle(data.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    utterances = records.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    utterances = records.map(
+        _without_autograph(parse_example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
 
-    def trainable(features, frames, labels, label_length):
-        fits = output_frames(frames, model) >= label_length
-        fits &= label_length > 0
-        if length_capped(data):
-            fits &= frames <= data.max_frames
-        return fits
+    def trainable(features, frames, labels, label_length):  # drop_reason's rules
+        return labels_fit(frames, label_length, model) & within_max_frames(frames, data)
 
-    utterances = utterances.filter(trainable)
+    utterances = utterances.filter(_without_autograph(trainable))
 
     def prepare(index, utterance):
         features, frames, labels, label_length = utterance
@@ -477,7 +498,9 @@ def training_dataset(
         return features, frames, labels, label_length
 
     utterances = utterances.enumerate().map(
-        lambda i, u: prepare(tf.cast(i, tf.int32), u), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        _without_autograph(lambda i, u: prepare(tf.cast(i, tf.int32), u)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     batches = _batch(utterances, data, model, global_batch, replicas, tag_epoch)
     if skip_batches:
@@ -505,7 +528,7 @@ def _batch(utterances, data: DataConfig, model: ModelConfig, batch: int, replica
         boundaries.append(data.max_frames + 1)  # the open last bucket padded to max_frames (never longer)
         sizes.append(sizes[-1])
     batches = utterances.bucket_by_sequence_length(
-        element_length_func=lambda features, frames, *rest: frames,
+        element_length_func=_without_autograph(lambda features, frames, *rest: frames),
         bucket_boundaries=boundaries,
         bucket_batch_sizes=sizes,
         padded_shapes=([None, FEATURE_DIM], [], [None], [], *tag_shape),
@@ -513,7 +536,7 @@ def _batch(utterances, data: DataConfig, model: ModelConfig, batch: int, replica
         drop_remainder=True,
     )
     if data.static_shapes:
-        batches = batches.map(lambda *elements: pad_labels_to_output(elements, model))
+        batches = batches.map(_without_autograph(lambda *elements: pad_labels_to_output(elements, model)))
     return batches
 
 

@@ -1,7 +1,8 @@
-"""Evaluate checkpoints: WER/CER tables (paper Table 5), beam sweeps (Table 3), and ``--watch``.
+"""Evaluate checkpoints and exports: WER/CER tables (paper Table 5), beam sweeps (Table 3), ``--watch``.
 
     python -m asr.evaluate --run RUN_DIR [--checkpoint N] --data OUT/dev-clean OUT/test-clean \\
         [--beam 512] [--lm LM_DIR] [--beam-sweep 64,128,256,512]
+    python -m asr.evaluate --model EXPORT_DIR [--backend tflite|tflite-int8|savedmodel|onnx] [--out DIR] ...
     python -m asr.evaluate --watch RUN_DIR [--data OUT/dev-clean]
 
 For each ``--data`` shard directory (written by ``asr.extract``) the model computes logits batch by
@@ -13,16 +14,24 @@ utterance: id, word edits, reference words, character edits, reference, hypothes
 voices carry the errors). ``--beam-sweep`` adds ``sweep.md``: decode seconds, WER and CER per beam
 width on each set.
 
+The checkpoint is the run's newest undamaged one (a damaged newer one is skipped with one warning naming
+both) or the one at ``--checkpoint``, chosen and loaded as every stage does
+(:func:`asr.inference.restore_run`, :func:`asr.inference.load_checkpoint`). ``--model`` evaluates what
+``asr.export`` wrote instead, run by ``--backend`` (:func:`asr.inference.open_export`): the same decoding,
+tables and files, in ``--out`` (default ``EXPORT_DIR/eval/``) ``/<backend>/``, rows marked with
+``backend``; the CTC loss is computed from the export's logits. That output may not be, hold or lie inside
+the export's files or an input.
+
 ``--watch`` polls the run directory for checkpoints it has not evaluated yet and appends an ``eval``
 event (``source: "external"``) per set to ``RUN_DIR/events.jsonl``; it is how ``eval.mode: external``
 runs evaluate, possibly on another machine that sees the run directory.
 
-Errors that stop the command print one line naming the file or value and exit with status 2: a
-checkpoint that does not fit the recipe's model, an empty evaluation set, shards written with a
-different alphabet, a write that fails (disk full: the line names the file). A missing language model
-only warns: decoding falls back to beam search without it. So does a damaged or missing shard
-(:mod:`asr.shardset`): the utterances before the damage are evaluated and the rows count the rest
-(``skipped_utterances``); ``--strict`` makes it an error.
+Errors that stop the command print one line ``asr.evaluate: error: ...`` naming the file or value and exit
+with status 2: a checkpoint that does not fit the recipe's model, an export directory without the backend's
+file, an empty evaluation set, shards written with a different alphabet, a write that fails (disk full: the
+line names the file). A missing language model only warns: decoding falls back to beam search without it.
+So does a damaged or missing shard (:mod:`asr.shardset`): the utterances before the damage are evaluated and
+the rows count the rest (``skipped_utterances``); ``--strict`` makes it an error.
 """
 
 from __future__ import annotations
@@ -34,14 +43,15 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from asr import text
 from asr.config import FINITE, Bound, OneLineParser, option_type
 from asr.decoding import Decoder, PendingDecode, split_batch
-from asr.files import JsonError, WriteError, load_json, read_json, write_json, write_text
-from asr.inference import LogitsFn
+from asr.files import JsonError, WriteError, load_json, os_error_line, read_json, write_json, write_text
+from asr.inference import EXPORT_BACKENDS, LogitsFn
 from asr.metrics import SetScores, VocabularyBreakdown, by_speaker, score, vocabulary_breakdown
 
 EVAL_DIR = "eval"
@@ -439,84 +449,89 @@ def evaluate_checkpoint(
 def save_results(
     run_dir: Path, checkpoint_name: str, sets: Sequence[EvalSet], results: Sequence[SetResult], sweep: bool
 ) -> Path:
-    """Write ``eval/<checkpoint>/`` files and merge the rows into ``eval/results.json``.
+    """A run's results: :func:`write_results` into ``RUN_DIR/eval/<checkpoint>/`` and ``RUN_DIR/eval/``."""
+    label = f"Checkpoint {checkpoint_name}"
+    return write_results(
+        run_dir / EVAL_DIR, checkpoint_name, label, sets, results, sweep, {"checkpoint": checkpoint_name}
+    )
 
-    ``eval/results.json`` (read by ``asr.report``) keeps one row per (split, beam width, decoder):
-    the newest evaluation replaces an older one of the same kind.
+
+def write_results(
+    eval_dir: Path,
+    name: str,
+    label: str,
+    sets: Sequence[EvalSet],
+    results: Sequence[SetResult],
+    sweep: bool,
+    fields: dict[str, Any],
+) -> Path:
+    """Write ``eval_dir/<name>/`` files (``name``: the checkpoint, or an export's backend) and merge the rows,
+    each with ``fields`` added, into ``eval_dir/results.json``; ``label`` titles the tables.
+
+    ``results.json`` (``RUN_DIR/eval/results.json`` is read by ``asr.report``) keeps one row per (split, beam
+    width, decoder, backend): the newest evaluation replaces an older one of the same kind.
     """
-    out = run_dir / EVAL_DIR / checkpoint_name
+    out = eval_dir / name
     by_name = {s.name: s for s in sets}
     for result in results:
-        name = f"{result.name}.beam{result.beam_width}.hyp.tsv"
-        write_text(out / name, hypotheses_tsv(by_name[result.name], result))
-    rows = [{**r.row(), "checkpoint": checkpoint_name} for r in results]
+        write_text(
+            out / f"{result.name}.beam{result.beam_width}.hyp.tsv",
+            hypotheses_tsv(by_name[result.name], result),
+        )
+    rows = [{**r.row(), **fields} for r in results]
     widest = max(r.beam_width for r in results)
     final = [r for r in results if r.beam_width == widest]
-    write_text(
-        out / "table.md",
-        format_table(final, f"Checkpoint {checkpoint_name}, {final[0].decoder} beam {widest}"),
-    )
+    write_text(out / "table.md", format_table(final, f"{label}, {final[0].decoder} beam {widest}"))
     if sweep:
         write_text(out / "sweep.md", format_sweep(results))
     speakers = speaker_rows(sets, final)
     write_json(out / "speakers.json", speakers)
-    write_text(out / "speakers.md", format_speakers(speakers, f"Per speaker, checkpoint {checkpoint_name}"))
+    write_text(out / "speakers.md", format_speakers(speakers, f"Per speaker, {label[:1].lower()}{label[1:]}"))
     write_json(out / "results.json", rows)
 
-    merged_path = run_dir / EVAL_DIR / "results.json"
+    merged_path = eval_dir / "results.json"
     previous = read_json(merged_path, default=[])
     if not isinstance(previous, list):  # not ours (or damaged): start the merged rows afresh
         previous = []
-    keys = {(r["split"], r["beam_width"], r["decoder"]) for r in rows}
-    kept = [
-        r
-        for r in previous
-        if isinstance(r, dict) and (r.get("split"), r.get("beam_width"), r.get("decoder")) not in keys
-    ]
+
+    def kind(row: dict) -> tuple:
+        return row.get("split"), row.get("beam_width"), row.get("decoder"), row.get("backend")
+
+    keys = {kind(r) for r in rows}
+    kept = [r for r in previous if isinstance(r, dict) and kind(r) not in keys]
     write_json(merged_path, kept + rows)
-    write_text(run_dir / EVAL_DIR / "table.md", format_table(final, f"Checkpoint {checkpoint_name}"))
+    write_text(eval_dir / "table.md", format_table(final, label))
     return out
 
 
-# --------------------------------------------------------------------------- the model (training's modules)
-
-
-def open_checkpoint(run_dir: Path, checkpoint, recipe) -> tuple[LogitsFn, dict]:
-    """The evaluation model (dropout off, batch norm in inference mode) with the checkpoint's weights.
-
-    ``checkpoint`` is an :class:`asr.checkpoint.CheckpointInfo`. Returns a :data:`LogitsFn` running on every
-    replica of the recipe's strategy and the checkpoint's ``epoch``/``step``/``elapsed`` for the event log.
-    A checkpoint that does not fit the recipe's model raises :class:`EvaluateError` naming both; one whose
-    files are damaged raises :class:`asr.checkpoint.CheckpointDamagedError`.
-    """
-    from asr.checkpoint import CheckpointMismatchError
-    from asr.inference import load_checkpoint
-
-    try:
-        return load_checkpoint(run_dir, checkpoint.path, recipe)
-    except CheckpointMismatchError as error:
-        raise EvaluateError(f"{error}; recipe {Path(run_dir) / 'recipe.yaml'}") from None
+# --------------------------------------------------------------------------- the model: a run's checkpoint
 
 
 def _warn(message: str) -> None:
     print(f"asr.evaluate: warning: {message}", file=sys.stderr, flush=True)
 
 
-def open_newest(run_dir: Path, recipe):
-    """The newest undamaged checkpoint and its :data:`LogitsFn`; a damaged newer one is skipped with one
-    warning naming it and the one used."""
-    from asr.checkpoint import NoValidCheckpointError, list_checkpoints, restore_newest
+def restore_checkpoint(run_dir: Path, step: int | None, recipe) -> tuple[Any, LogitsFn, dict]:
+    """The run's checkpoint at ``step`` (default: the newest undamaged one; a damaged newer one is skipped
+    with one warning naming both) as the evaluation model's :data:`LogitsFn`: :func:`asr.inference.
+    restore_run` with :func:`asr.inference.load_checkpoint`, as every stage restores a checkpoint. Returns the
+    :class:`asr.checkpoint.CheckpointInfo`, the :data:`LogitsFn` and the checkpoint's ``epoch``/``step``/
+    ``elapsed`` for the event log.
 
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        raise EvaluateError(f"--run {run_dir}: no checkpoints yet")
+    A checkpoint that does not fit the recipe's model raises :class:`EvaluateError` naming both; one that
+    is missing or damaged (or none usable) raises :class:`asr.checkpoint.NoValidCheckpointError`.
+    """
+    from asr.checkpoint import CheckpointMismatchError
+    from asr.inference import load_checkpoint, restore_run
+
+    def restore(recipe, checkpoint):
+        return load_checkpoint(run_dir, checkpoint.path, recipe)
+
     try:
-        checkpoint, (logits_fn, _) = restore_newest(
-            checkpoints, lambda c: open_checkpoint(run_dir, c, recipe), _warn
-        )
-    except NoValidCheckpointError as error:
-        raise EvaluateError(str(error)) from None
-    return checkpoint, logits_fn
+        _, checkpoint, (logits_fn, info) = restore_run(run_dir, step, restore, _warn, recipe=recipe)
+    except CheckpointMismatchError as error:
+        raise EvaluateError(f"{error}; recipe {Path(run_dir) / 'recipe.yaml'}") from None
+    return checkpoint, logits_fn, info
 
 
 def load_run_recipe(run_dir: Path):
@@ -531,17 +546,97 @@ def load_run_recipe(run_dir: Path):
         raise EvaluateError(str(error)) from error
 
 
+# --------------------------------------------------------------------------- the model: an export
+
+
+def open_exported(export_dir: Path, backend: str):
+    """``--model``: the export's :class:`asr.inference.AcousticModel` running ``backend``
+    (:func:`asr.inference.open_export`); a directory that is not a usable export is :class:`EvaluateError`."""
+    from asr.inference import open_export
+
+    try:
+        return open_export(export_dir, backend)
+    except (ValueError, OSError) as error:  # ExportNotFoundError, ConfigError, an unreadable model file
+        line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if str(export_dir) not in line:  # the interpreter's own message: say which model it was
+            line = f"{export_dir} ({backend}): {line}"
+        raise EvaluateError(f"--model: {line}") from None
+
+
+def with_ctc_loss(logits_fn: LogitsFn) -> LogitsFn:
+    """An export's :data:`LogitsFn` (which gives no loss) with the CTC loss per utterance computed from its
+    logits by :func:`asr.model.ctc_loss`, the run's evaluation loss; nan where the transcript is empty or
+    longer than the output, as there."""
+
+    def logits_and_loss(features: np.ndarray, frames: np.ndarray, labels: Sequence[Sequence[int]]):
+        import tensorflow as tf
+
+        from asr.model import ctc_loss
+
+        logits, out, _ = logits_fn(features, frames, labels)
+        out = np.asarray(out, np.int64)
+        lengths = np.array([len(label) for label in labels], np.int32)
+        unfit = (lengths > out) | (lengths == 0)
+        dense = np.zeros((len(labels), max(1, int(lengths.max(initial=0)))), np.int32)
+        for row, label in enumerate(labels):
+            dense[row, : len(label)] = label
+        loss = ctc_loss(
+            tf.constant(dense),
+            tf.constant(np.where(unfit, 1, lengths).astype(np.int32)),
+            tf.constant(np.asarray(logits, np.float32)),
+            tf.constant(np.maximum(out, 1).astype(np.int32)),
+        )
+        loss = np.asarray(loss, np.float64)
+        loss[unfit | ~np.isfinite(loss)] = np.nan
+        return logits, out, loss
+
+    return logits_and_loss
+
+
+def export_output(out: Path, export_dir: Path, inputs: Sequence[tuple[str, str]]) -> None:
+    """Refuse an output directory that is, contains or lies inside what is read (before any work): the
+    export (only its ``eval/`` may hold results: the rest is what gets shipped) or an input ``(option,
+    path)`` (``--data``, ``--lm``); or that is an existing file."""
+    where = out.resolve()
+    export = export_dir.resolve()
+    if out.exists() and not out.is_dir():
+        raise EvaluateError(f"--out {out}: exists and is not a directory")
+    inside_results = where.is_relative_to(export / EVAL_DIR)
+    if export.is_relative_to(where) or (where.is_relative_to(export) and not inside_results):
+        raise EvaluateError(
+            f"--out {out}: overlaps the export {export_dir} (results go to its {EVAL_DIR}/ or outside it)"
+        )
+    for option, path in inputs:
+        if not path:
+            continue
+        source = Path(path).resolve()
+        if where.is_relative_to(source) or source.is_relative_to(where):
+            raise EvaluateError(
+                f"--out {out}: overlaps {option} {path} (an output may not be, hold or lie in an input)"
+            )
+
+
 # --------------------------------------------------------------------------- command line
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = OneLineParser(
         prog="python -m asr.evaluate",
-        description="Decode shard sets with a checkpoint of a run: WER/CER tables, beam sweeps, --watch.",
+        description="Decode shard sets with a checkpoint of a run or an exported model: WER/CER tables, beam "
+        "sweeps, --watch.",
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--run", metavar="RUN_DIR", help="run directory of asr.train")
     target.add_argument("--watch", metavar="RUN_DIR", help="evaluate each new checkpoint of a running run")
+    target.add_argument("--model", metavar="EXPORT_DIR", help="export directory of asr.export")
+    parser.add_argument(
+        "--backend",
+        choices=EXPORT_BACKENDS,
+        help="with --model: which exported model computes the logits (default: tflite, float32)",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", help=f"with --model: results directory (default: EXPORT_DIR/{EVAL_DIR})"
+    )
     count, zero_or_more = option_type(int, Bound(1)), option_type(int, Bound(0))
     parser.add_argument(
         "--checkpoint", type=zero_or_more, metavar="N", help="checkpoint at step N (default: latest)"
@@ -579,6 +674,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--strict", action="store_true", help="stop at a damaged or missing shard instead of skipping it"
     )
     args = parser.parse_args(argv)
+    for option, value in (("--backend", args.backend), ("--out", args.out)):
+        if value is not None and args.model is None:
+            parser.error(f"{option} needs --model")
+    if args.checkpoint is not None and args.model is not None:
+        parser.error("--checkpoint: not with --model (an export holds one checkpoint)")
     if args.beam_sweep:
         try:
             args.beam_sweep = [int(w) for w in args.beam_sweep.split(",") if w.strip()]
@@ -604,54 +704,61 @@ def _load_sets(args: argparse.Namespace, recipe) -> list[EvalSet]:
     return [load_eval_set(recipe.data.dev, key="data.dev", strict=args.strict)]
 
 
-def open_step(run_dir: Path, step: int, recipe):
-    """``--checkpoint N``: that checkpoint and its :data:`LogitsFn`; damaged or absent: one line."""
-    from asr.checkpoint import CheckpointDamagedError, list_checkpoints
-
-    checkpoints = list_checkpoints(run_dir)
-    for checkpoint in checkpoints:
-        if checkpoint.step == step:
-            try:
-                return checkpoint, open_checked(run_dir, checkpoint, recipe)[0]
-            except CheckpointDamagedError as error:
-                raise EvaluateError(f"--checkpoint {step}: {error}") from None
-    steps = ", ".join(str(c.step) for c in checkpoints) or "none"
-    raise EvaluateError(f"--checkpoint {step}: not in {run_dir} (steps: {steps})")
-
-
-def open_checked(run_dir: Path, checkpoint, recipe) -> tuple[LogitsFn, dict]:
-    """:func:`open_checkpoint` after checking the files against the sizes and checksums saved with them."""
-    from asr.checkpoint import CheckpointDamagedError, damage
-
-    problem = damage(checkpoint)
-    if problem is not None:
-        raise CheckpointDamagedError(f"{checkpoint.path}: damaged ({problem})")
-    return open_checkpoint(run_dir, checkpoint, recipe)
-
-
 def run_command(args: argparse.Namespace) -> int:
+    from asr.checkpoint import NoValidCheckpointError
+
     run_dir = Path(args.run)
     recipe = load_run_recipe(run_dir)
     sets = _load_sets(args, recipe)
-    if args.checkpoint is None:
-        checkpoint, logits_fn = open_newest(run_dir, recipe)
-    else:
-        checkpoint, logits_fn = open_step(run_dir, args.checkpoint, recipe)
+    try:
+        checkpoint, logits_fn, _ = restore_checkpoint(run_dir, args.checkpoint, recipe)
+    except NoValidCheckpointError as error:
+        option = "--run" if args.checkpoint is None else f"--checkpoint {args.checkpoint}:"
+        raise EvaluateError(f"{option} {error}") from None
     settings = _settings(args, recipe, default_beam=512)
     batch_size = args.batch_size or recipe.eval.batch_size or recipe.train.global_batch
     results = evaluate_checkpoint(sets, logits_fn, settings, batch_size)
     out = save_results(run_dir, checkpoint.name, sets, results, sweep=bool(args.beam_sweep))
-    widest = max(r.beam_width for r in results)
-    print(format_table([r for r in results if r.beam_width == widest], f"Checkpoint {checkpoint.name}"))
-    if args.beam_sweep:
-        print(format_sweep(results))
+    _print_results(results, f"Checkpoint {checkpoint.name}", args.beam_sweep)
     print(f"results in {out}/ and {run_dir / EVAL_DIR / 'results.json'}")
     return 0
 
 
+def model_command(args: argparse.Namespace) -> int:
+    """``--model EXPORT_DIR``: the export's logits (``--backend``), then decoding, scores and files as a
+    run's checkpoint, into ``--out`` (default ``EXPORT_DIR/eval/``) ``/<backend>/``."""
+    export_dir, backend = Path(args.model), args.backend or "tflite"
+    model = open_exported(export_dir, backend)
+    recipe = model.recipe
+    eval_dir = Path(args.out) if args.out else export_dir / EVAL_DIR
+    settings = _settings(args, recipe, default_beam=512)
+    inputs = [("--data", str(p)) for p in args.data] if args.data else [("data.dev", recipe.data.dev)]
+    lm = ("--lm" if args.lm is not None else "eval.lm", settings[0].lm_dir)
+    export_output(eval_dir, export_dir, [*inputs, lm])
+    sets = _load_sets(args, recipe)
+    batch_size = args.batch_size or recipe.eval.batch_size or recipe.train.global_batch
+    results = evaluate_checkpoint(sets, with_ctc_loss(model.logits_fn), settings, batch_size)
+    metadata = read_json(export_dir / "export.json", {})
+    source = metadata.get("source") if isinstance(metadata, dict) else None
+    checkpoint = Path(source).name if isinstance(source, str) and source else ""
+    label = f"Export {export_dir} ({backend}{f', {checkpoint}' if checkpoint else ''})"
+    fields = {"backend": backend, "model": str(export_dir.resolve()), "checkpoint": checkpoint}
+    out = write_results(eval_dir, backend, label, sets, results, bool(args.beam_sweep), fields)
+    _print_results(results, label, args.beam_sweep)
+    print(f"results in {out}/ and {eval_dir / 'results.json'}")
+    return 0
+
+
+def _print_results(results: Sequence[SetResult], label: str, sweep) -> None:
+    widest = max(r.beam_width for r in results)
+    print(format_table([r for r in results if r.beam_width == widest], label))
+    if sweep:
+        print(format_sweep(results))
+
+
 def watch_command(args: argparse.Namespace) -> int:
     """Evaluate every checkpoint not evaluated yet; append ``eval`` events (source "external")."""
-    from asr.checkpoint import CheckpointDamagedError, list_checkpoints
+    from asr.checkpoint import NoValidCheckpointError, list_checkpoints
     from asr.events import EventLog
 
     run_dir = Path(args.watch)
@@ -667,8 +774,8 @@ def watch_command(args: argparse.Namespace) -> int:
         fresh = [c for c in list_checkpoints(run_dir) if c.name not in done]
         for checkpoint in fresh:
             try:
-                logits_fn, info = open_checked(run_dir, checkpoint, recipe)
-            except CheckpointDamagedError as error:
+                _, logits_fn, info = restore_checkpoint(run_dir, checkpoint.step, recipe)
+            except NoValidCheckpointError as error:
                 _warn(f"{error}; skipped")
                 done.append(checkpoint.name)
                 continue
@@ -712,10 +819,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("always", category=UserWarning, module="asr")
     from asr.decoding import DecoderWorkerError
 
+    command = watch_command if args.watch else model_command if args.model else run_command
     try:
-        return watch_command(args) if args.watch else run_command(args)
+        return command(args)
     except (EvaluateError, WriteError, DecoderWorkerError) as error:
         print(f"asr.evaluate: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file that cannot be read (permissions, I/O error)
+        print(f"asr.evaluate: error: {os_error_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("asr.evaluate: interrupted", file=sys.stderr)

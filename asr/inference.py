@@ -10,6 +10,10 @@ directory alone is enough to use the model, or per utterance.
 :func:`replica_logits_fn` turns any Keras model ``features [B, T, 93] -> logits [B, T_out, 30]`` into a
 :data:`LogitsFn` that runs it on every replica of a ``tf.distribute`` strategy; :func:`load_checkpoint`
 builds one from a run directory's checkpoint (:func:`compiled_logits_fn`: XLA on one device instead).
+Every stage that restores a run's checkpoint goes one way: :func:`restore_run` chooses it (the newest
+undamaged one, falling back with one warning, or the one at a step), :func:`load_checkpoint` (evaluation
+model) or :func:`restore_model` (training graph, for export and compression) load it, both through
+:func:`asr.checkpoint.restore_weights` (the weights' moving average when the run kept one).
 :func:`open_run` and :func:`open_export` give an :class:`AcousticModel` from a run directory or from an
 ``asr.export`` directory (SavedModel, TFLite float32/int8, ONNX), the same interface for every backend;
 :func:`open_export` first checks ``export.json`` and the size and CRC32C of every file the backend loads
@@ -180,7 +184,7 @@ def _replica_step(strategy, model):
         tf.TensorSpec([None], tf.int32),  # label lengths
     ]
 
-    @tf.function(input_signature=signature)
+    @tf.function(input_signature=signature, autograph=False)
     def step(*batch):
         def on_replica(features, frames, out_frames, labels, label_lengths):
             logits = tf.cast(model((features, frames), training=False), tf.float32)
@@ -245,14 +249,17 @@ def restore_model(recipe: Recipe, checkpoint) -> tuple[Any, dict[str, Any]]:
 
 
 def load_checkpoint(
-    run_dir: Path, checkpoint_path: str | Path, recipe: Recipe, xla: bool = False
+    run_dir: Path, checkpoint_path: str | Path, recipe: Recipe, xla: bool = False, strategy: Any = None
 ) -> tuple[LogitsFn, dict]:
-    """The evaluation model of ``recipe`` with a checkpoint's weights, on every local replica (or, with
-    ``xla``, XLA-compiled on one device: :func:`compiled_logits_fn`).
+    """The evaluation model of ``recipe`` with a checkpoint's weights (their moving average when the run kept
+    one: :func:`asr.checkpoint.restore_weights`) and the run's normalization: the one way every evaluation
+    (``asr.evaluate``, the swap evaluator, :func:`open_run`) turns a checkpoint into a :data:`LogitsFn`.
 
-    Returns the :data:`LogitsFn` and the checkpoint's ``epoch``/``step``/``elapsed``; raises
-    :class:`asr.checkpoint.CheckpointMismatchError` when the checkpoint does not fit the recipe and
-    :class:`asr.checkpoint.CheckpointDamagedError` when its files cannot be read.
+    The model runs on every replica of ``strategy`` (the swap evaluator passes training's), by default of a
+    new strategy for this machine (:func:`local_runtime`); with ``xla``, XLA-compiled on one device instead
+    (:func:`compiled_logits_fn`). Returns the :data:`LogitsFn` and the checkpoint's ``epoch``/``step``/
+    ``elapsed``; raises :class:`asr.checkpoint.CheckpointMismatchError` when the checkpoint does not fit the
+    recipe and :class:`asr.checkpoint.CheckpointDamagedError` when its files cannot be read.
     """
     from asr.checkpoint import restore_weights
     from asr.strategy import make_strategy
@@ -262,7 +269,7 @@ def load_checkpoint(
         import tensorflow as tf
 
         strategy = tf.distribute.get_strategy()
-    else:
+    elif strategy is None:
         strategy = make_strategy(recipe.runtime, env={})
     model = build_eval_model(recipe, strategy)
     restore_weights(model, checkpoint_path)
@@ -286,7 +293,7 @@ def compiled_logits_fn(
     """
     import tensorflow as tf
 
-    infer = tf.function(lambda x, n: model((x, n), training=False), jit_compile=True)
+    infer = tf.function(lambda x, n: model((x, n), training=False), jit_compile=True, autograph=False)
 
     def logits_fn(features: np.ndarray, frames: np.ndarray, labels: Sequence[Sequence[int]]):
         features = normalize(features, np.asarray(frames), mean, std, mode)
@@ -349,33 +356,51 @@ def restore_run(
     step: int | None,
     restore: Callable[[Recipe, Any], T],
     warn: Callable[[str], None] = print,
+    recipe: Recipe | None = None,
 ) -> tuple[Recipe, Any, T]:
     """``restore(recipe, checkpoint)`` on the newest undamaged checkpoint of a run directory (or the one at
-    ``step``); a damaged newer one is skipped with ``warn`` naming it and the one used. Returns the recipe,
-    the checkpoint's :class:`asr.checkpoint.CheckpointInfo` and what ``restore`` returned.
+    ``step``): the one way a checkpoint of a run is chosen, for every stage that restores one (evaluation,
+    transcription, export, compression). A damaged newer one is skipped with one ``warn`` naming it and the
+    one used; the one at ``step`` must be whole. ``restore`` is :func:`load_checkpoint` (the evaluation model)
+    or :func:`restore_model` (the training graph). ``recipe``: the run's, when the caller has read it already
+    (default: ``RUN_DIR/recipe.yaml``). Returns the recipe, the checkpoint's
+    :class:`asr.checkpoint.CheckpointInfo` and what ``restore`` returned.
 
-    Raises ``ValueError`` subclasses with one-line messages: no recipe, no (usable) checkpoint, a
-    checkpoint of another model.
+    Raises ``ValueError`` subclasses with one-line messages: :class:`asr.checkpoint.NoValidCheckpointError`
+    (no recipe, no checkpoint at ``step``, no usable checkpoint), :class:`asr.checkpoint.
+    CheckpointMismatchError` (a checkpoint of another model), :class:`asr.config.ConfigError`.
     """
-    from asr.checkpoint import NoValidCheckpointError, damage, list_checkpoints, restore_newest
+    from asr.checkpoint import (
+        CheckpointDamagedError,
+        NoValidCheckpointError,
+        damage,
+        list_checkpoints,
+        restore_newest,
+    )
     from asr.config import load_recipe
 
     run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise NoValidCheckpointError(f"{run_dir}: no recipe.yaml (is it a run directory of asr.train?)")
-    recipe = load_recipe(run_dir / "recipe.yaml")
+    if recipe is None:
+        if not (run_dir / "recipe.yaml").is_file():
+            raise NoValidCheckpointError(f"{run_dir}: no recipe.yaml (is it a run directory of asr.train?)")
+        recipe = load_recipe(run_dir / "recipe.yaml")
     checkpoints = list_checkpoints(run_dir)
-    if step is not None:
-        checkpoints = [c for c in checkpoints if c.step == step]
+    if step is None:
         if not checkpoints:
-            raise NoValidCheckpointError(f"{run_dir}: no checkpoint at step {step}")
-        problem = damage(checkpoints[0])
-        if problem:
-            raise NoValidCheckpointError(f"{checkpoints[0].path}: damaged ({problem})")
-    if not checkpoints:
-        raise NoValidCheckpointError(f"{run_dir}: no checkpoints yet")
-    checkpoint, result = restore_newest(checkpoints, lambda c: restore(recipe, c), warn)
-    return recipe, checkpoint, result
+            raise NoValidCheckpointError(f"{run_dir}: no checkpoints yet")
+        checkpoint, result = restore_newest(checkpoints, lambda c: restore(recipe, c), warn)
+        return recipe, checkpoint, result
+    chosen = [c for c in checkpoints if c.step == step]
+    if not chosen:
+        steps = ", ".join(str(c.step) for c in checkpoints) or "none"
+        raise NoValidCheckpointError(f"{run_dir}: no checkpoint at step {step} (steps: {steps})")
+    problem = damage(chosen[0])
+    if problem:
+        raise NoValidCheckpointError(f"{chosen[0].path}: damaged ({problem})")
+    try:
+        return recipe, chosen[0], restore(recipe, chosen[0])
+    except CheckpointDamagedError as error:
+        raise NoValidCheckpointError(str(error)) from None
 
 
 def open_run(

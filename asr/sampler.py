@@ -22,15 +22,18 @@ events and excludes downtime. How training uses it::
 ``position``, if given, is a callable returning ``(epoch, step)`` for the events' common
 fields. :class:`asr.events.EventLog` serializes writes from several threads.
 The cost of sampling is measured by ``tools/bench_sampler.py`` (well under 1 % of a step).
+:func:`cpu_name` names the machine's CPU for the benchmarks' tables.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -87,6 +90,25 @@ def _nvml(read: Callable[[], float]) -> float | None:
         return None
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_name(cpuinfo: str | os.PathLike = CPUINFO) -> str:
+    """The CPU this process runs on, for the tables of the benchmarks (``tools/bench_*.py``): Linux's model
+    name with its family and model numbers (a hypervisor may show a generic name, e.g. "AMD EPYC"; the
+    numbers still tell the generation) and the logical CPUs, e.g. ``AMD EPYC (family 25, model 17), 2
+    logical CPUs``. Without ``cpuinfo`` (not Linux), ``platform.processor()``'s name."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first processor's
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    family, model = fields.get("cpu family"), fields.get("model")
+    numbers = f" (family {family}, model {model})" if family and model else ""
+    return f"{name}{numbers}, {os.cpu_count()} logical CPUs"
+
+
 POWERCAP_ROOT = "/sys/class/powercap"
 
 
@@ -101,8 +123,6 @@ class RaplCounter:
     """
 
     def __init__(self, root: str | os.PathLike = POWERCAP_ROOT):
-        from pathlib import Path
-
         self.zones: list[tuple[Path, int]] = []
         self.unavailable_reason = ""
         self._last: list[int] = []

@@ -169,6 +169,7 @@ class TrainingSession:
             model = self.model
             self._infer = tf.function(
                 lambda x, n: model((x, n), training=False),
+                autograph=False,
                 input_signature=[tf.TensorSpec([None, None, FEATURE_DIM]), tf.TensorSpec([None], tf.int32)],
             )
         features = np.asarray(features)[:count]
@@ -378,8 +379,8 @@ def _compile(step, recipe: Recipe, input_spec):
 
     jit = recipe.runtime.xla or None
     if input_spec is None:
-        return tf.function(step, reduce_retracing=True, jit_compile=jit)
-    return tf.function(step, input_signature=[input_spec], jit_compile=jit)
+        return tf.function(step, reduce_retracing=True, jit_compile=jit, autograph=False)
+    return tf.function(step, input_signature=[input_spec], jit_compile=jit, autograph=False)
 
 
 class _StepParts:
@@ -524,4 +525,4 @@ def make_accumulation_steps(
         mean = tf.distribute.ReduceOp.MEAN
         return strategy.reduce(mean, strategy.run(replica_apply, args=(count,)), axis=None)
 
-    return _compile(accumulate, recipe, input_spec), tf.function(apply)
+    return _compile(accumulate, recipe, input_spec), tf.function(apply, autograph=False)

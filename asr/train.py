@@ -496,7 +496,8 @@ class Trainer:
             self._vote = tf.function(
                 lambda x: strategy.reduce(
                     tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(x,)), axis=None
-                )
+                ),
+                autograph=False,
             )
         return bool(self._vote(tf.constant(1.0 if stop else 0.0)) > 0)
 

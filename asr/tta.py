@@ -8,7 +8,8 @@ Definitions (``docs/metrics.md`` has them in full):
 - An evaluation is one ``eval`` event of the TTA split (the development set): its time is the
   event's ``elapsed`` (when the evaluation finished), its value a metric in percent (``cer`` or
   ``wer``). Evaluations are taken in log order; if an epoch is evaluated again, the newer value
-  replaces the older one.
+  replaces the older one and that epoch counts as the latest evaluated (the window follows the log's
+  order, not epoch numbers).
 - ``rule="median"`` (the paper's TTA(a, e)): the first evaluation after which the median of the
   values of the last ``window`` evaluated epochs is at or below the target. Before ``window``
   epochs have been evaluated there is no median, so no TTA (a run evaluated 2 times can never
@@ -135,10 +136,11 @@ def active_events(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     A resumed run restarts from its checkpoint, so events logged before the stop whose run clock is later
     than that checkpoint's describe work that was lost and redone, and are dropped (an evaluation of a lost
-    epoch does not count). The restart point is the ``run_start``'s ``restart_elapsed`` (the checkpoint's
-    saved clock); logs written before that field existed use the ``run_start``'s own ``elapsed``, which is
-    later by the resumed session's set-up time. A ``run_start`` that did not resume (a session killed before
-    its first checkpoint was rerun from scratch) drops everything before it.
+    epoch does not count); one at exactly the checkpoint's clock is kept. The restart point is the
+    ``run_start``'s ``restart_elapsed`` (the checkpoint's saved clock); logs written before that field
+    existed use the ``run_start``'s own ``elapsed``, which is later by the resumed session's set-up time.
+    A ``run_start`` that did not resume (a session killed before its first checkpoint was rerun from
+    scratch) drops everything before it.
     """
     kept: list[dict[str, Any]] = []
     for event in events:

@@ -169,6 +169,38 @@ def test_a_listed_shard_that_is_missing_is_damage_when_allowed(tiny_shards, tmp_
     assert missing.reason.startswith("missing")
 
 
+def write_lengths_shard(directory, frame_counts, transcript="the cat"):
+    """A shard directory of asr's own writer: one utterance per frame count, one shard file, no sidecars
+    (the epoch plan reads the lengths from the records)."""
+    import json
+
+    from asr.shards import utterance_example, write_shard
+    from asr.text import SYMBOLS, encode
+
+    directory.mkdir()
+    records = [utterance_example(np.full((n, 93), i, np.float32), encode(transcript), transcript, f"utt-{i}",
+                                 n / 100) for i, n in enumerate(frame_counts)]  # fmt: skip
+    write_shard(directory / "train-00000.tfrecord.gz", records)
+    manifest = {"alphabet": list(SYMBOLS), "feature_mean": [0.0] * 93, "feature_std": [1.0] * 93,
+                "shards": [{"file": "train-00000.tfrecord.gz", "utterances": len(records)}]}  # fmt: skip
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def test_an_utterance_exactly_max_frames_long_is_planned_and_trained_alike(tmp_path):
+    """The epoch plan (the steps training expects) and the pipeline (the steps it trains) keep the same
+    utterances: with fixed padding to max_frames, one exactly max_frames long is kept by both, one frame
+    more is dropped by both; without a length cap (buckets) all are kept."""
+    shards = data.open_shards(write_lengths_shard(tmp_path / "train", [59, 60, 61]))
+    fixed = DataConfig(padding="fixed", max_frames=60, readers=1, shuffle_buffer=1, buffer=1)
+    bucket = dataclasses.replace(fixed, padding="bucket", bucket_boundaries=(100,))
+    for config, kept in ((fixed, [59, 60]), (bucket, [59, 60, 61])):
+        plan = data.plan_epoch(shards, config, MODEL, 1)
+        trained = [int(b[1][0]) for b in data.training_dataset(shards, config, MODEL, 1, epoch=0, seed=0)]
+        assert sorted(trained) == kept and plan.kept == plan.steps == len(kept)
+        assert plan.dropped == ({data.DROP_TOO_MANY_FRAMES: 1} if len(kept) == 2 else {})
+
+
 DYNAMIC = DataConfig(padding="bucket", bucket_boundaries=(400, 700), batch_by="audio_seconds",
                      batch_audio_seconds=20.0, readers=2, buffer=2)  # fmt: skip
 

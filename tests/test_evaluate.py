@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_RECIPE
 
 from asr.decoding import BeamSearchDecoder, GreedyDecoder
 from asr.evaluate import (
@@ -378,6 +377,12 @@ def test_numeric_options_out_of_range_are_one_line_usage_errors(tmp_path, run_mo
     assert result.stderr == f"python -m asr.evaluate: error: argument {option}: {message} (see --help)\n"
 
 
+def evaluate_main(*args) -> int:
+    from asr.evaluate import main
+
+    return main([str(a) for a in args])
+
+
 def copy_of(run_dir: Path, tmp_path: Path) -> Path:
     shutil.copytree(run_dir, tmp_path / "run")
     return tmp_path / "run"
@@ -391,28 +396,40 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
 
 
-def test_command_with_a_damaged_shard_warns_and_counts_or_stops_with_strict(
-    tiny_run, tiny_corpus, tmp_path, run_module
-):
-    dev = tmp_path / "dev-small"
-    extracted = run_module("asr.extract", "--corpus", tiny_corpus, "--subsets", "dev-clean", "--out", dev,
-                           "--shard-size", 2, "--workers", 1, "--quiet")  # fmt: skip
-    assert extracted.returncode == 0, extracted.stderr
+def reshard(source: Path, out: Path, per_shard: int) -> Path:
+    """``source``'s utterances (real features) rewritten ``per_shard`` to a gzip shard, with a manifest
+    counting them as ``asr.extract`` writes it: several shards without extracting again."""
+    eval_set = load_eval_set(source)
+    out.mkdir(parents=True)
+    entries = []
+    for start in range(0, len(eval_set), per_shard):
+        rows = range(start, min(start + per_shard, len(eval_set)))
+        records = [utterance_example(eval_set.features[i], encode(eval_set.texts[i]), eval_set.texts[i],
+                                     eval_set.utt_ids[i], eval_set.durations[i]) for i in rows]  # fmt: skip
+        name = f"shard-{start // per_shard:05d}{SUFFIXES['gzip']}"
+        write_shard(out / name, records)
+        entries.append({"file": name, "utterances": len(records)})
+    (out / "manifest.json").write_text(json.dumps({"alphabet": list(SYMBOLS), "shards": entries}))
+    return out
+
+
+def test_command_with_a_damaged_shard_warns_and_counts_or_stops_with_strict(tiny_run, tmp_path, capsys):
+    dev = reshard(data_dir_of(tiny_run), tmp_path / "dev-small", per_shard=2)
     damaged = damage(dev / "shard-00001.tfrecord.gz", "flipped")
     run_dir = copy_of(tiny_run, tmp_path)
 
-    strict = run_module("asr.evaluate", "--run", run_dir, "--data", dev, "--beam", 1, "--strict")
-    assert strict.returncode == 2
-    assert strict.stderr.startswith(f"asr.evaluate: error: --data: {damaged}: ")
-    assert strict.stderr.endswith(" (--strict)\n") and strict.stderr.count("\n") == 1
+    assert evaluate_main("--run", run_dir, "--data", dev, "--beam", 1, "--strict") == 2
+    strict = capsys.readouterr().err
+    assert strict.startswith(f"asr.evaluate: error: --data: {damaged}: ")
+    assert strict.endswith(" (--strict)\n") and strict.count("\n") == 1
     assert not (run_dir / "eval").exists()
 
-    result = run_module("asr.evaluate", "--run", run_dir, "--data", dev, "--beam", 1)
-    assert result.returncode == 0, result.stderr[-3000:]
-    warnings = [line for line in result.stderr.splitlines() if "warning: --data" in line]
+    assert evaluate_main("--run", run_dir, "--data", dev, "--beam", 1) == 0
+    result = capsys.readouterr()
+    warnings = [line for line in result.err.splitlines() if "warning: --data" in line]
     assert len(warnings) == 1 and warnings[0].startswith(f"asr.evaluate: warning: --data: {damaged}: ")
     assert warnings[0].endswith("; 0 of its utterances used, 2 lost")
-    assert "dev-small: incomplete: 2 utterances in 1 damaged or missing shard files" in result.stdout
+    assert "dev-small: incomplete: 2 utterances in 1 damaged or missing shard files" in result.out
     (row,) = json.loads((run_dir / "eval" / "results.json").read_text())
     assert (row["utterances"], row["skipped_utterances"], row["damaged_shards"]) == (4, 2, 1)
 
@@ -488,38 +505,48 @@ def test_watch_stops_with_one_line_on_a_damaged_watched_file(tiny_run, tmp_path,
     assert result.stderr.count("\n") == 1
 
 
-def test_a_damaged_newest_checkpoint_falls_back_with_one_warning_naming_both(tiny_run, tmp_path, run_module):
+def later_checkpoint(run_dir: Path) -> tuple[int, int]:
+    """A second, later checkpoint of the run: its only one's files copied under step + 4, with their sizes
+    and checksums recorded as a save does (instead of training another epoch). Returns (older, newer)."""
+    directory = run_dir / "checkpoints"
+    (state_path,) = directory.glob("ckpt-*.json")
+    older = int(state_path.stem.split("-")[1])
+    newer = older + 4
+    state = json.loads(state_path.read_text())
+    files = {}
+    for name, record in state["files"].items():
+        renamed = name.replace(f"ckpt-{older}.", f"ckpt-{newer}.")
+        shutil.copyfile(directory / name, directory / renamed)
+        files[renamed] = record
+    state.update(step=newer, files=files)
+    state["progress"]["step"] = newer
+    (directory / f"ckpt-{newer}.json").write_text(json.dumps(state))
+    return older, newer
+
+
+def test_a_damaged_newest_checkpoint_falls_back_with_one_warning_naming_both(tiny_run, tmp_path, capsys):
     run = copy_of(tiny_run, tmp_path)
-    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run)]
-    for item in (f"data.train={data_dir_of(tiny_run).parent / 'train'}", f"data.dev={data_dir_of(tiny_run)}",
-                 *TINY_RECIPE, "train.epochs=2"):  # fmt: skip
-        command += ["--set", item]
-    trained = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert trained.returncode == 0, trained.stderr[-3000:]  # a second epoch: a second checkpoint
-    steps = sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("ckpt-*.json"))
-    assert len(steps) == 2
-    newest, older = steps[-1], steps[-2]
+    older, newest = later_checkpoint(run)
     (data,) = (run / "checkpoints").glob(f"ckpt-{newest}.data-*")
     data.write_bytes(data.read_bytes()[:64])
     dev = data_dir_of(tiny_run)
-    result = run_module("asr.evaluate", "--run", run, "--beam", 1, "--lm", "", "--data", dev)
-    assert result.returncode == 0, result.stderr[-3000:]
-    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert evaluate_main("--run", run, "--beam", 1, "--lm", "", "--data", dev) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and f"ckpt-{newest} (" in warnings[0]
     assert f"using the older ckpt-{older}" in warnings[0]
     assert (run / "eval" / f"ckpt-{older}" / "results.json").is_file()
 
-    damaged = run_module("asr.evaluate", "--run", run, "--checkpoint", newest, "--beam", 1, "--lm", "",
-                         "--data", dev)  # fmt: skip
-    lines = damaged.stderr.strip().splitlines()
-    assert damaged.returncode == 2 and lines[-1].startswith(f"asr.evaluate: error: --checkpoint {newest}: ")
-    assert "damaged" in lines[-1] and "Traceback" not in damaged.stderr
+    assert evaluate_main("--run", run, "--checkpoint", newest, "--beam", 1, "--lm", "", "--data", dev) == 2
+    damaged = capsys.readouterr().err
+    assert damaged.startswith(f"asr.evaluate: error: --checkpoint {newest}: ") and damaged.count("\n") == 1
+    assert "damaged" in damaged
 
     for data in (run / "checkpoints").glob("ckpt-*.data-*"):
         data.write_bytes(b"")
-    none = run_module("asr.evaluate", "--run", run, "--beam", 1, "--lm", "", "--data", dev)
-    assert none.returncode == 2 and "no usable checkpoint" in none.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in none.stderr
+    assert evaluate_main("--run", run, "--beam", 1, "--lm", "", "--data", dev) == 2
+    none = capsys.readouterr().err
+    assert none.startswith("asr.evaluate: error: --run ") and none.count("\n") == 1
+    assert "no usable checkpoint" in none
 
 
 def data_dir_of(run_dir: Path) -> Path:
@@ -527,3 +554,151 @@ def data_dir_of(run_dir: Path) -> Path:
     import yaml
 
     return Path(yaml.safe_load((run_dir / "recipe.yaml").read_text())["data"]["dev"])
+
+
+# --------------------------------------------------------------------------- an export: --model
+
+EXPORT_LOGITS_TOLERANCE = 1e-4
+"""TFLite float32 vs the checkpoint's evaluation model on the same features: the same float32 arithmetic
+in other kernels (XNNPACK vs Eigen); measured 1.4e-5 on the cpu recipe's model (``tests/test_export.py``,
+``SAME_FEATURES_TOLERANCE``), 1.5e-6 on ``tiny_run``'s. With every logit moved by at most ``d`` (measured),
+greedy text can change only at a frame whose two best symbols are within ``2 d`` of each other, and the
+CTC loss (a log-sum-exp over paths of per-frame log-softmax terms, each moved by at most ``2 d``) by at
+most ``2 d`` per output frame."""
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_run, tmp_path_factory) -> Path:
+    """``asr.export`` of ``tiny_run``: TFLite float32 and int8 only (no SavedModel: faster, and a backend
+    the export lacks)."""
+    from asr import export
+
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    assert export.main(["--run", str(tiny_run), "--out", str(out), "--formats", "tflite", "tflite-int8"]) == 0
+    return out
+
+
+def rows_of(path: Path) -> list[dict]:
+    return json.loads(path.read_text())
+
+
+def test_an_export_evaluates_like_its_checkpoint(tiny_run, tiny_export, tmp_path, capsys):
+    """``--model`` on the float32 TFLite export gives the checkpoint's hypotheses, scores and loss, in the
+    same files; the int8 export gets its own table beside it; the export's own files are left alone."""
+    from asr.inference import open_export, open_run
+
+    run_dir, dev = copy_of(tiny_run, tmp_path), data_dir_of(tiny_run)
+    shipped = {p.name: p.stat().st_mtime_ns for p in tiny_export.iterdir()}
+    assert evaluate_main("--run", run_dir, "--data", dev, "--beam", 1, "--lm", "") == 0
+    assert evaluate_main("--model", tiny_export, "--data", dev, "--beam", 1, "--lm", "") == 0
+    assert evaluate_main("--model", tiny_export, "--backend", "tflite-int8", "--data", dev, "--beam", 1,
+                         "--lm", "") == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"Export {tiny_export} (tflite, ckpt-" in printed and "| dev |" in printed
+
+    (run_out,) = (run_dir / "eval").glob("ckpt-*")
+    model_out = tiny_export / "eval" / "tflite"
+    assert sorted(p.name for p in model_out.iterdir()) == sorted(p.name for p in run_out.iterdir())
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_export.iterdir() if p.name != "eval"} == shipped
+
+    # the logits themselves, where the greedy text is decided: equal within float32 kernel differences
+    eval_set = load_eval_set(dev)
+    ((_, batch, frames, labels),) = padded_batches(eval_set, len(eval_set))
+    reference, out, _ = open_run(run_dir).logits_fn(batch, frames, labels)
+    exported, out_exported, _ = open_export(tiny_export, "tflite").logits_fn(batch, frames, labels)
+    assert out_exported.tolist() == out.tolist()
+    valid = np.arange(reference.shape[1])[None, :] < out[:, None]
+    moved = np.abs(exported - reference)[valid].max()
+    assert moved < EXPORT_LOGITS_TOLERANCE
+    top2 = np.sort(reference, axis=-1)[..., -2:]  # a frame's symbol can change only if its gap <= 2 x moved
+    near_tie = ((top2[..., 1] - top2[..., 0] <= 2 * moved) & valid).any(axis=1)
+    assert near_tie.sum() <= len(eval_set) // 2, "too many near ties for the comparison to mean something"
+
+    # the hypotheses: equal for every utterance without a near tie (rows are in set order)
+    run_lines = (run_out / "dev.beam1.hyp.tsv").read_text().splitlines()
+    model_lines = (model_out / "dev.beam1.hyp.tsv").read_text().splitlines()
+    assert model_lines[0] == run_lines[0] and len(model_lines) == len(run_lines) == len(eval_set) + 1
+    decided = [i for i in range(len(eval_set)) if not near_tie[i]]
+    assert [model_lines[1 + i] for i in decided] == [run_lines[1 + i] for i in decided]
+    assert any(line.split("\t")[-1] for line in run_lines[1:]), "the tiny model should emit some text"
+
+    # the rows: the same fields (the export's marked), the same scores when no utterance had a near tie,
+    # and the loss within what the logits allow: |d loss| <= 2 x (largest logit change) x output frames
+    (run_row,) = rows_of(run_out / "results.json")
+    (model_row,) = rows_of(model_out / "results.json")
+    assert set(model_row) == set(run_row) | {"backend", "model"}
+    assert (model_row["backend"], model_row["checkpoint"]) == ("tflite", run_out.name)
+    references = ["utterances", "reference_words", "reference_chars", "skipped_utterances", "decoder"]
+    assert {k: model_row[k] for k in references} == {k: run_row[k] for k in references}
+    if not near_tie.any():  # every hypothesis equal, so every count and rate (the same Python arithmetic)
+        scores = ["wer", "cer", "cer_maxlen", "substitutions", "deletions", "insertions", "hits",
+                  "char_substitutions", "char_deletions", "char_insertions"]  # fmt: skip
+        assert {k: model_row[k] for k in scores} == {k: run_row[k] for k in scores}
+    assert model_row["loss"] == pytest.approx(run_row["loss"], abs=2 * moved * out.max())
+
+    int8_out = tiny_export / "eval" / "tflite-int8"
+    (int8_row,) = rows_of(int8_out / "results.json")
+    assert int8_row["backend"] == "tflite-int8" and int8_row["utterances"] == len(eval_set)
+    assert "| set | utterances | WER | CER |" in (int8_out / "table.md").read_text()
+    merged = rows_of(tiny_export / "eval" / "results.json")
+    assert [(r["split"], r["backend"]) for r in merged] == [("dev", "tflite"), ("dev", "tflite-int8")]
+
+
+def test_bad_model_backend_or_out_is_one_line_exit_2_before_any_work(
+    tiny_export, tiny_shards, tmp_path, capsys
+):
+    dev = tiny_shards / "dev"
+    nowhere = tmp_path / "nowhere"
+    files, shards = sorted(tiny_export.rglob("*")), sorted(tiny_shards.rglob("*"))
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_export, cut)
+    (cut / "model.tflite").write_bytes((tiny_export / "model.tflite").read_bytes()[:100])
+    cases = [
+        (["--model", nowhere], f"--model: {nowhere}: not an export directory of asr.export (no export.json)"),
+        (["--model", tiny_export, "--backend", "savedmodel"], f"--model: {tiny_export}: no saved_model.pb"),
+        (["--model", cut], f"--model: {cut} (tflite): "),
+        (["--model", tiny_export, "--out", tiny_export], f"--out {tiny_export}: overlaps the export"),
+        (
+            ["--model", tiny_export, "--out", tiny_export / "x"],
+            f"--out {tiny_export / 'x'}: overlaps the export",
+        ),
+        (
+            ["--model", tiny_export, "--out", tiny_export.parent],
+            f"--out {tiny_export.parent}: overlaps the export",
+        ),
+        (
+            ["--model", tiny_export, "--out", dev / "results"],
+            f"--out {dev / 'results'}: overlaps --data {dev}",
+        ),
+        (["--model", tiny_export, "--out", tiny_shards], f"--out {tiny_shards}: overlaps --data {dev}"),
+    ]
+    for args, message in cases:
+        assert evaluate_main(*args, "--data", dev, "--beam", 1, "--lm", "") == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"asr.evaluate: error: {message}"), err
+    assert sorted(tiny_export.rglob("*")) == files and sorted(tiny_shards.rglob("*")) == shards
+
+    usage = [
+        (["--model", tiny_export, "--backend", "tflite8"], "argument --backend: invalid choice: 'tflite8'"),
+        (["--run", tmp_path, "--backend", "tflite"], "--backend needs --model"),
+        (["--run", tmp_path, "--out", tmp_path], "--out needs --model"),
+        (["--model", tiny_export, "--checkpoint", "3"], "--checkpoint: not with --model"),
+        (["--model", tiny_export, "--run", tmp_path], "argument --run: not allowed with argument --model"),
+    ]
+    for args, message in usage:
+        with pytest.raises(SystemExit) as exited:
+            evaluate_main(*args)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"python -m asr.evaluate: error: {message}"), err
+
+
+def test_a_step_without_a_checkpoint_is_one_line_naming_the_steps_there_are(tiny_run, capsys):
+    (step,) = [int(p.stem.split("-")[1]) for p in (tiny_run / "checkpoints").glob("ckpt-*.json")]
+    files = sorted(tiny_run.rglob("*"))
+    assert evaluate_main("--run", tiny_run, "--checkpoint", step + 1, "--beam", 1, "--lm", "") == 2
+    assert capsys.readouterr().err == (
+        f"asr.evaluate: error: --checkpoint {step + 1}: {tiny_run}: no checkpoint at step {step + 1} "
+        f"(steps: {step})\n"
+    )
+    assert sorted(tiny_run.rglob("*")) == files

@@ -5,9 +5,12 @@ import re
 import numpy as np
 import pytest
 
-from asr import report
 from asr.config import Recipe, RigConfig, TrainConfig, TTAConfig, dump_recipe
 from asr.events import EVENT_LOG_NAME
+from asr.report import load_run, main
+from asr.report.energy import energy, integrate
+from asr.report.grouping import aggregate
+from asr.report.measures import epoch_accuracy, windowed_throughput
 
 # Synthetic run shape, so every time below can be checked by hand: each epoch is 10 training
 # steps of STEP s (the very first step of a session takes FIRST_STEP s: graph tracing), then
@@ -151,17 +154,39 @@ CER_A = [40.0, 20.0, 12.0, 9.0, 8.5, 7.5, 6.9, 7.2]  # small batch: slower start
 CER_B = [30.0, 11.0, 9.5, 9.0, 8.8, 8.1, 7.9, 8.0]  # large batch
 
 
+FINAL_ROWS = [
+    {"split": "dev-clean", "wer": 19.5, "cer": 7.1, "cer_maxlen": 7.0, "beam_width": 256, "utterances": 79},
+    {"split": "dev-clean", "wer": 18.0, "cer": 6.5, "cer_maxlen": 6.4, "beam_width": 512, "utterances": 79},
+    {"split": "test-clean", "wer": 20.25, "cer": 7.5, "cer_maxlen": 7.4, "beam_width": 512, "utterances": 84},
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run directories built once for the tests that only read them (a test that changes one builds its
+    own): name -> path, the name being the run's label in reports."""
+    root = tmp_path_factory.mktemp("runs")
+    gpu = write_run(root / "gpu", CER_A, price=8760.0, power_w=200.0)  # 1 price unit per hour
+    (gpu / "eval").mkdir()
+    (gpu / "eval" / "results.json").write_text(json.dumps(FINAL_ROWS))
+    return {
+        "small": write_run(root / "small", CER_A, batch=8),
+        "large": write_run(root / "large", CER_B, batch=32),
+        "resumed": write_run(root / "resumed", CER_A, resume_after_epoch=2, downtime=7200.0),
+        "cpu": write_run(root / "cpu", CER_A, cpu_watts_per_core=4.0, grid_g_co2_per_kwh=400.0),
+        "gpu": gpu,
+    }
+
+
 def run_report(tmp_path, runs, *extra, plots=False):
     out = tmp_path / "out"
     args = [str(r) for r in runs] + ["--out", str(out), *extra]
-    status = report.main(args + ([] if plots else ["--no-plots"]))
+    status = main(args + ([] if plots else ["--no-plots"]))
     return status, out
 
 
-def test_tta_table_minutes_percent_of_baseline_and_na(tmp_path, capsys):
-    a = write_run(tmp_path / "small", CER_A, batch=8)
-    b = write_run(tmp_path / "large", CER_B, batch=32, step_scale=1.0)
-    status, out = run_report(tmp_path, [a, b])
+def test_tta_table_minutes_percent_of_baseline_and_na(tmp_path, capsys, runs):
+    status, out = run_report(tmp_path, [runs["small"], runs["large"]])
     assert status == 0
     times = eval_times(8)  # 73, 133, 193, ... seconds
     assert times[:3] == [73.0, 133.0, 193.0]
@@ -210,22 +235,20 @@ def test_a_baseline_seed_that_never_reaches_a_target_bounds_the_percent(tmp_path
     assert f"the aggregate is at least: CER 10 {bound / 60:.1f} min, CER 8" in table
 
 
-def test_definition_throughput_and_runs_tables(tmp_path):
-    a = write_run(tmp_path / "a", CER_A, batch=8)
-    status, out = run_report(tmp_path, [a])
+def test_definition_throughput_and_runs_tables(tmp_path, runs):
+    status, out = run_report(tmp_path, [runs["small"]])
     md = (out / "report.md").read_text()
     assert status == 0
     assert "not the downtime" in md and "feature extraction" in md and "median of the last e" in md
     # 79 timed steps of 5 s with 8 utterances of 12 s (the 20 s first step is excluded): 1.6 utt/s, 19.2 s/s
     throughput = md.split("## Training throughput")[1].split("##")[0]
-    assert "| a | 1.60 | 1.60 | 1.60 | 19.2 | 79 | 1 | 8 |" in throughput
+    assert "| small | 1.60 | 1.60 | 1.60 | 19.2 | 79 | 1 | 8 |" in throughput
     runs = md.split("## Runs")[1].split("##")[0]
     assert f"| {eval_times(8)[-1] / 60:.1f} | 0.0 | not recorded | 8 | epochs |" in runs
 
 
-def test_resume_with_downtime_is_excluded_from_tta_and_shown_separately(tmp_path):
-    a = write_run(tmp_path / "resumed", CER_A, resume_after_epoch=2, downtime=7200.0)
-    status, out = run_report(tmp_path, [a])
+def test_resume_with_downtime_is_excluded_from_tta_and_shown_separately(tmp_path, runs):
+    status, out = run_report(tmp_path, [runs["resumed"]])
     assert status == 0
     md = (out / "report.md").read_text()
     # after the resume the first step again takes FIRST_STEP: epoch 3 onward is 15 s later than eval_times
@@ -238,11 +261,11 @@ def test_resume_with_downtime_is_excluded_from_tta_and_shown_separately(tmp_path
 
 def test_aggregation_of_repeated_runs(tmp_path):
     # exact: means and medians of a few whole numbers are exactly representable (Python floats, any CPU)
-    assert report.aggregate([5.0, 1.0, 3.0, 100.0, 4.0]) == (4.0, 1.0, 100.0)  # mean of 3, 4, 5
-    assert report.aggregate([3.0, 1.0, 2.0, 10.0]) == (2.5, 1.0, 10.0)  # median
-    assert report.aggregate([1.0, None, 2.0]) == (2.0, 1.0, None)  # not reached = slowest
-    assert report.aggregate([None, None, 1.0]) == (None, 1.0, None)
-    assert report.aggregate([1.0, 2.0, 3.0, 4.0, None]) == (3.0, 1.0, None)
+    assert aggregate([5.0, 1.0, 3.0, 100.0, 4.0]) == (4.0, 1.0, 100.0)  # mean of 3, 4, 5
+    assert aggregate([3.0, 1.0, 2.0, 10.0]) == (2.5, 1.0, 10.0)  # median
+    assert aggregate([1.0, None, 2.0]) == (2.0, 1.0, None)  # not reached = slowest
+    assert aggregate([None, None, 1.0]) == (None, 1.0, None)
+    assert aggregate([1.0, 2.0, 3.0, 4.0, None]) == (3.0, 1.0, None)
     runs = [
         write_run(tmp_path / f"seed{s}", CER_A, seed=s, step_scale=scale)
         for s, scale in enumerate([1.0, 1.2, 0.8, 1.1, 1.5])
@@ -274,12 +297,11 @@ def test_runs_on_training_sets_of_different_size_are_not_repeats(tmp_path):
     assert rows[1].startswith("| cpu @ laptop [training utterances=1524] |") and "n=" not in rows[1]
 
 
-def test_truncated_last_line_missing_log_and_unknown_baseline(tmp_path, capsys):
+def test_truncated_last_line_missing_log_and_unknown_baseline(tmp_path, capsys, runs):
     a = write_run(tmp_path / "killed", CER_A)
     with (a / EVENT_LOG_NAME).open("a") as log:
         log.write('{"event": "step", "elapsed": 9')
-    b = write_run(tmp_path / "other", CER_B, batch=32)
-    status, out = run_report(tmp_path, [a, tmp_path / "nothing-here", b], "--baseline", "sys10")
+    status, out = run_report(tmp_path, [a, tmp_path / "nothing-here", runs["large"]], "--baseline", "sys10")
     err = capsys.readouterr().err
     assert status == 0
     assert f"{a / EVENT_LOG_NAME}:618: unreadable line skipped" in err
@@ -295,6 +317,21 @@ def test_truncated_last_line_missing_log_and_unknown_baseline(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--price-per-hour", "-1"], "argument --price-per-hour: must be at least 0, got -1"),
+        (["--window", "nan"], "argument --window: must be a finite number, got nan"),
+        (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_status_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--out", str(tmp_path / "out"), *args])
+    assert exit_.value.code == 2 and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err == f"asr.report: error: {message} (see --help)\n"
+
+
 def test_nothing_to_report_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     status, out = run_report(tmp_path, [tmp_path / "empty", tmp_path / "missing"])
@@ -303,12 +340,11 @@ def test_nothing_to_report_exits_2(tmp_path, capsys):
     assert "empty: no events.jsonl" in err and "nothing to report" in err
 
 
-def test_baseline_by_name_reorders_and_different_targets_are_noted(tmp_path, capsys):
-    a = write_run(tmp_path / "a", CER_A)
+def test_baseline_by_name_reorders_and_different_targets_are_noted(tmp_path, capsys, runs):
     b = write_run(tmp_path / "b", CER_B, batch=32)
     recipe = (b / "recipe.yaml").read_text().replace("value: 19.2", "value: 25.0")
     (b / "recipe.yaml").write_text(recipe)
-    status, out = run_report(tmp_path, [a, b], "--baseline", "b")
+    status, out = run_report(tmp_path, [runs["small"], b], "--baseline", "b")
     assert status == 0
     md = (out / "report.md").read_text()
     assert "Baseline: cpu @ laptop [train.global_batch=32]" in md
@@ -316,74 +352,45 @@ def test_baseline_by_name_reorders_and_different_targets_are_noted(tmp_path, cap
     assert "different targets" in capsys.readouterr().err
 
 
-def test_cost_energy_and_final_accuracy(tmp_path):
-    a = write_run(tmp_path / "gpu", CER_A, price=8760.0, power_w=200.0)  # 1 price unit per hour
-    (a / "eval").mkdir()
-    rows = [
-        {
-            "split": "dev-clean",
-            "wer": 19.5,
-            "cer": 7.1,
-            "cer_maxlen": 7.0,
-            "beam_width": 256,
-            "utterances": 79,
-        },
-        {
-            "split": "dev-clean",
-            "wer": 18.0,
-            "cer": 6.5,
-            "cer_maxlen": 6.4,
-            "beam_width": 512,
-            "utterances": 79,
-        },
-        {
-            "split": "test-clean",
-            "wer": 20.25,
-            "cer": 7.5,
-            "cer_maxlen": 7.4,
-            "beam_width": 512,
-            "utterances": 84,
-        },
-    ]
-    (a / "eval" / "results.json").write_text(json.dumps(rows))
-    b = write_run(tmp_path / "cpu", CER_B)
+def test_cost_energy_and_final_accuracy(tmp_path, runs):
+    a, b = runs["gpu"], runs["large"]
     status, out = run_report(tmp_path, [a, b])
     assert status == 0
     md = (out / "report.md").read_text()
     tta_hours = eval_times(8)[4] / 3600
     cost = md.split("## Cost to accuracy")[1].split("##")[0]
-    assert f"| gpu | 1.0000 | {tta_hours:.4f} |" in cost and "| cpu | no price |" in cost
+    assert f"| gpu | 1.0000 | {tta_hours:.4f} |" in cost and "| large | no price |" in cost
     # constant 200 W sampled every second from 1 s: energy to CER 10 = 200 W x (TTA - 1 s)
-    energy = md.split("## Energy to accuracy")[1].split("##")[0]
-    assert f"| {200 * (eval_times(8)[4] - 1) / 1000:.1f} |" in energy and "| cpu |" not in energy
+    kj = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert f"| {200 * (eval_times(8)[4] - 1) / 1000:.1f} |" in kj and "| large |" not in kj
     final = md.split("## Final accuracy")[1].split("##")[0]
     assert "| gpu | 18.00 (6.50, beam 512) | 20.25 (7.50, beam 512) |" in final
-    assert "No eval/results.json" in final and "cpu" in final.split("No eval/results.json")[1]
+    assert "No eval/results.json" in final and "large" in final.split("No eval/results.json")[1]
 
 
 def test_integrate_power_by_hand():
     times, watts = np.array([0.0, 10.0]), np.array([0.0, 100.0])
     # whole numbers and halves: float64 trapezoids are exact here, approx only for readability
-    assert report.integrate(times, watts, 0, 10) == pytest.approx(500.0)
-    assert report.integrate(times, watts, 5, 10) == pytest.approx(375.0)  # (50 + 100) / 2 x 5 s
-    assert report.integrate(times, watts, -5, 50) == pytest.approx(500.0)  # no extrapolation
-    assert report.integrate(times[:1], watts[:1], 0, 10) == 0.0
+    assert integrate(times, watts, 0, 10) == pytest.approx(500.0)
+    assert integrate(times, watts, 5, 10) == pytest.approx(375.0)  # (50 + 100) / 2 x 5 s
+    assert integrate(times, watts, -5, 50) == pytest.approx(500.0)  # no extrapolation
+    assert integrate(times[:1], watts[:1], 0, 10) == 0.0
 
 
-def test_cpu_energy_estimate_and_co2_to_accuracy(tmp_path):
-    run_dir = write_run(tmp_path / "cpu", CER_A, cpu_watts_per_core=4.0, grid_g_co2_per_kwh=400.0)
+def test_cpu_energy_estimate_and_co2_to_accuracy(tmp_path, runs):
+    run_dir = runs["cpu"]
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     times, watts = np.array([(e["elapsed"], e["cpu_percent"] / 100 * 4.0) for e in events
                              if e["event"] == "util"]).T  # fmt: skip
     by_hand = float(np.sum(np.diff(times) * (watts[1:] + watts[:-1]) / 2))  # trapezoids, 1 s apart
-    run = report.load_run(run_dir)
-    assert report.energy(run, "gpu") is None
-    assert report.energy(run, "cpu")["total"] == pytest.approx(by_hand, rel=1e-9)  # same sums, other order
+    run = load_run(run_dir)
+    assert energy(run, "gpu") is None
+    assert energy(run, "cpu")["total"] == pytest.approx(by_hand, rel=1e-9)  # same sums, other order
     status, out = run_report(tmp_path, [run_dir])
     assert status == 0
     md = (out / "report.md").read_text()
-    energy = md.split("## Energy to accuracy")[1].split("##")[0]
-    assert f"| cpu | cpu | {by_hand / 1000:.1f} |" in energy and "ESTIMATE" in energy
+    kj = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert f"| cpu | cpu | {by_hand / 1000:.1f} |" in kj and "ESTIMATE" in kj
     co2 = md.split("## CO2 to accuracy")[1].split("##")[0]
     assert f"| cpu | 400 | {by_hand / 3.6e6 * 400:.1f} |" in co2
 
@@ -399,40 +406,92 @@ def test_measured_cpu_power_replaces_the_estimate(tmp_path):
     for index, event in enumerate(util):
         event["cpu_power_w"] = None if index == 0 else 30.0
     log.write_text("".join(json.dumps(e) + "\n" for e in events))
-    run = report.load_run(run_dir)
-    measured = report.energy(run, "cpu-rapl")
+    run = load_run(run_dir)
+    measured = energy(run, "cpu-rapl")
     span = util[-1]["elapsed"] - util[1]["elapsed"]
     assert measured["total"] == pytest.approx(30.0 * span)  # constant power: exact trapezoids
     status, out = run_report(tmp_path, [run_dir])
     assert status == 0
     md = (out / "report.md").read_text()
-    energy = md.split("## Energy to accuracy")[1].split("##")[0]
-    assert f"| cpu | cpu-rapl | {30.0 * span / 1000:.1f} |" in energy and "| cpu | cpu |" not in energy
+    kj = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert f"| cpu | cpu-rapl | {30.0 * span / 1000:.1f} |" in kj and "| cpu | cpu |" not in kj
     co2 = md.split("## CO2 to accuracy")[1].split("##")[0]
     assert f"| cpu | 400 | {30.0 * span / 3.6e6 * 400:.1f} |" in co2
 
 
-def test_no_cpu_estimate_without_a_per_core_figure(tmp_path):
-    run = report.load_run(write_run(tmp_path / "cpu", CER_A))
-    assert report.energy(run, "cpu") is None
+def test_a_session_without_rapl_keeps_its_estimate_next_to_the_measured_one(tmp_path):
+    """A run whose first session measured RAPL and whose resumed session (another host) did not: the
+    measured part counts under cpu-rapl, the second session's CPU under the estimate, each session once."""
+    run_dir = write_run(tmp_path / "cpu", CER_A, cpu_watts_per_core=4.0, grid_g_co2_per_kwh=400.0,
+                        resume_after_epoch=3)  # fmt: skip
+    log = run_dir / EVENT_LOG_NAME
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    resumed = next(i for i, e in enumerate(events) if e["event"] == "run_start" and e["resumed"])
+    first = [e for e in events[:resumed] if e["event"] == "util"]
+    second = [e for e in events[resumed:] if e["event"] == "util"]
+    for index, event in enumerate(first):
+        event["cpu_power_w"] = None if index == 0 else 20.0 + index % 3  # the counter's baseline: no figure
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+
+    def trapezoids(samples, watts):
+        times = np.array([e["elapsed"] for e in samples])
+        power = np.array([watts(e) for e in samples])
+        return float(np.sum(np.diff(times) * (power[1:] + power[:-1]) / 2))
+
+    measured = trapezoids(first[1:], lambda e: e["cpu_power_w"])
+    estimated = trapezoids(second, lambda e: e["cpu_percent"] / 100 * 4.0)
+    run = load_run(run_dir)
+    assert energy(run, "cpu-rapl")["total"] == pytest.approx(measured, rel=1e-12)
+    assert energy(run, "cpu")["total"] == pytest.approx(estimated, rel=1e-12)
+    status, out = run_report(tmp_path, [run_dir])
+    assert status == 0
+    md = (out / "report.md").read_text()
+    kj = md.split("## Energy to accuracy")[1].split("##")[0]
+    assert (
+        f"| cpu | cpu-rapl | {measured / 1000:.1f} |" in kj
+        and f"| cpu | cpu | {estimated / 1000:.1f} |" in kj
+    )
+    co2 = md.split("## CO2 to accuracy")[1].split("##")[0]
+    assert f"| cpu | 400 | {(measured + estimated) / 3.6e6 * 400:.1f} |" in co2
 
 
-def test_energy_per_phase_and_epoch_add_up(tmp_path):
-    run = report.load_run(write_run(tmp_path / "gpu", CER_A[:3], power_w=100.0))
-    result = report.energy(run)
-    end = eval_times(3)[-1] + 2  # last swap_in ends; samples every whole second from 1 s
-    # 100 W trapezoids between whole seconds: whole numbers, exact in any summation order
-    assert result["total"] == pytest.approx(100.0 * (math.floor(end) - 1))
-    assert result["phases"]["evaluate"] == pytest.approx(3 * 6 * 100.0)
+def test_a_source_is_never_bridged_across_a_session_counted_under_the_other(tmp_path):
+    """Sessions measured, estimated, measured: the measured curve stops at the middle session instead of
+    joining its neighbours over it (that would count the middle session's CPU twice)."""
+    run_dir = tmp_path / "three"
+    run_dir.mkdir()
+    rig = RigConfig(name="laptop", cpu_watts_per_core=4.0)
+    (run_dir / "recipe.yaml").write_text(dump_recipe(Recipe(name="cpu", rig=rig)))
+    events = []
+    for session, rapl in enumerate((True, False, True)):
+        events.append({"event": "run_start", "elapsed": 5.0 * session, "resumed": session > 0})
+        for second in range(5 * session, 5 * session + 5):
+            util = {"event": "util", "elapsed": float(second), "cpu_percent": 100.0}
+            events.append({**util, "cpu_power_w": 10.0} if rapl else util)
+    (run_dir / EVENT_LOG_NAME).write_text("".join(json.dumps(e) + "\n" for e in events))
+    run = load_run(run_dir)
+    assert energy(run, "cpu-rapl")["total"] == 2 * 4 * 10.0  # exact: whole seconds and watts
+    assert energy(run, "cpu")["total"] == 4 * 4.0  # one busy core at 4 W from 5 s to 9 s
+
+
+def test_no_cpu_estimate_without_a_per_core_figure(runs):
+    run = load_run(runs["small"])
+    assert energy(run, "cpu") is None
+
+
+def test_energy_per_phase_and_epoch_add_up(runs):
+    result = energy(load_run(runs["gpu"]))
+    end = eval_times(8)[-1] + 2  # last swap_in ends; samples every whole second from 1 s
+    # 200 W trapezoids between whole seconds: whole numbers, exact in any summation order
+    assert result["total"] == pytest.approx(200.0 * (math.floor(end) - 1))
+    assert result["phases"]["evaluate"] == pytest.approx(8 * 6 * 200.0)
     assert sum(result["phases"].values()) == pytest.approx(result["total"])
     assert sum(result["epochs"].values()) == pytest.approx(result["total"])
-    assert list(result["epochs"]) == [0, 1, 2]
+    assert list(result["epochs"]) == list(range(8))
 
 
-def test_plots_and_self_contained_html(tmp_path):
-    a = write_run(tmp_path / "a", CER_A, power_w=150.0)
-    b = write_run(tmp_path / "b", CER_B, batch=32)
-    status, out = run_report(tmp_path, [a, b], "--window", "60", plots=True)
+def test_plots_and_self_contained_html(tmp_path, runs):
+    status, out = run_report(tmp_path, [runs["gpu"], runs["large"]], "--window", "60", plots=True)
     assert status == 0
     names = sorted(p.name for p in (out / "plots").iterdir())
     assert names == ["accuracy.png", "loss.png", "throughput.png", "utilization.png"]
@@ -472,11 +531,11 @@ def test_feature_extraction_time_is_shown_separately(tmp_path):
 
 def test_windowed_throughput_counts_evaluation_as_time_without_training():
     segments = [(0.0, 10.0, 2.0), (10.0, 20.0, 0.0), (20.0, 30.0, 4.0)]  # train, evaluate, train
-    centres, rates = report.windowed_throughput(segments, window=10.0, spacing=5.0)
+    centres, rates = windowed_throughput(segments, window=10.0, spacing=5.0)
     # exact: whole numbers, so the BLAS product (its order chosen per CPU) rounds nothing; even 0.0 is exact
     assert centres.tolist() == [5.0, 10.0, 15.0, 20.0, 25.0]
     assert rates.tolist() == pytest.approx([2.0, 1.0, 0.0, 2.0, 4.0])
-    assert report.windowed_throughput([])[0].size == 0
+    assert windowed_throughput([])[0].size == 0
 
 
 def test_a_setting_an_older_run_did_not_record_keeps_the_runs_apart(tmp_path):
@@ -505,11 +564,10 @@ def test_final_accuracy_of_an_incomplete_set_says_how_many_utterances_were_lost(
     assert "'utt. lost': the set had damaged or missing shards" in final
 
 
-def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path, capsys):
-    run = write_run(tmp_path / "gpu", CER_A)
+def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path, capsys, runs):
     out = tmp_path / "out"
     (out / "report.md").mkdir(parents=True)  # a directory where the file goes: the rename fails
-    status, _ = run_report(tmp_path, [run])
+    status, _ = run_report(tmp_path, [runs["gpu"]])
     assert status == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"asr.report: {out / 'report.md'}: cannot write (Is a directory)")
@@ -533,4 +591,4 @@ def test_runs_table_shows_each_evaluated_set_last_and_median_of_last_3(tmp_path)
     assert runs.index(dev) < runs.index("dev-seen")
     tta = (out / "report.md").read_text().split("## Runs")[0]
     assert "dev-seen" not in tta  # never a TTA set
-    assert report.epoch_accuracy([]) == "\u2014"
+    assert epoch_accuracy([]) == "\u2014"

@@ -60,6 +60,20 @@ def test_a_re_evaluated_epoch_replaces_its_earlier_value():
     assert time_to_accuracy(evals, 6.0, 2, "median") == 40
 
 
+def test_a_re_evaluated_older_epoch_counts_as_the_latest_in_the_window():
+    """The window is the last epochs evaluated in log order: epoch 3 evaluated again after epoch 5 makes
+    the window (5, 3), not (4, 5) as sorting by epoch would."""
+    values = [30.0, 20.0, 15.0, 14.0, 16.0, 12.0]  # window 2: medians 25, 17.5, 14.5, 15, 14
+    evals = [EvalPoint(600 * (epoch + 1), epoch, value) for epoch, value in enumerate(values)]
+    evals.append(EvalPoint(4000, 3, 8.0))  # epoch 3 again (say, with the averaged weights)
+    reached = reached_at(evals, 10.0, 2, "median")
+    # exact: the mean of 12 and 8 is 10, a tie with the target (reached)
+    assert (reached.elapsed, reached.epoch, reached.value) == (4000, 3, 10.0)
+    tracker = TTATracker([("cer", 10.0)], window=2)
+    found = [r for p in evals for r in tracker.update(_eval_event(p.elapsed, p.epoch, p.value, 50.0))]
+    assert [(r.rule, r.elapsed) for r in found] == [("median", 4000), ("first", 4000)]
+
+
 def test_bad_window_and_rule_are_rejected():
     with pytest.raises(ValueError, match="window"):
         time_to_accuracy(CER, 10.0, 0, "median")
@@ -169,6 +183,24 @@ def test_the_restart_point_is_the_checkpoint_clock_not_the_resumed_sessions_firs
     ]
     assert [e.get("step") for e in active_events(log) if e["event"] == "step"] == [60, 61]
     assert [e["elapsed"] for e in active_events(log) if e["event"] == "step"] == [28.08, 33.26]
+
+
+def test_an_event_exactly_at_the_restart_point_is_kept():
+    """Only events later than the clock saved with the checkpoint were lost; one logged at that very clock
+    reading (here the epoch's evaluation, then the checkpoint) was part of what the checkpoint saved."""
+    log = [
+        {"event": "run_start", "elapsed": 0.0, "resumed": False},
+        _eval_event(28.09, 0, 9.0, 30.0),
+        {"event": "checkpoint", "step": 60, "elapsed": 28.09},
+        {"event": "step", "step": 61, "elapsed": 28.27},  # lost
+        {"event": "run_start", "elapsed": 28.32, "restart_elapsed": 28.09, "resumed": True},
+        {"event": "step", "step": 61, "elapsed": 33.26},
+    ]
+    kept = active_events(log)
+    assert [(e["event"], e["elapsed"]) for e in kept[1:3]] == [("eval", 28.09), ("checkpoint", 28.09)]
+    assert [e.get("step") for e in kept if e["event"] == "step"] == [61] and kept[-1]["elapsed"] == 33.26
+    tracker = TTATracker.from_events(log, [("cer", 10.0)], window=1)
+    assert tracker.reached[("cer", 10.0, "first")].elapsed == 28.09
 
 
 def test_a_fresh_start_after_a_session_that_saved_no_checkpoint_drops_that_session():

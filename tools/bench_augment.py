@@ -11,7 +11,6 @@ utterances per second of each and its ratio to the plain epochs measured beside 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -42,9 +41,11 @@ def utterances_per_second(recipe, changes: dict, shards, epoch: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from asr.config import Bound, OneLineParser, option_type
+
+    parser = OneLineParser(prog="tools/bench_augment.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default=str(REPO / "recipes" / "cpu.yaml"))
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=option_type(int, Bound(1)), default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override as for asr.train, e.g. data.readers=2")  # fmt: skip
     args = parser.parse_args()

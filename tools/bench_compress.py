@@ -27,7 +27,6 @@ Writes ``compress.md`` (the table), ``compress.json`` and ``wer-size.png`` to ``
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import shutil
@@ -39,15 +38,18 @@ from pathlib import Path
 
 import numpy as np
 
+from asr.sampler import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
+PROG = "tools/bench_compress.py"
 
 
 def evaluate_run(run_dir: Path, sets, beam: int, lm: str) -> dict[str, float]:
     """WER/CER per set with greedy decoding and with beam + LM, from the run's newest checkpoint."""
-    from asr.evaluate import DecodeSetting, evaluate_checkpoint, load_run_recipe, open_newest
+    from asr.evaluate import DecodeSetting, evaluate_checkpoint
+    from asr.inference import open_run
 
-    recipe = load_run_recipe(run_dir)
-    _, logits_fn = open_newest(run_dir, recipe)
+    logits_fn = open_run(run_dir).logits_fn
     settings = [DecodeSetting(1), DecodeSetting(beam, lm)]
     scores = {}
     for result in evaluate_checkpoint(sets, logits_fn, settings, batch_size=16):
@@ -58,11 +60,9 @@ def evaluate_run(run_dir: Path, sets, beam: int, lm: str) -> dict[str, float]:
 
 
 def run_model(run_dir: Path):
-    from asr.checkpoint import latest_checkpoint
-    from asr.config import load_recipe
-    from asr.inference import restore_model
+    from asr.inference import restore_model, restore_run
 
-    return restore_model(load_recipe(run_dir / "recipe.yaml"), latest_checkpoint(run_dir))[0]
+    return restore_run(run_dir, None, restore_model)[2][0]
 
 
 def float32_sizes(model) -> dict[str, int]:
@@ -113,7 +113,8 @@ def fine_tune(compressed: Path, out: Path, epochs: int, learning_rate: float) ->
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"fine-tuning {compressed} failed:\n{result.stderr[-2000:]}")
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        sys.exit(f"{PROG}: error: fine-tuning {compressed} failed (exit {result.returncode}): {last}")
     return time.perf_counter() - started
 
 
@@ -167,13 +168,6 @@ def plot(rows: list[dict], column: str, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 class Sweep:
@@ -278,7 +272,10 @@ class Sweep:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from asr.config import Bound, OneLineParser, option_type
+
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    count = option_type(int, Bound(1))
     parser.add_argument("--run", required=True, type=Path)
     parser.add_argument("--data", nargs="+", default=["work/minilibri/test", "work/minilibri/dev"])
     parser.add_argument("--lm", default="work/minilibri/lm")
@@ -287,12 +284,12 @@ def main() -> None:
     parser.add_argument(
         "--finetune", default="4,8", help="cluster counts to fine-tune, each scope ('' for none)"
     )
-    parser.add_argument("--finetune-epochs", type=int, default=1)
-    parser.add_argument("--finetune-lr", type=float, default=1e-4)
-    parser.add_argument("--speed-utterances", type=int, default=32)
-    parser.add_argument("--beam", type=int, default=64)
+    parser.add_argument("--finetune-epochs", type=count, default=1)
+    parser.add_argument("--finetune-lr", type=option_type(float, Bound(0, low_open=True)), default=1e-4)
+    parser.add_argument("--speed-utterances", type=count, default=32)
+    parser.add_argument("--beam", type=count, default=64)
     parser.add_argument("--no-paper-model", action="store_true")
-    parser.add_argument("--sensitivity", type=int, default=4,
+    parser.add_argument("--sensitivity", type=option_type(int, Bound(0, note="0: skip")), default=4,
                         help="clusters for the one-matrix-at-a-time table (0: skip it)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "compress")
     args = parser.parse_args()

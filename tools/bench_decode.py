@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PROG = "tools/bench_decode.py"
 sys.path.insert(0, str(REPO_ROOT))
 
+from asr.config import Bound, OneLineParser, option_type  # noqa: E402
 from asr.decoding import BeamSearchDecoder, GreedyDecoder  # noqa: E402
 from asr.lm import build_lm, normalize_lines  # noqa: E402
 from asr.metrics import score  # noqa: E402
@@ -60,15 +62,25 @@ def load_subset(corpus: Path, subset: str) -> list[dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = OneLineParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--corpus", default=str(REPO_ROOT.parent / "shared" / "minilibri"))
     parser.add_argument("--subset", default="dev-clean")
     parser.add_argument("--beams", default="1,64,256,512")
-    parser.add_argument("--limit", type=int, default=0, help="first N utterances only (0: all)")
+    parser.add_argument(
+        "--limit",
+        type=option_type(int, Bound(0, note="0: all")),
+        default=0,
+        help="first N utterances only (0: all)",
+    )
     parser.add_argument("--lm", default="", help="asr.lm output directory (default: build from train-clean)")
-    parser.add_argument("--workers", type=int, default=0, help="pool processes (0: all cores)")
+    parser.add_argument(
+        "--workers",
+        type=option_type(int, Bound(0, note="0: all cores")),
+        default=0,
+        help="pool processes (0: all cores)",
+    )
     args = parser.parse_args()
 
     corpus = Path(args.corpus)
@@ -77,7 +89,7 @@ def main() -> int:
         rows = rows[: args.limit]
     if not rows:
         where = f"{corpus}/manifest.jsonl"
-        print(f"bench_decode: error: no utterances of {args.subset} in {where}", file=sys.stderr)
+        print(f"{PROG}: error: no utterances of {args.subset} in {where}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(0)
     references = [normalize(row["text"]) for row in rows]

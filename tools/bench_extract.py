@@ -19,7 +19,6 @@ when quiet and compare the ratios, which are measured minutes apart at most.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -34,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from asr import corpus, extract, features, text  # noqa: E402
+from asr.config import Bound, OneLineParser, option_type  # noqa: E402
 
 SETTINGS: list[tuple[str, list[str]]] = [
     ("gzip (default: level 6, huffman)", ["--compression", "gzip"]),
@@ -164,11 +164,11 @@ def compression_table(utterances: list[corpus.Planned], sample_seconds: float = 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="tools/bench_extract.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=REPO_ROOT.parent / "shared" / "minilibri")
     parser.add_argument("--subsets", nargs="+", default=["train-clean", "dev-clean", "test-clean"])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1])
-    parser.add_argument("--max-duration", type=float, default=16.7)
+    parser.add_argument("--workers", type=option_type(int, Bound(1)), nargs="+", default=[1])
+    parser.add_argument("--max-duration", type=option_type(float, Bound(0, low_open=True)), default=16.7)
     args = parser.parse_args()
 
     utterances = planned_utterances(args.corpus, args.subsets, args.max_duration)

@@ -16,10 +16,12 @@ Method
   seconds / audio seconds. Fit: seconds = a + b × audio seconds (least squares over the lengths, as the
   wav2vec2 paper fits runtime against input size).
 - CPU time: the process's user + system seconds over the same calls (all threads).
-- Energy: this machine exposes no power counter (no RAPL under its hypervisor), so energy is an
-  ESTIMATE: CPU seconds × ``--watts-per-core`` (default 3.75 W: a 96-core AMD EPYC 9004 "Genoa" part's
-  360 W TDP / 96 cores; the hypervisor hides the exact part of this family-25 model-17 CPU). It counts the
-  cores' share of package power at full load only, no memory, disk or idle power.
+- Energy of the same calls, by the rule training follows (``asr.sampler``): measured by the CPU packages'
+  RAPL counters (``asr.sampler.RaplCounter``) where Linux exposes readable ones (the whole packages: every
+  process on them counts); elsewhere an ESTIMATE, the report's (``asr.report.energy.estimated_cpu_joules``):
+  CPU seconds × ``--watts-per-core`` (default 3.75 W: a 96-core AMD EPYC 9004 "Genoa" part's 360 W TDP / 96
+  cores), the cores' share of package power at full load only, no memory, disk or idle power. This
+  project's VM exposes no RAPL counter, so its figures are estimates; the table says which.
 - Peak memory: the process's maximum resident set (``ru_maxrss``), runtime included (TensorFlow alone
   is ~400 MB; the TFLite interpreter package ~40 MB).
 - Accuracy (trained model only): every test-clean utterance, greedy and beam 64 + the LM, WER/CER by
@@ -31,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from asr.decoding import greedy_text  # noqa: E402 (the repository on the path first)
+from asr.features import compute_features  # noqa: E402
+from asr.report.energy import estimated_cpu_joules  # noqa: E402
+from asr.sampler import POWERCAP_ROOT, RaplCounter, cpu_name  # noqa: E402
 
 LENGTHS = (1, 2, 4, 8, 16, 30)
 BACKENDS = ("keras", "keras-xla", "savedmodel", "tflite", "tflite-int8", "onnx")
@@ -94,6 +100,8 @@ class Cell:
     repeats: int = 3
     accuracy: bool = False
     lm: str = ""
+    powercap_root: str = POWERCAP_ROOT
+    """Where the RAPL counters are looked for (a test points it at a fake tree)."""
 
 
 def load_backend(cell: Cell):
@@ -133,30 +141,56 @@ def random_paper_model(xla: bool):
 
 
 def time_lengths(model, cell: Cell, utterances) -> list[dict]:
-    """Per input length: median seconds of features, network and greedy decoding, and CPU seconds."""
-    from asr.decoding import greedy_text
-    from asr.features import compute_features
-
+    """Per input length: median seconds of features, network and greedy decoding, CPU seconds, and the CPU
+    packages' joules (``rapl_joules``) where RAPL is readable (:func:`energy_method`)."""
+    rapl = RaplCounter(cell.powercap_root)
     rows = []
     for seconds in cell.lengths:
         waveform = speech_of_length(utterances, seconds)
         model.run([compute_features(waveform)])  # warm-up: graph tracing, tensor allocation
         parts: dict[str, list[float]] = {"features": [], "network": [], "greedy": [], "cpu": []}
+        if rapl.available:
+            parts["rapl_joules"] = []
         for _ in range(cell.repeats):
-            cpu = time.process_time()
-            start = time.perf_counter()
-            values = compute_features(waveform)
-            after_features = time.perf_counter()
-            (logits,) = model.run([values])
-            after_network = time.perf_counter()
-            greedy_text(logits)
-            end = time.perf_counter()
-            parts["cpu"].append(time.process_time() - cpu)
-            parts["features"].append(after_features - start)
-            parts["network"].append(after_network - after_features)
-            parts["greedy"].append(end - after_network)
+            for key, value in time_call(model, waveform, rapl).items():
+                parts[key].append(value)
         rows.append({"seconds": seconds, **{k: statistics.median(v) for k, v in parts.items()}})
     return rows
+
+
+def time_call(model, waveform: np.ndarray, rapl: RaplCounter) -> dict[str, float]:
+    """One call, features to text: seconds of each part, CPU seconds, and joules if ``rapl`` is available."""
+    joules = rapl.joules() if rapl.available else 0.0
+    cpu = time.process_time()
+    start = time.perf_counter()
+    values = compute_features(waveform)
+    after_features = time.perf_counter()
+    (logits,) = model.run([values])
+    after_network = time.perf_counter()
+    greedy_text(logits)
+    end = time.perf_counter()
+    timed = {"cpu": time.process_time() - cpu, "features": after_features - start,
+             "network": after_network - after_features, "greedy": end - after_network}  # fmt: skip
+    if rapl.available:
+        timed["rapl_joules"] = rapl.joules() - joules
+    return timed
+
+
+def energy_method(powercap_root: str = POWERCAP_ROOT) -> str:
+    """How a cell's energy is known on this machine, the rule training's sampler follows: measured where
+    RAPL's package counters are readable, else estimated from CPU time."""
+    rapl = RaplCounter(powercap_root)
+    if rapl.available:
+        return f"measured by RAPL ({len(rapl.zones)} package(s), the whole packages)"
+    return f"ESTIMATE from CPU seconds ({rapl.unavailable_reason})"
+
+
+def call_joules(row: dict, watts_per_core: float) -> float:
+    """One call's CPU energy (J): RAPL's measurement where the cell had one, else the report's estimate,
+    CPU seconds × watts per core."""
+    if row.get("rapl_joules") is not None:
+        return row["rapl_joules"]
+    return estimated_cpu_joules(row["cpu"], watts_per_core)
 
 
 def measure_accuracy(model, utterances, lm: str, recipe) -> dict:
@@ -187,6 +221,7 @@ def run_cell(cell: Cell) -> dict:
     load_seconds = time.perf_counter() - started
     utterances = test_utterances(Path(cell.corpus))
     result = {"cell": dataclasses.asdict(cell), "load_seconds": load_seconds}
+    result["energy"] = energy_method(cell.powercap_root)
     result["lengths"] = time_lengths(model, cell, utterances)
     if cell.accuracy:
         result["accuracy"] = measure_accuracy(model, utterances, cell.lm, model.recipe)
@@ -280,8 +315,8 @@ def summarize(result: dict, watts: float) -> dict:
         "latency_1s_ms": _rtf(rows[0]) * rows[0]["seconds"] * 1e3,
         "rtf_16s": _rtf(by_length.get(16.0)),
         "rtf_longest": _rtf(longest),
-        "joules_longest": longest["cpu"] * watts,
-        "joules_per_audio_s": longest["cpu"] * watts / longest["seconds"],
+        "joules_longest": call_joules(longest, watts),
+        "joules_per_audio_s": call_joules(longest, watts) / longest["seconds"],
     }
 
 
@@ -291,12 +326,16 @@ def _rtf(row: dict | None) -> float:
     return (row["features"] + row["network"] + row["greedy"]) / row["seconds"]
 
 
-def markdown(results: list[dict], sizes: dict, watts: float, cpu_name: str) -> str:
+def markdown(results: list[dict], sizes: dict, watts: float, cpu: str) -> str:
+    methods = sorted({r.get("energy", "ESTIMATE from CPU seconds") for r in results})
+    estimated = any(method.startswith("ESTIMATE") for method in methods)
     lines = [
-        f"CPU: {cpu_name}. Energy: ESTIMATE, CPU seconds × {watts} W per core (no power counter here).",
+        f"CPU: {cpu}. Energy: {'; '.join(methods)}"
+        + (f"; the estimate: CPU seconds × {watts} W per core." if estimated else "."),
         "",
         "| model | backend | threads | load s | peak RSS MB | file MB | a ms | b ms per audio s "
-        "| latency 1 s ms | RTF 16 s | RTF 30 s | J per 30 s (est.) | J per audio s (est.) |",
+        f"| latency 1 s ms | RTF 16 s | RTF 30 s | J per 30 s{' (est.)' * estimated} "
+        f"| J per audio s{' (est.)' * estimated} |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
@@ -361,27 +400,20 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def cpu_name() -> str:
-    """``lscpu``'s model name, CPU family and model, and the core count."""
-    fields = {}
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    name = fields.get("Model name", "unknown")
-    return f"{name} (family {fields.get('CPU family')}, model {fields.get('Model')}), {os.cpu_count()} cores"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from asr.config import Bound, OneLineParser, option_type
+
+    parser = OneLineParser(prog="tools/bench_infer.py", description=__doc__.split("\n\n")[0])
+    positive = option_type(float, Bound(0, low_open=True))
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "cpu2", help="trained cpu-recipe run")
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "minilibri")
     parser.add_argument("--lm", default=str(REPO / "work" / "minilibri" / "lm"))
     parser.add_argument("--models", nargs="+", default=["cpu", "paper"])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
-    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--lengths", nargs="+", type=float, default=list(LENGTHS))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--watts-per-core", type=float, default=WATTS_PER_CORE)
+    parser.add_argument("--threads", nargs="+", type=option_type(int, Bound(1)), default=[1, 2])
+    parser.add_argument("--lengths", nargs="+", type=positive, default=list(LENGTHS))
+    parser.add_argument("--repeats", type=option_type(int, Bound(1)), default=3)
+    parser.add_argument("--watts-per-core", type=positive, default=WATTS_PER_CORE)
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="directory for results.md/json and the plot")
     parser.add_argument("--child", help=argparse.SUPPRESS)

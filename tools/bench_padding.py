@@ -11,7 +11,6 @@ share, utterances and batches per epoch.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -45,10 +44,13 @@ def padded_share(recipe, padding: str, epochs: int, audio_budget: float = 0.0) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from asr.config import Bound, OneLineParser, option_type
+
+    parser = OneLineParser(prog="tools/bench_padding.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default=str(REPO / "recipes" / "cpu.yaml"))
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--audio-budget", type=float, default=0.0,
+    parser.add_argument("--epochs", type=option_type(int, Bound(1)), default=2)
+    budget = option_type(float, Bound(0, note="0: equal on average"))
+    parser.add_argument("--audio-budget", type=budget, default=0.0,
                         help="dynamic batching budget in padded audio seconds (default: the buckets' mean "
                         "padded length x the recipe's global batch, i.e. equal on average)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -13,7 +13,6 @@ on CPUs with AVX-512 BF16 or AMX (oneDNN) and on GPUs; float16 needs a GPU's ten
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -58,10 +57,13 @@ def median_step(recipe_path: str, precision: str, frames: int, steps: int, xla: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from asr.config import Bound, OneLineParser, option_type
+
+    parser = OneLineParser(prog="tools/bench_precision.py", description=__doc__.split("\n\n")[0])
+    count = option_type(int, Bound(1))
     parser.add_argument("--recipe", default=str(REPO / "recipes" / "cpu.yaml"))
-    parser.add_argument("--frames", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--frames", type=count, default=600)
+    parser.add_argument("--steps", type=count, default=3)
     args = parser.parse_args()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     native = [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags]

@@ -15,7 +15,6 @@ Timings only, never asserted; the machine is shared, so only the ratios of one r
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -86,10 +85,12 @@ def bench_shard_check(shards_path: Path, work: Path) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from asr.config import Bound, OneLineParser, option_type
+
+    parser = OneLineParser(prog="tools/bench_reliability.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="recipes/cpu.yaml", help="model and optimizer to checkpoint")
     parser.add_argument("--shards", type=Path, default=REPO_ROOT / "work" / "minilibri" / "train")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=option_type(int, Bound(1)), default=3)
     args = parser.parse_args()
     if not (args.shards / "manifest.json").is_file():
         print(f"bench_reliability: {args.shards}: no shards; run python -m asr.extract --corpus "

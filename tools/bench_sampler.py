@@ -11,7 +11,6 @@ alike; the mean step time of each setting (median over rounds) is compared with 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -22,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
 
+from asr.config import Bound, OneLineParser, option_type
 from asr.events import EventLog
 from asr.sampler import UtilizationSampler
 
@@ -76,14 +76,18 @@ def sample_cost(log: EventLog, calls: int = 300) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default 7)")
+    parser = OneLineParser(prog="tools/bench_sampler.py", description=__doc__.splitlines()[0])
+    count = option_type(int, Bound(1))
+    parser.add_argument("--repeats", type=count, default=7, help="interleaved rounds (default 7)")
     parser.add_argument(
-        "--block-seconds", type=float, default=8.0, help="seconds per timed block (default 8)"
+        "--block-seconds",
+        type=option_type(float, Bound(0, low_open=True)),
+        default=8.0,
+        help="seconds per timed block (default 8)",
     )
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=400, help="10 ms frames per utterance (default 400)")
-    parser.add_argument("--units", type=int, default=128)
+    parser.add_argument("--batch", type=count, default=8)
+    parser.add_argument("--frames", type=count, default=400, help="10 ms frames per utterance (default 400)")
+    parser.add_argument("--units", type=count, default=128)
     args = parser.parse_args(argv)
 
     step = make_step(args.batch, args.frames, 93, args.units)

@@ -181,16 +181,19 @@ def bench(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    from asr.config import Bound, OneLineParser, option_type
+
+    parser = OneLineParser(
+        prog="tools/bench_train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    count = option_type(int, Bound(1))
     parser.add_argument("--shards", default=str(REPO_ROOT / "work" / "minilibri" / "train"))
     parser.add_argument("--corpus", default=str(REPO_ROOT.parent / "shared" / "minilibri"))
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant")
-    parser.add_argument("--paper-batch", type=int, default=4)
-    parser.add_argument("--cpu-batch", type=int, default=16)
+    parser.add_argument("--steps", type=count, default=4)
+    parser.add_argument("--warmup", type=option_type(int, Bound(0)), default=2)
+    parser.add_argument("--rounds", type=count, default=3, help="alternating rounds per variant")
+    parser.add_argument("--paper-batch", type=count, default=4)
+    parser.add_argument("--cpu-batch", type=count, default=16)
     parser.add_argument("--skip-paper", action="store_true")
     args = parser.parse_args()
     if not (Path(args.shards) / "manifest.json").is_file():

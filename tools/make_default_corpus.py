@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PROG = "tools/make_default_corpus.py"
 SUBSETS = {"train-clean": 2, "dev-clean": 1, "test-clean": 1}
 """Subset -> keep every n-th utterance of each chapter."""
 TOP_FILES = ("LICENSE.TXT", "README.TXT", "SPEAKERS.TXT", "CHAPTERS.TXT", "BOOKS.TXT")
@@ -44,15 +45,17 @@ def copy_subset(source: Path, out: Path, every: int) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    from asr.config import OneLineParser
+
+    parser = OneLineParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--source", default=str(REPO_ROOT.parent / "shared" / "minilibri"))
     parser.add_argument("--out", default=str(REPO_ROOT / "data" / "minilibri-demo"))
     args = parser.parse_args(argv)
     source, out = Path(args.source), Path(args.out)
     if not (source / "train-clean").is_dir():
-        print(f"error: --source {source}: not a minilibri copy (no train-clean/)", file=sys.stderr)
+        print(f"{PROG}: error: --source {source}: not a minilibri copy (no train-clean/)", file=sys.stderr)
         return 2
     if out.exists():
         shutil.rmtree(out)

@@ -25,7 +25,6 @@ Needs the Debian packages: ``apt-get install bible-kjv dict-devil``.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import re
@@ -36,8 +35,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PROG = "tools/make_lm_text.py"
 sys.path.insert(0, str(REPO_ROOT))
 
+from asr.config import OneLineParser  # noqa: E402
 from asr.lm import normalize_lines  # noqa: E402
 
 HELD_OUT_POOLS = ("pub-dev", "pub-test", "hold-dev", "hold-test")
@@ -149,7 +150,7 @@ def ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=REPO_ROOT.parent / "shared" / "minilibri")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "lm-text" / "minilibri-books.txt.gz")
     args = parser.parse_args(argv)
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         lines, unmappable = normalize_lines(raw)
         transcripts = held_out_transcripts(args.corpus)
     except (LMTextError, OSError) as error:
-        print(f"make_lm_text: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     lines, removed = remove_containing(lines, transcripts)
     held_ngrams = set().union(*(ngrams(t.split(), CHECK_NGRAM) for t in transcripts))

@@ -1,9 +1,9 @@
 """``eval.mode: swap`` (the paper's default): training state out, evaluation model in, decode, and back.
 
 At an epoch end the training loop saves a checkpoint and releases the training model and optimizer;
-:class:`SwapEvaluator` then builds the *evaluation* model (:mod:`asr.inference`) from that checkpoint on every
-replica of the strategy, decodes the validation set, and drops the evaluation model again before the
-training state is rebuilt.
+:class:`SwapEvaluator` then builds the *evaluation* model from that checkpoint on every replica of the
+strategy (:func:`asr.inference.load_checkpoint`, as ``asr.evaluate`` does), decodes the validation set, and
+drops the evaluation model again before the training state is rebuilt.
 """
 
 from __future__ import annotations
@@ -28,19 +28,17 @@ class SwapEvaluator:
         self.validation = Validation(recipe, strict=strict)
 
     def evaluate(self, session, checkpoint, log) -> list[dict]:
-        from asr.checkpoint import restore_weights
-        from asr.inference import build_eval_model, model_logits_fn, read_normalization
+        from asr.inference import load_checkpoint
 
         with log.phase("swap_out"):
             session.release()
         with log.phase("evaluate"):
-            model = build_eval_model(self.recipe, self.strategy)
-            restore_weights(model, checkpoint.path)
-            mean, std = read_normalization(session.run_dir, self.recipe)
-            logits_fn = model_logits_fn(self.recipe, self.strategy, model, mean, std)
+            logits_fn, _ = load_checkpoint(
+                session.run_dir, checkpoint.path, self.recipe, strategy=self.strategy
+            )
             results = self.validation.run(logits_fn, "swap")
         results += self.validation.run_extra(logits_fn, "swap", log)
-        del model, logits_fn
+        del logits_fn
         with log.phase("swap_in"):
             session.restore(checkpoint)
         return results
