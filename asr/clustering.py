@@ -16,9 +16,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import tokenize
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +28,12 @@ FORMAT = "asr-clustered-weights/1"
 INIT_SAMPLE = 65_536
 """k-means++ seeding looks at at most this many values (a seeded random subset): its ``k`` passes over
 the data would otherwise cost more than Lloyd's iterations, which use every value."""
+
+
+PROGRESS_EVERY = 256
+"""k-means++ reports progress every this many centroids drawn."""
+Progress = Callable[[int], None]
+"""Called with the number of centroids seeded since the last call (a progress bar's ``update``)."""
 
 
 class ClusteredFileError(ValueError):
@@ -39,9 +47,14 @@ def index_bits(clusters: int) -> int:
     return max(1, math.ceil(math.log2(clusters)))
 
 
-def kmeans_plus_plus(values: np.ndarray, clusters: int, rng: np.random.Generator) -> np.ndarray:
+def kmeans_plus_plus(
+    values: np.ndarray, clusters: int, rng: np.random.Generator, progress: Progress | None = None
+) -> np.ndarray:
     """``clusters`` distinct initial centroids drawn by k-means++ (Arthur and Vassilvitskii, 2007): each
-    next one with probability proportional to the squared distance to the nearest one chosen so far."""
+    next one with probability proportional to the squared distance to the nearest one chosen so far.
+
+    Each draw is a pass over the (at most :data:`INIT_SAMPLE`) values, so seeding costs ``clusters ×
+    sample`` operations: the part of k-means that grows with K (``progress`` follows it)."""
     distinct = np.unique(values)
     if distinct.size <= clusters:
         return distinct.astype(np.float64)
@@ -59,6 +72,8 @@ def kmeans_plus_plus(values: np.ndarray, clusters: int, rng: np.random.Generator
         pick = values[rng.choice(values.size, p=nearest / total)]
         chosen.append(pick)
         nearest = np.minimum(nearest, (values - pick) ** 2)
+        if progress is not None and len(chosen) % PROGRESS_EVERY == 0:
+            progress(PROGRESS_EVERY)
     return np.sort(np.asarray(chosen, np.float64))
 
 
@@ -70,7 +85,7 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def kmeans(
-    values: np.ndarray, clusters: int, seed: int = 0, iterations: int = 300
+    values: np.ndarray, clusters: int, seed: int = 0, iterations: int = 300, progress: Progress | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(centroids float32 [k], indices [n])`` of scalar k-means on ``values`` (any shape, flattened).
 
@@ -79,11 +94,12 @@ def kmeans(
     dimension each cluster is a run of the sorted values between two midpoints, so an iteration needs
     only ``k`` binary searches and prefix sums (O(k log n), not O(n)); the values are sorted once. A
     cluster that empties is re-seeded at the value farthest from its centroid, so there are
-    ``min(k, distinct values)`` distinct centroids. Deterministic for a given ``seed``.
+    ``min(k, distinct values)`` distinct centroids. Deterministic for a given ``seed``. ``progress``:
+    see :func:`kmeans_plus_plus`.
     """
     flat = np.asarray(values, np.float64).ravel()
     rng = np.random.default_rng(seed)
-    centroids = kmeans_plus_plus(flat, clusters, rng)
+    centroids = kmeans_plus_plus(flat, clusters, rng, progress)
     ordered = np.sort(flat)
     prefix = np.concatenate([[0.0], np.cumsum(ordered)])
     ends = _cluster_ends(ordered, centroids)
@@ -156,15 +172,27 @@ class Table:
         return {name: self.centroids[index] for name, index in zip(self.names, self.indices, strict=True)}
 
 
+def seeding_work(tensors: Mapping[str, np.ndarray], clusters: int, scope: str) -> int:
+    """Centroids k-means++ draws for :func:`cluster_tensors` at most (a progress bar's total): ``min(K,
+    size)`` per table."""
+    sizes = [int(np.size(t)) for t in tensors.values()]
+    return min(clusters, sum(sizes)) if scope == "model" else sum(min(clusters, n) for n in sizes)
+
+
 def cluster_tensors(
-    tensors: Mapping[str, np.ndarray], clusters: int, scope: str, seed: int = 0
+    tensors: Mapping[str, np.ndarray],
+    clusters: int,
+    scope: str,
+    seed: int = 0,
+    progress: Progress | None = None,
 ) -> list[Table]:
     """k-means tables for ``tensors``: ``scope="layer"`` one table per tensor (per weight matrix),
-    ``scope="model"`` one table for all of them (the two ways the weight-clustering paper compares)."""
+    ``scope="model"`` one table for all of them (the two ways the weight-clustering paper compares).
+    ``progress`` is told of :func:`seeding_work`'s units as they are done, each table's in full at its end."""
     if scope == "model":
         names = tuple(tensors)
         flat = np.concatenate([np.asarray(tensors[n], np.float32).ravel() for n in names])
-        centroids, indices = kmeans(flat, clusters, seed)
+        centroids, indices = _counted_kmeans(flat, clusters, seed, progress)
         splits = np.cumsum([np.asarray(tensors[n]).size for n in names])[:-1]
         parts = np.split(indices, splits)
         shaped = tuple(p.reshape(np.shape(tensors[n])) for p, n in zip(parts, names, strict=True))
@@ -173,9 +201,24 @@ def cluster_tensors(
         raise ValueError(f"scope: {scope!r} (layer or model)")
     tables = []
     for offset, (name, tensor) in enumerate(tensors.items()):
-        centroids, indices = kmeans(tensor, clusters, seed + offset)
+        centroids, indices = _counted_kmeans(tensor, clusters, seed + offset, progress)
         tables.append(Table((name,), centroids, (indices.reshape(np.shape(tensor)),)))
     return tables
+
+
+def _counted_kmeans(values: np.ndarray, clusters: int, seed: int, progress: Progress | None):
+    """:func:`kmeans`, then ``progress`` topped up to the table's ``min(K, size)`` units."""
+    if progress is None:
+        return kmeans(values, clusters, seed)
+    done = [0]
+
+    def count(units: int) -> None:
+        done[0] += units
+        progress(units)
+
+    result = kmeans(values, clusters, seed, progress=count)
+    progress(min(clusters, int(np.size(values))) - done[0])
+    return result
 
 
 def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,14 +274,52 @@ def save_clustered(
     return out.getvalue()
 
 
+_DAMAGE = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, RuntimeError, NotImplementedError,
+           SyntaxError, tokenize.TokenError, zipfile.BadZipFile)  # fmt: skip
+"""What numpy, zipfile and json raise on a damaged archive: a bad CRC, a cut member, a renamed key, flag bits
+that read as encryption or an unknown compression method, an ``.npy`` header that no longer parses."""
+
+
+def _member(archive, key: str) -> np.ndarray:
+    """Array ``key`` of the archive; a missing or damaged member (zip CRC, npy header) as
+    :class:`ClusteredFileError` naming it."""
+    try:
+        return archive[key]
+    except KeyError:
+        raise ClusteredFileError(f"damaged: member {key!r} is missing") from None
+    except _DAMAGE as error:
+        raise ClusteredFileError(f"damaged: member {key!r} is unreadable ({_reason(error)})") from None
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+_HEADER_KEYS = {"format": str, "clusters": int, "bits": int, "signature": list, "tables": list, "plain": list}
+
+
 def _open(data: bytes, model_signature: list | None):
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
-        header = json.loads(bytes(archive["header"]).decode())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise ClusteredFileError(f"not a clustered-weights file ({error})") from None
+    except _DAMAGE as error:
+        raise ClusteredFileError(f"not a clustered-weights file ({_reason(error)})") from None
+    if not hasattr(archive, "files"):
+        raise ClusteredFileError("not a clustered-weights file (a single array, not an .npz archive)")
+    try:
+        header = json.loads(bytes(_member(archive, "header")).decode())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ClusteredFileError(f"damaged: header is not JSON ({_reason(error)})") from None
+    if not isinstance(header, dict):
+        raise ClusteredFileError("damaged: header is not a JSON object")
     if header.get("format") != FORMAT:
         raise ClusteredFileError(f"format {header.get('format')!r}, expected {FORMAT!r}")
+    for key, kind in _HEADER_KEYS.items():
+        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+            problem = "missing" if key not in header else f"not a {kind.__name__}"
+            raise ClusteredFileError(f"damaged: header key {key!r} is {problem}")
+    if not 1 <= header["bits"] <= 32:
+        raise ClusteredFileError(f"damaged: header bits {header['bits']} (1 to 32)")
     if model_signature is not None and header["signature"] != model_signature:
         raise ClusteredFileError("made from another model (tensor names or shapes differ)")
     return archive, header
@@ -247,11 +328,11 @@ def _open(data: bytes, model_signature: list | None):
 def _tables(archive, header: dict) -> list[Table]:
     tables = []
     for t, shapes in enumerate(header["tables"]):
-        centroids = archive[f"table{t}/centroids"]
+        centroids = _member(archive, f"table{t}/centroids")
         indices = []
         for i, (name, shape) in enumerate(shapes):
             count = int(np.prod(shape))
-            index = unpack(archive[f"table{t}/indices{i}"], header["bits"], count)
+            index = unpack(_member(archive, f"table{t}/indices{i}"), header["bits"], count)
             if count and int(index.max()) >= centroids.size:
                 raise ClusteredFileError(f"{name}: index beyond its table of {centroids.size} centroids")
             indices.append(index.reshape(shape))
@@ -259,25 +340,67 @@ def _tables(archive, header: dict) -> list[Table]:
     return tables
 
 
+def _parsed(function: Callable, archive, header: dict):
+    """``function(archive, header)`` with what a malformed header raises (a table that is not a list of
+    ``[name, shape]`` pairs, ...) as :class:`ClusteredFileError`."""
+    try:
+        return function(archive, header)
+    except ClusteredFileError:
+        raise
+    except _DAMAGE as error:
+        raise ClusteredFileError(f"damaged: header does not describe its tables ({_reason(error)})") from None
+
+
 def load_tables(data: bytes, model_signature: list | None = None) -> list[Table]:
     """The centroid tables of :func:`save_clustered`'s bytes, each with its tensors' indices;
     ``model_signature`` as for :func:`load_clustered`."""
-    return _tables(*_open(data, model_signature))
+    return _parsed(_tables, *_open(data, model_signature))
+
+
+def _all_weights(archive, header: dict) -> tuple[list[Table], dict[str, np.ndarray]]:
+    tables = _tables(archive, header)
+    weights = {name: w for table in tables for name, w in table.weights().items()}
+    for name in header["plain"]:
+        weights[name] = _member(archive, f"plain/{name}")
+    for name in header.get("int8", []):
+        values, scales = _member(archive, f"int8/{name}/values"), _member(archive, f"int8/{name}/scales")
+        weights[name] = dequantize_int8(values, scales)
+    return tables, weights
 
 
 def read_clustered(
     data: bytes, model_signature: list | None = None
 ) -> tuple[list[Table], dict[str, np.ndarray], dict]:
     """``(tables, every tensor by name, header)`` in one pass over the file: what fine-tuning with fixed
-    assignments needs (the weights to start from and the indices to tie), without unpacking twice."""
+    assignments needs (the weights to start from and the indices to tie), without unpacking twice.
+
+    Every way the bytes can be wrong (not an archive, a member whose zip CRC fails after a flipped bit, a
+    header without a key, tensors that do not match the model's signature) raises
+    :class:`ClusteredFileError` with one line saying what."""
     archive, header = _open(data, model_signature)
-    tables = _tables(archive, header)
-    weights = {name: w for table in tables for name, w in table.weights().items()}
-    for name in header["plain"]:
-        weights[name] = archive[f"plain/{name}"]
-    for name in header.get("int8", []):
-        weights[name] = dequantize_int8(archive[f"int8/{name}/values"], archive[f"int8/{name}/scales"])
+    tables, weights = _parsed(_all_weights, archive, header)
+    expected = {name: shape for name, shape in header["signature"]} if model_signature is not None else {}
+    for name, shape in expected.items():
+        if name not in weights:
+            raise ClusteredFileError(f"damaged: tensor {name} of the model is not in the file")
+        if list(np.shape(weights[name])) != list(shape):
+            raise ClusteredFileError(f"damaged: tensor {name} has shape {list(np.shape(weights[name]))}, "
+                                     f"the model's is {list(shape)}")  # fmt: skip
     return tables, weights, header
+
+
+def read_clustered_file(
+    path: str | Path, model_signature: list | None = None
+) -> tuple[list[Table], dict[str, np.ndarray], dict]:
+    """:func:`read_clustered` of a file; every error is :class:`ClusteredFileError` ``PATH: reason``."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ClusteredFileError(f"{path}: {error.strerror or _reason(error)}") from None
+    try:
+        return read_clustered(data, model_signature)
+    except ClusteredFileError as error:
+        raise ClusteredFileError(f"{path}: {error}") from None
 
 
 def load_clustered(data: bytes, model_signature: list | None = None) -> tuple[dict[str, np.ndarray], dict]:

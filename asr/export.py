@@ -7,7 +7,8 @@
     EXPORT_DIR/model.tflite                 TFLite float32: features [1, T, 93] + frames [1] -> logits, frames
     EXPORT_DIR/model-int8.tflite            the same with dynamic-range int8 weights
     EXPORT_DIR/model.onnx                   with --formats ... onnx: ONNX (opset 17) of the features signature
-    EXPORT_DIR/export.json                  alphabet, normalization, sample rate, frame times, source, sizes
+    EXPORT_DIR/export.json                  alphabet, normalization, sample rate, frame times, source, sizes,
+                                            and the size and CRC32C of every other file (checked when opened)
     EXPORT_DIR/recipe.yaml                  the run's recipe
 
 SavedModel signatures
@@ -30,14 +31,17 @@ TFLite
     1e-10 to 1e3 in one frame) to 256 levels zeroes the quiet bands, and the int8 model with the front end
     inside got none of 6 test sentences' greedy text right (float32 inside TFLite: all 6).
 
-The whole directory is written under a temporary name and renamed into place, so an interrupted export
-leaves no half-written ``EXPORT_DIR``; an existing ``EXPORT_DIR`` is replaced only with ``--force``.
+The whole directory is written under a temporary name and renamed into place
+(:func:`asr.files.directory_in_place`), so an interrupted export leaves no half-written ``EXPORT_DIR`` and a
+rerun removes what a killed one left; an existing ``EXPORT_DIR`` is replaced only with ``--force``, and
+never when it is, contains or lies inside the run directory. Errors are one line ``asr.export: error:
+...`` with exit status 2 (Ctrl-C: ``asr.export: interrupted``, 130).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -46,31 +50,31 @@ from typing import Any
 
 import numpy as np
 
-from asr.config import Recipe, dump_recipe
+from asr.config import Bound, OneLineParser, Recipe, dump_recipe, option_type
 from asr.features import FEATURE_DIM, FRAME_SECONDS, SAMPLE_RATE
 from asr.files import (
-    DirectoryExistsError,
+    OverlapError,
+    check_interrupted,
     directory_in_place,
-    os_error_line,
+    error_line,
+    interrupts_recorded,
     refuse_existing,
+    refuse_overlap,
+    write_bytes,
     write_json,
     write_text,
 )
+from asr.inference import EXPORT_FILE, EXPORT_FORMAT_VERSION, ONNX_FILE, export_checksums
 from asr.inference import TFLITE_BACKENDS as TFLITE_FILES
 from asr.text import BLANK_ID, SEPARATOR_ID, SYMBOLS
 
-EXPORT_FILE = "export.json"
+PROG = "asr.export"
 FORMATS = ("savedmodel", "tflite", "tflite-int8")
 OPTIONAL_FORMATS = ("onnx",)
-ONNX_FILE = "model.onnx"
-ONNX_INSTALL = (
-    "pip install --no-deps tf2onnx==1.16.1 onnx==1.16.2 onnxruntime==1.19.2 coloredlogs humanfriendly"
-)
-"""tf2onnx pins protobuf 3.20, TensorFlow 2.16 runs 4.25; without its dependencies it converts fine."""
-EXPORT_FORMAT_VERSION = 1
+ONNX_INSTALL = "the package's onnx extra: pip install tf2onnx==1.17.0 onnx==1.16.2 onnxruntime==1.19.2"
 
 
-class ExportError(Exception):
+class ExportError(ValueError):
     """What stops an export, as one line naming the file or option."""
 
 
@@ -209,10 +213,18 @@ def export_metadata(recipe: Recipe, info: dict[str, Any], source: str, mean: np.
     }
 
 
+def check_output(options: ExportOptions) -> None:
+    """Refuse, before any work, an output that is, contains or lies inside the run directory (``--force``
+    included) and one that exists without ``--force``."""
+    refuse_overlap(options.out, {"--run": options.run_dir})
+    refuse_existing(options.out, options.force)
+
+
 def write_export(options: ExportOptions, log=print) -> dict[str, Any]:
     """Export the run's checkpoint as ``options`` say; returns ``export.json``'s content."""
     from asr.inference import read_normalization, restore_model, restore_run
 
+    check_output(options)
     recipe, checkpoint, (model, info) = restore_run(options.run_dir, options.step, restore_model, warn=log)
     checkpoint = checkpoint.path
     mean, std = read_normalization(options.run_dir, recipe)
@@ -221,6 +233,7 @@ def write_export(options: ExportOptions, log=print) -> dict[str, Any]:
         metadata = export_metadata(recipe, info, str(checkpoint), mean, std)
         metadata["files"] = _write_formats(module, options.formats, temporary, log)
         write_text(temporary / "recipe.yaml", dump_recipe(recipe))
+        metadata["checksums"] = export_checksums(temporary)
         write_json(temporary / EXPORT_FILE, metadata)
     return metadata
 
@@ -229,24 +242,32 @@ def _write_formats(module, formats: Sequence[str], directory: Path, log) -> dict
     """Write each format into ``directory``; returns bytes per file written."""
     import tensorflow as tf
 
+    from asr.checkpoint import _write_error
+
     sizes: dict[str, int] = {}
     if "savedmodel" in formats:
         started = time.perf_counter()
         signatures = {"serving_default": module.transcribe, "features": module.from_features}
-        tf.saved_model.save(module, str(directory), signatures=signatures)
+        try:
+            tf.saved_model.save(module, str(directory), signatures=signatures)
+        except (OSError, tf.errors.OpError) as error:  # TF reports a full disk as an OpError
+            raise _write_error(directory / "saved_model.pb", error) from None
+        check_interrupted()
         sizes["saved_model"] = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
         log(f"SavedModel: {sizes['saved_model'] / 1e6:.1f} MB in {time.perf_counter() - started:.1f} s")
     for name in ("tflite", "tflite-int8"):
         if name in formats:
             started = time.perf_counter()
             blob = tflite_bytes(module, quantize=name == "tflite-int8")
-            (directory / TFLITE_FILES[name]).write_bytes(blob)
+            write_bytes(directory / TFLITE_FILES[name], blob)
+            check_interrupted()
             sizes[TFLITE_FILES[name]] = len(blob)
             log(f"{TFLITE_FILES[name]}: {len(blob) / 1e6:.1f} MB in {time.perf_counter() - started:.1f} s")
     if "onnx" in formats:
         started = time.perf_counter()
         blob = onnx_bytes(module)
-        (directory / ONNX_FILE).write_bytes(blob)
+        write_bytes(directory / ONNX_FILE, blob)
+        check_interrupted()
         sizes[ONNX_FILE] = len(blob)
         log(f"{ONNX_FILE}: {len(blob) / 1e6:.1f} MB in {time.perf_counter() - started:.1f} s")
     return sizes
@@ -275,39 +296,50 @@ def onnx_bytes(module) -> bytes:
 
 
 def parse_args(argv: Sequence[str] | None) -> ExportOptions:
-    parser = argparse.ArgumentParser(
-        prog="python -m asr.export",
+    parser = OneLineParser(
+        prog=PROG,
         description="Export a run's checkpoint as a SavedModel (waveform in, logits and greedy text out) and "
         "TFLite float32 / int8 models. See docs/inference.md.",
     )
     parser.add_argument("--run", required=True, type=Path, help="run directory of asr.train")
     parser.add_argument("--out", required=True, type=Path, help="export directory to write")
-    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
+    parser.add_argument("--checkpoint", type=option_type(int, Bound(0)), default=None, metavar="STEP",
                         help="the checkpoint at this step (default: the newest undamaged one)")  # fmt: skip
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), metavar="FORMAT",
                         help=f"what to write (default: {', '.join(FORMATS)}; also onnx, which needs "
                         "tf2onnx)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace an existing export directory")
     args = parser.parse_args(argv)
-    return ExportOptions(args.run, args.out, args.checkpoint, tuple(args.formats), args.force)
+    try:
+        return ExportOptions(args.run, args.out, args.checkpoint, tuple(args.formats), args.force)
+    except ExportError as error:
+        parser.error(str(error))
+
+
+def stopping_errors() -> tuple[type[Exception], ...]:
+    """What stops an export with a one-line message naming the file, key or option."""
+    from asr.checkpoint import CheckpointDamagedError, CheckpointMismatchError, NoValidCheckpointError
+    from asr.config import ConfigError
+    from asr.inference import NormalizationError
+
+    return (ExportError, OverlapError, ConfigError, NormalizationError, NoValidCheckpointError,
+            CheckpointMismatchError, CheckpointDamagedError, OSError)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from asr.checkpoint import CheckpointDamagedError, CheckpointMismatchError, NoValidCheckpointError
-    from asr.files import WriteError
-
+    """The command: 0 when exported, 2 with one ``asr.export: error:`` line, 130 on Ctrl-C."""
+    options = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        options = parse_args(argv)
-        refuse_existing(options.out, options.force)
         started = time.perf_counter()
-        metadata = write_export(options, log=lambda line: print(line, file=sys.stderr))
-    except (ExportError, DirectoryExistsError, NoValidCheckpointError, CheckpointMismatchError,
-            CheckpointDamagedError, WriteError) as error:  # fmt: skip
-        print(f"error: {error}", file=sys.stderr)
+        with interrupts_recorded():
+            metadata = write_export(options, log=lambda line: print(line, file=sys.stderr))
+    except stopping_errors() as error:
+        print(f"{PROG}: error: {error_line(error, options.out)}", file=sys.stderr)
         return 2
-    except OSError as error:
-        print(f"error: {os_error_line(error, options.out)}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     print(f"exported {metadata['source']} (step {metadata.get('step')}) to {options.out} "
           f"in {time.perf_counter() - started:.0f} s")  # fmt: skip
     return 0

@@ -15,7 +15,9 @@ undamaged one, falling back with one warning, or the one at a step), :func:`load
 model) or :func:`restore_model` (training graph, for export and compression) load it, both through
 :func:`asr.checkpoint.restore_weights` (the weights' moving average when the run kept one).
 :func:`open_run` and :func:`open_export` give an :class:`AcousticModel` from a run directory or from an
-``asr.export`` directory (SavedModel, TFLite float32/int8, ONNX), the same interface for every backend.
+``asr.export`` directory (SavedModel, TFLite float32/int8, ONNX), the same interface for every backend;
+:func:`open_export` first checks ``export.json`` and the size and CRC32C of every file the backend loads
+(:class:`ExportDamagedError`, one line naming the file).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from asr.config import ModelConfig, Recipe
-from asr.files import read_json, write_json
+from asr.features import FEATURE_DIM
+from asr.files import JsonError, load_json, read_json, write_json
 from asr.model import output_frames
 from asr.normalization import normalize
 
@@ -51,15 +54,46 @@ def write_normalization(run_dir: Path, mean: np.ndarray, std: np.ndarray, source
                indent=None)  # fmt: skip
 
 
-def read_normalization(run_dir: Path, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
-    """Mean/std saved in the run directory, else from the recipe's training manifest."""
-    values = read_json(Path(run_dir) / NORMALIZATION_FILE)
-    if isinstance(values, dict) and "mean" in values and "std" in values:
-        return np.asarray(values["mean"], np.float32), np.asarray(values["std"], np.float32)
-    from asr.data import open_shards
+class NormalizationError(ValueError):
+    """A run directory whose ``normalization.json`` is missing or unusable; the message names the file."""
 
-    shards = open_shards(recipe.data.train, "data.train")
-    return shards.mean, shards.std
+
+def read_normalization(run_dir: str | Path, recipe: Recipe | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The training features' per-dimension mean and std (float32 ``[93]`` each) saved in
+    ``RUN_DIR/normalization.json``; :class:`NormalizationError` (one line naming the file) when it is
+    missing, not JSON, or not 93 finite values each (std not negative).
+
+    There is no fallback to the training shards' manifest: ``asr.train`` writes the file before the first
+    step of every run, and the recipe's ``data.train`` may be relative to a directory the run does not
+    record, or hold shards extracted again since, whose mean/std would silently differ. ``recipe`` only
+    names ``data.train`` in the message, where the values can be found again.
+    """
+    path = Path(run_dir) / NORMALIZATION_FILE
+    try:
+        values = load_json(path)
+    except JsonError as error:
+        shards = f" (data.train: {recipe.data.train})" if recipe else ""
+        raise NormalizationError(
+            f"{error}; it holds the training features' mean/std, which asr.train writes when a run starts: "
+            f"restore it from a copy of the run, or from feature_mean/feature_std in the manifest.json of "
+            f"the shards the run trained on{shards}"
+        ) from None
+    stats = []
+    for key in ("mean", "std"):
+        value = values.get(key) if isinstance(values, dict) else None
+        try:
+            array = np.asarray(value, np.float64)
+        except (TypeError, ValueError):
+            array = np.zeros(0)
+        if (
+            array.shape != (FEATURE_DIM,)
+            or not np.isfinite(array).all()
+            or (key == "std" and array.min() < 0)
+        ):
+            raise NormalizationError(f"{path}: {key!r} must be {FEATURE_DIM} finite numbers"
+                                     f"{', none negative' if key == 'std' else ''}")  # fmt: skip
+        stats.append(array.astype(np.float32))
+    return stats[0], stats[1]
 
 
 # --------------------------------------------------------------------------- the evaluation model
@@ -384,40 +418,166 @@ def open_run(
 
 
 TFLITE_BACKENDS = {"tflite": "model.tflite", "tflite-int8": "model-int8.tflite"}
+ONNX_FILE = "model.onnx"
 EXPORT_BACKENDS = ("savedmodel", *TFLITE_BACKENDS, "onnx")
+EXPORT_FILE = "export.json"
+EXPORT_FORMAT_VERSION = 2
+"""``export.json``'s format: 1 had no checksums; 2 records every file's size and CRC32C (``checksums``)."""
 
 
 class ExportNotFoundError(ValueError):
     """An export directory that is missing, incomplete or lacks the requested backend."""
 
 
-def open_export(export_dir: str | Path, backend: str = "tflite", threads: int | None = None) -> AcousticModel:
+class ExportDamagedError(ValueError):
+    """An export whose ``export.json`` is malformed or whose files differ from what it recorded (cut,
+    overwritten, flipped bits); the message is ``PATH: reason``."""
+
+
+def export_checksums(export_dir: Path) -> dict[str, dict[str, int]]:
+    """``{path relative to export_dir: {"bytes", "crc32c"}}`` of every file of an export (``export.json``
+    aside), recorded in ``export.json`` and checked by :func:`open_export`."""
+    from asr.files import file_crc32c
+
+    files = sorted(p for p in export_dir.rglob("*") if p.is_file() and p.name != EXPORT_FILE)
+    return {p.relative_to(export_dir).as_posix(): {"bytes": p.stat().st_size, "crc32c": file_crc32c(p)}
+            for p in files}  # fmt: skip
+
+
+_REQUIRED_KEYS = {"format_version": int, "alphabet": list, "sample_rate": int, "normalization": dict}
+_OPTIONAL_KEYS = {"epoch": int, "step": int, "elapsed": (int, float), "files": dict, "checksums": dict}
+
+
+def read_export_metadata(export_dir: str | Path) -> dict[str, Any]:
+    """``export.json`` of an export directory, checked: an object with the keys and types ``asr.export``
+    writes, a format this version reads, this alphabet, and (format 2) a checksum per file.
+    Raises :class:`ExportDamagedError` with ``PATH: reason``."""
+    from asr.text import SYMBOLS
+
+    path = Path(export_dir) / EXPORT_FILE
+    try:
+        metadata = load_json(path)
+    except JsonError as error:
+        raise ExportDamagedError(str(error)) from None
+    if not isinstance(metadata, dict):
+        raise ExportDamagedError(f"{path}: expected a JSON object, got {json_kind(metadata)}")
+    for key, kind in (*_REQUIRED_KEYS.items(), *_OPTIONAL_KEYS.items()):
+        if key not in metadata:
+            if key in _REQUIRED_KEYS:
+                raise ExportDamagedError(f"{path}: {key!r} is missing")
+            continue
+        value = metadata[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            expected = {int: "a whole number", list: "a list", dict: "an object"}.get(kind, "a number")
+            raise ExportDamagedError(f"{path}: {key!r} must be {expected}, got {json_kind(value)}")
+    version = metadata["format_version"]
+    if not 1 <= version <= EXPORT_FORMAT_VERSION:
+        raise ExportDamagedError(f"{path}: format_version {version}: this version of asr reads 1 to "
+                                 f"{EXPORT_FORMAT_VERSION} (export again with this version)")  # fmt: skip
+    if metadata["alphabet"] != list(SYMBOLS):
+        raise ExportDamagedError(f"{path}: 'alphabet' is not this version's {len(SYMBOLS)} symbols")
+    if version >= 2:
+        checksums = metadata.get("checksums")
+        if not isinstance(checksums, dict) or not all(_is_checksum(c) for c in checksums.values()):
+            raise ExportDamagedError(f"{path}: 'checksums' must map each file to its bytes and crc32c")
+    return metadata
+
+
+def json_kind(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _is_checksum(entry: Any) -> bool:
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(key), int) and not isinstance(entry.get(key), bool)
+        for key in ("bytes", "crc32c")
+    )
+
+
+def check_export_files(export_dir: Path, metadata: dict[str, Any], names: Sequence[str], warn) -> None:
+    """Check ``names`` (paths relative to the export) against the sizes and CRC32C ``export.json``
+    recorded: :class:`ExportDamagedError` naming the first that differs. An export of format 1 (before
+    checksums) is not checked: one ``warn`` line says so."""
+    from asr.files import file_crc32c
+
+    checksums = metadata.get("checksums")
+    if checksums is None:
+        warn(f"{export_dir / EXPORT_FILE}: format {metadata['format_version']} records no checksums, so the "
+             "files cannot be checked; export again to have them checked")  # fmt: skip
+        return
+    for name in names:
+        path = export_dir / name
+        expected = checksums.get(name)
+        if expected is None:
+            raise ExportDamagedError(f"{path}: not among the files {EXPORT_FILE} records")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise ExportDamagedError(f"{path}: {size} bytes, {expected['bytes']} were exported; export again")
+        if file_crc32c(path) != expected["crc32c"]:
+            raise ExportDamagedError(f"{path}: does not match its checksum in {EXPORT_FILE} (corrupted); "
+                                     "export again")  # fmt: skip
+
+
+def _backend_files(export_dir: Path, metadata: dict[str, Any], backend: str) -> list[str]:
+    """What ``backend`` loads, relative to the export: its model file(s) and ``recipe.yaml``."""
+    if backend == "savedmodel":
+        others = {*TFLITE_BACKENDS.values(), ONNX_FILE}
+        recorded = metadata.get("checksums") or {}
+        present = [p.relative_to(export_dir).as_posix() for p in export_dir.rglob("*") if p.is_file()]
+        return sorted({*recorded, *present} - others - {EXPORT_FILE})
+    model = ONNX_FILE if backend == "onnx" else TFLITE_BACKENDS[backend]
+    return [model, "recipe.yaml"]
+
+
+def _warning(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def open_export(
+    export_dir: str | Path,
+    backend: str = "tflite",
+    threads: int | None = None,
+    warn: Callable[[str], None] = _warning,
+) -> AcousticModel:
     """An ``asr.export`` directory as an :class:`AcousticModel` running ``backend``: ``savedmodel``
     (TensorFlow, batches of utterances), ``tflite`` or ``tflite-int8`` (one utterance per call; the small
     ``ai-edge-litert`` interpreter when installed, else TensorFlow's). ``threads``: interpreter threads
-    (TFLite; default: its own choice)."""
+    (TFLite; default: its own choice).
+
+    ``export.json`` is checked (:func:`read_export_metadata`) and the files the backend loads are compared
+    with the sizes and CRC32C it recorded (:func:`check_export_files`; ~1 ms per MB). Raises
+    :class:`ExportNotFoundError` (no export, no such backend) or :class:`ExportDamagedError` (malformed
+    ``export.json``, a file that differs), both ``ValueError`` with a one-line message naming the file;
+    ``warn`` gets one line for an export written before checksums (format 1), which opens unchecked.
+    """
     from asr.config import load_recipe
 
     export_dir = Path(export_dir)
-    if not (export_dir / "export.json").is_file() or not (export_dir / "recipe.yaml").is_file():
+    if not (export_dir / EXPORT_FILE).is_file() or not (export_dir / "recipe.yaml").is_file():
         raise ExportNotFoundError(f"{export_dir}: not an export directory of asr.export (no export.json)")
     if backend not in EXPORT_BACKENDS:
         raise ExportNotFoundError(f"backend {backend!r}: choose from {', '.join(EXPORT_BACKENDS)}")
-    metadata = read_json(export_dir / "export.json")
+    metadata = read_export_metadata(export_dir)
+    if backend == "savedmodel" and not (export_dir / "saved_model.pb").is_file():
+        raise ExportNotFoundError(f"{export_dir}: no saved_model.pb (exported with --formats without it)")
+    if backend == "onnx" and not (export_dir / ONNX_FILE).is_file():
+        raise ExportNotFoundError(f"{export_dir / ONNX_FILE}: missing (export with --formats ... onnx)")
+    tflite = export_dir / TFLITE_BACKENDS.get(backend, "")
+    if backend in TFLITE_BACKENDS and not tflite.is_file():
+        raise ExportNotFoundError(f"{tflite}: missing (exported with --formats without {backend})")
+    check_export_files(export_dir, metadata, _backend_files(export_dir, metadata, backend), warn)
     recipe = load_recipe(export_dir / "recipe.yaml")
     info = {key: metadata[key] for key in ("epoch", "step", "elapsed") if key in metadata}
     if backend == "savedmodel":
-        if not (export_dir / "saved_model.pb").is_file():
-            raise ExportNotFoundError(f"{export_dir}: no saved_model.pb (exported with --formats without it)")
         return AcousticModel(_saved_model_logits_fn(export_dir), recipe, str(export_dir), info)
     if backend == "onnx":
-        path = export_dir / "model.onnx"
-        if not path.is_file():
-            raise ExportNotFoundError(f"{path}: missing (export with --formats ... onnx)")
+        path = export_dir / ONNX_FILE
         return AcousticModel(onnx_logits_fn(path, threads), recipe, str(path), info)
     path = export_dir / TFLITE_BACKENDS[backend]
-    if not path.is_file():
-        raise ExportNotFoundError(f"{path}: missing (exported with --formats without {backend})")
     return AcousticModel(tflite_logits_fn(path, threads), recipe, str(path), info, batch_size=1)
 
 
@@ -463,11 +623,24 @@ def tflite_interpreter(path: str | Path, threads: int | None = None):
     return Interpreter(model_path=str(path), num_threads=threads)
 
 
+def _tflite_input(details: list[dict], name: str, path: str | Path) -> int:
+    """The index of input ``name`` (as the converter may decorate it: ``serving_default_features:0``)."""
+    exact = [d["index"] for d in details if d["name"] == name]
+    loose = [d["index"] for d in details if name in d["name"].split(":")[0].split("_")]
+    found = exact or loose
+    if len(found) != 1:
+        names = ", ".join(d["name"] for d in details)
+        raise ExportDamagedError(f"{path}: no single TFLite input named {name!r} (inputs: {names})")
+    return found[0]
+
+
 def tflite_logits_fn(path: str | Path, threads: int | None = None) -> LogitsFn:
     """A :data:`LogitsFn` through an exported TFLite model (raw features ``[1, T, 93]`` and frames ``[1]`` in,
-    normalization inside): one interpreter call per utterance, each cut to its own frames."""
+    normalization inside): one interpreter call per utterance, each cut to its own frames. The inputs are
+    found by name (``features``, ``frames``), whatever order the converter gave them."""
     interpreter = tflite_interpreter(path, threads)
-    features_input, frames_input = (d["index"] for d in interpreter.get_input_details())
+    inputs = interpreter.get_input_details()
+    features_input, frames_input = (_tflite_input(inputs, name, path) for name in ("features", "frames"))
     outputs = {len(d["shape_signature"]): d["index"] for d in interpreter.get_output_details()}
     shape: list[tuple[int, ...]] = [()]
 

@@ -238,16 +238,11 @@ class ClusterTies:
     def __init__(self, path: str, model):
         from asr import clustering
 
+        signature = clustering.signature({v.path: tuple(v.shape) for v in model.weights})
         try:
-            data = Path(path).read_bytes()
-            signature = clustering.signature({v.path: tuple(v.shape) for v in model.weights})
-            tables, self.weights, _ = clustering.read_clustered(data, signature)
-        except OSError as error:
-            raise clustering.ClusteredFileError(
-                f"train.clustered_weights: {path}: {error.strerror}"
-            ) from None
-        except clustering.ClusteredFileError as error:
-            raise clustering.ClusteredFileError(f"train.clustered_weights: {path}: {error}") from None
+            tables, self.weights, _ = clustering.read_clustered_file(path, signature)
+        except clustering.ClusteredFileError as error:  # "PATH: what is wrong", whatever the damage
+            raise clustering.ClusteredFileError(f"train.clustered_weights: {error}") from None
         paths = [v.path for v in model.trainable_variables]
         self.shapes = [tuple(v.shape) for v in model.trainable_variables]
         self.tables = []

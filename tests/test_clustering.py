@@ -1,5 +1,7 @@
 """Weight clustering's math: scalar k-means, index packing and the compact file (asr.clustering)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,94 @@ def test_int8_quantization_is_per_channel_symmetric_within_half_a_step():
     restored = clustering.dequantize_int8(q, scales)
     assert np.all(np.abs(restored - values) <= scales / 2 + 1e-7)
     np.testing.assert_array_equal(restored[:, 5], 0)
+
+
+def test_progress_counts_every_centroid_seeded():
+    """k-means reports its progress as centroids seeded (a progress bar's unit); a table's is min(K, size)."""
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.normal(size=(64, 80)), "b": rng.normal(size=(10, 30)), "c": rng.normal(size=(5,))}
+    for scope in ("layer", "model"):
+        counted = []
+        clustering.cluster_tensors(tensors, 600, scope, progress=counted.append)
+        total = clustering.seeding_work(tensors, 600, scope)
+        assert sum(counted) == total == (600 + 300 + 5 if scope == "layer" else 600)
+        assert all(n >= 0 for n in counted) and counted.count(clustering.PROGRESS_EVERY) >= 2
+
+
+def compact_file() -> tuple[bytes, dict[str, np.ndarray], list]:
+    tensors = model_tensors()
+    tables = clustering.cluster_tensors(tensors, 16, "layer")
+    plain = {"dense/bias": np.arange(30, dtype=np.float32)}
+    signature = clustering.signature({name: t.shape for name, t in {**tensors, **plain}.items()})
+    data = clustering.save_clustered(tables, plain, 16, 4, signature)
+    return data, clustering.load_clustered(data, signature)[0], signature
+
+
+def test_a_flipped_bit_anywhere_is_refused_or_changes_nothing():
+    """Every third byte of the file (all bit positions in turn), one bit flipped each time: the loader raises
+    :class:`ClusteredFileError` (zip's CRC-32 of each array, the header's checks) or gives back exactly the
+    same tensors (a bit of a field nothing reads, e.g. a timestamp); never another exception, never other
+    weights. (Every byte: the same outcome, 3× the time.)"""
+    data, expected, signature = compact_file()
+    refused, positions = 0, range(0, len(data), 3)
+    for position in positions:
+        damaged = bytearray(data)
+        damaged[position] ^= 1 << (position % 8)
+        try:
+            weights, _ = clustering.load_clustered(bytes(damaged), signature)
+        except clustering.ClusteredFileError as error:
+            refused += 1
+            assert "\n" not in str(error)
+            continue
+        assert set(weights) == set(expected), position
+        for name, value in expected.items():
+            assert weights[name].dtype == value.dtype, (position, name)
+            np.testing.assert_array_equal(weights[name], value, err_msg=f"byte {position}")
+    assert refused > 0.8 * len(positions)
+
+
+def rewritten(data: bytes, change) -> bytes:
+    """The archive with its JSON header changed by ``change(header)``."""
+    import io
+    import json
+
+    archive = np.load(io.BytesIO(data))
+    arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(bytes(arrays["header"]).decode())
+    change(header)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda h: h.pop("tables"), "header key 'tables' is missing"),
+        (lambda h: h.pop("bits"), "header key 'bits' is missing"),
+        (lambda h: h.update(bits="4"), "header key 'bits' is not a int"),
+        (lambda h: h.update(plain=["dense/kernel9"]), "member 'plain/dense/kernel9' is missing"),
+        (lambda h: h["tables"][0].append(["x"]), "header does not describe its tables"),
+        (lambda h: h.update(bits=40), "header bits 40"),
+    ],
+)
+def test_a_header_missing_a_key_or_of_the_wrong_kind_is_one_error(change, message):
+    """A header without a key used to raise KeyError."""
+    data, _, _ = compact_file()
+    with pytest.raises(clustering.ClusteredFileError, match=re.escape(message)):
+        clustering.load_clustered(rewritten(data, change))
+
+
+def test_reading_a_file_names_it(tmp_path):
+    data, _, signature = compact_file()
+    path = tmp_path / "model.kmeans.npz"
+    path.write_bytes(data[:-100])
+    with pytest.raises(clustering.ClusteredFileError, match=rf"^{path}: not a clustered-weights file \("):
+        clustering.read_clustered_file(path, signature)
+    with pytest.raises(clustering.ClusteredFileError, match=rf"^{tmp_path / 'none.npz'}: No such file"):
+        clustering.read_clustered_file(tmp_path / "none.npz")
+    path.write_bytes(data)
+    other = [[name, [1, *shape]] for name, shape in signature]
+    with pytest.raises(clustering.ClusteredFileError, match=rf"^{path}: made from another model"):
+        clustering.read_clustered_file(path, other)

@@ -653,10 +653,11 @@ def test_bad_model_backend_or_out_is_one_line_exit_2_before_any_work(
     cut = tmp_path / "cut"
     shutil.copytree(tiny_export, cut)
     (cut / "model.tflite").write_bytes((tiny_export / "model.tflite").read_bytes()[:100])
+    exported_bytes = (tiny_export / "model.tflite").stat().st_size
     cases = [
         (["--model", nowhere], f"--model: {nowhere}: not an export directory of asr.export (no export.json)"),
         (["--model", tiny_export, "--backend", "savedmodel"], f"--model: {tiny_export}: no saved_model.pb"),
-        (["--model", cut], f"--model: {cut} (tflite): "),
+        (["--model", cut], f"--model: {cut / 'model.tflite'}: 100 bytes, {exported_bytes} were exported"),
         (["--model", tiny_export, "--out", tiny_export], f"--out {tiny_export}: overlaps the export"),
         (
             ["--model", tiny_export, "--out", tiny_export / "x"],
