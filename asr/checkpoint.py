@@ -27,14 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import google_crc32c
-
 from asr import failpoints
-from asr.files import WriteError, read_json, remove_temporaries, temporary_name, write_json
+from asr.files import WriteError, file_crc32c, read_json, remove_temporaries, temporary_name, write_json
 
 CHECKPOINT_DIR = "checkpoints"
 PREFIX = "ckpt-"
-CRC_CHUNK = 1 << 22
 T = TypeVar("T")
 
 
@@ -95,21 +92,13 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointInfo | None:
 # --------------------------------------------------------------------------- integrity
 
 
-def _crc32c(path: Path) -> int:
-    checksum = google_crc32c.Checksum()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CRC_CHUNK):
-            checksum.update(chunk)
-    return int.from_bytes(checksum.digest(), "big")
-
-
 def _tf_files(prefix: Path) -> list[Path]:
     return [Path(f"{prefix}.index"), *sorted(prefix.parent.glob(f"{prefix.name}.data-*"))]
 
 
 def describe_files(prefix: Path) -> dict[str, dict[str, int]]:
     """``{file name: {"bytes", "crc32c"}}`` of a TF checkpoint's files, recorded in its JSON state."""
-    return {f.name: {"bytes": f.stat().st_size, "crc32c": _crc32c(f)} for f in _tf_files(prefix)}
+    return {f.name: {"bytes": f.stat().st_size, "crc32c": file_crc32c(f)} for f in _tf_files(prefix)}
 
 
 def damage(info: CheckpointInfo) -> str | None:
@@ -129,7 +118,7 @@ def damage(info: CheckpointInfo) -> str | None:
         size = path.stat().st_size
         if size != expected.get("bytes"):
             return f"{name} has {size} bytes, {expected.get('bytes')} were written"
-        if _crc32c(path) != expected.get("crc32c"):
+        if file_crc32c(path) != expected.get("crc32c"):
             return f"{name} does not match its checksum (corrupted)"
     return None
 
@@ -194,7 +183,7 @@ def worker_scratch() -> Path:
     return scratch / CHECKPOINT_DIR
 
 
-def _write_error(prefix: Path, error: Exception) -> Exception:
+def tf_write_error(prefix: Path, error: Exception) -> Exception:
     """A failed save as :class:`WriteError` naming the checkpoint (TF reports ENOSPC/EFBIG as OpErrors whose
     message ends with the system's reason); other errors are returned unchanged."""
     import tensorflow as tf
@@ -248,7 +237,7 @@ class Checkpointer:
                 os.replace(file, self.directory / file.name.replace(temporary.name, name, 1))
         except Exception as error:
             self._discard(temporary)
-            raise _write_error(prefix, error) from None
+            raise tf_write_error(prefix, error) from None
         except BaseException:
             self._discard(temporary)
             raise

@@ -522,7 +522,7 @@ def restore_checkpoint(run_dir: Path, step: int | None, recipe) -> tuple[Any, Lo
     is missing or damaged (or none usable) raises :class:`asr.checkpoint.NoValidCheckpointError`.
     """
     from asr.checkpoint import CheckpointMismatchError
-    from asr.inference import load_checkpoint, restore_run
+    from asr.inference import NormalizationError, load_checkpoint, restore_run
 
     def restore(recipe, checkpoint):
         return load_checkpoint(run_dir, checkpoint.path, recipe)
@@ -531,6 +531,8 @@ def restore_checkpoint(run_dir: Path, step: int | None, recipe) -> tuple[Any, Lo
         _, checkpoint, (logits_fn, info) = restore_run(run_dir, step, restore, _warn, recipe=recipe)
     except CheckpointMismatchError as error:
         raise EvaluateError(f"{error}; recipe {Path(run_dir) / 'recipe.yaml'}") from None
+    except NormalizationError as error:
+        raise EvaluateError(str(error)) from None
     return checkpoint, logits_fn, info
 
 
@@ -596,24 +598,19 @@ def with_ctc_loss(logits_fn: LogitsFn) -> LogitsFn:
 def export_output(out: Path, export_dir: Path, inputs: Sequence[tuple[str, str]]) -> None:
     """Refuse an output directory that is, contains or lies inside what is read (before any work): the
     export (only its ``eval/`` may hold results: the rest is what gets shipped) or an input ``(option,
-    path)`` (``--data``, ``--lm``); or that is an existing file."""
-    where = out.resolve()
-    export = export_dir.resolve()
+    path)`` (``--data``, ``--lm``), by :func:`asr.files.refuse_overlap`; or that is an existing file."""
+    from asr.files import OverlapError, refuse_overlap
+
     if out.exists() and not out.is_dir():
         raise EvaluateError(f"--out {out}: exists and is not a directory")
-    inside_results = where.is_relative_to(export / EVAL_DIR)
-    if export.is_relative_to(where) or (where.is_relative_to(export) and not inside_results):
-        raise EvaluateError(
-            f"--out {out}: overlaps the export {export_dir} (results go to its {EVAL_DIR}/ or outside it)"
-        )
-    for option, path in inputs:
-        if not path:
-            continue
-        source = Path(path).resolve()
-        if where.is_relative_to(source) or source.is_relative_to(where):
-            raise EvaluateError(
-                f"--out {out}: overlaps {option} {path} (an output may not be, hold or lie in an input)"
-            )
+    read = [(option, path) for option, path in inputs if path]
+    if not out.resolve().is_relative_to(export_dir.resolve() / EVAL_DIR):
+        read.insert(0, ("--model", str(export_dir)))
+    try:
+        for option, path in read:
+            refuse_overlap(out, {option: path})
+    except OverlapError as error:
+        raise EvaluateError(str(error)) from None
 
 
 # --------------------------------------------------------------------------- command line

@@ -242,7 +242,7 @@ def _write_formats(module, formats: Sequence[str], directory: Path, log) -> dict
     """Write each format into ``directory``; returns bytes per file written."""
     import tensorflow as tf
 
-    from asr.checkpoint import _write_error
+    from asr.checkpoint import tf_write_error
 
     sizes: dict[str, int] = {}
     if "savedmodel" in formats:
@@ -251,7 +251,7 @@ def _write_formats(module, formats: Sequence[str], directory: Path, log) -> dict
         try:
             tf.saved_model.save(module, str(directory), signatures=signatures)
         except (OSError, tf.errors.OpError) as error:  # TF reports a full disk as an OpError
-            raise _write_error(directory / "saved_model.pb", error) from None
+            raise tf_write_error(directory / "saved_model.pb", error) from None
         check_interrupted()
         sizes["saved_model"] = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
         log(f"SavedModel: {sizes['saved_model'] / 1e6:.1f} MB in {time.perf_counter() - started:.1f} s")

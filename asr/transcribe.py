@@ -662,7 +662,7 @@ def open_model(args: argparse.Namespace) -> Model:
     try:
         if args.run is not None:
             return inference.open_run(args.run, step=args.checkpoint, warn=warn, xla=args.xla)
-        return inference.open_export(args.model, args.backend or "tflite")
+        return inference.open_export(args.model, args.backend or "tflite", warn=warn)
     except (ValueError, OSError) as error:  # NoValidCheckpointError, ConfigError, JSON errors, ...
         raise UsageError(f"{option}: {_one_line(error)}") from None
     except (TypeError, KeyError, AttributeError, IndexError) as error:  # a file the loader did not check

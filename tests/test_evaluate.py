@@ -505,6 +505,14 @@ def test_watch_stops_with_one_line_on_a_damaged_watched_file(tiny_run, tmp_path,
     assert result.stderr.count("\n") == 1
 
 
+def test_a_run_without_its_normalization_is_one_line_naming_the_file(tiny_run, tiny_shards, tmp_path, capsys):
+    run_dir = copy_of(tiny_run, tmp_path)
+    (run_dir / "normalization.json").unlink()
+    assert evaluate_main("--run", run_dir, "--data", tiny_shards / "dev", "--beam", 1) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"asr.evaluate: error: {run_dir / 'normalization.json'}") and err.count("\n") == 1
+
+
 def later_checkpoint(run_dir: Path) -> tuple[int, int]:
     """A second, later checkpoint of the run: its only one's files copied under step + 4, with their sizes
     and checksums recorded as a save does (instead of training another epoch). Returns (older, newer)."""
@@ -658,20 +666,26 @@ def test_bad_model_backend_or_out_is_one_line_exit_2_before_any_work(
         (["--model", nowhere], f"--model: {nowhere}: not an export directory of asr.export (no export.json)"),
         (["--model", tiny_export, "--backend", "savedmodel"], f"--model: {tiny_export}: no saved_model.pb"),
         (["--model", cut], f"--model: {cut / 'model.tflite'}: 100 bytes, {exported_bytes} were exported"),
-        (["--model", tiny_export, "--out", tiny_export], f"--out {tiny_export}: overlaps the export"),
+        (
+            ["--model", tiny_export, "--out", tiny_export],
+            f"--out {tiny_export}: is the input --model {tiny_export};",
+        ),
         (
             ["--model", tiny_export, "--out", tiny_export / "x"],
-            f"--out {tiny_export / 'x'}: overlaps the export",
+            f"--out {tiny_export / 'x'}: lies inside the input --model {tiny_export};",
         ),
         (
             ["--model", tiny_export, "--out", tiny_export.parent],
-            f"--out {tiny_export.parent}: overlaps the export",
+            f"--out {tiny_export.parent}: contains the input --model {tiny_export};",
         ),
         (
             ["--model", tiny_export, "--out", dev / "results"],
-            f"--out {dev / 'results'}: overlaps --data {dev}",
+            f"--out {dev / 'results'}: lies inside the input --data {dev};",
         ),
-        (["--model", tiny_export, "--out", tiny_shards], f"--out {tiny_shards}: overlaps --data {dev}"),
+        (
+            ["--model", tiny_export, "--out", tiny_shards],
+            f"--out {tiny_shards}: contains the input --data {dev};",
+        ),
     ]
     for args, message in cases:
         assert evaluate_main(*args, "--data", dev, "--beam", 1, "--lm", "") == 2, args

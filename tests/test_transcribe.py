@@ -796,21 +796,9 @@ MALFORMED_EXPORT = {
     "wrong-types": None,  # the real metadata with sample_rate and alphabet of other types
     "missing-keys": '{"format_version": 1}',
 }
-HARDENED_LOADER = hasattr(__import__("asr.inference").inference, "read_export_metadata")
-UNCHECKED = pytest.mark.xfail(
-    not HARDENED_LOADER,
-    strict=True,
-    reason="the export loader (asr.inference) does not check export.json yet",
-)
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        "not-json",
-        *(pytest.param(name, marks=UNCHECKED) for name in ("a-list", "wrong-types", "missing-keys")),
-    ],
-)
+@pytest.mark.parametrize("damage", MALFORMED_EXPORT)
 def test_a_malformed_export_json_is_one_line_naming_it(
     memorized_export, memorized_run, tmp_path, capsys, damage
 ):
