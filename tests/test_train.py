@@ -123,20 +123,11 @@ def initial_weights(run_dir: Path, *sets: str) -> dict[str, np.ndarray]:
     return model_weights(session.save(0, {}).path)
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports free on localhost now (the harness's helper: one copy)."""
-    import importlib.util
-
-    if "faults" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("faults", REPO_ROOT / "tools" / "faults.py")
-        sys.modules["faults"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["faults"])
-    return sys.modules["faults"].free_ports(count)
-
-
 def start_workers(shards: Path, run: Path, tmp_path: Path, *sets: str) -> list[subprocess.Popen]:
     """Two ``asr.train`` processes on localhost forming one MultiWorkerMirroredStrategy cluster."""
-    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    from tools.faults.process import free_ports  # the harness's helper: one copy
+
+    workers = [f"localhost:{port}" for port in free_ports(2)]
     processes = []
     for index in range(2):
         scratch = tmp_path / f"tmp{index}"
@@ -338,7 +329,7 @@ def test_injected_non_finite_steps_are_counted_and_stop_the_run_at_the_limit_wit
 ):
     """train.step=inf@1+2 poisons the first two batches: the real skip path runs (no update, a count), and
     two in a row stop the run with the last good weights (the initial ones) saved and exit status 2. (One
-    skipped step that the run trains past: tools/faults.py --quick, nan-inject; a kill inside a checkpoint
+    skipped step that the run trains past: tools/faults --quick, nan-inject; a kill inside a checkpoint
     write: its train-kill trials.)"""
     run = tmp_path / "run"
     sets = ("train.max_consecutive_nan_steps=2", "train.epochs=5", "eval.mode=external")
