@@ -58,41 +58,55 @@ def output_command(fault: str, run_dir: Path, out: Path, force: bool) -> list[st
 
 @dataclasses.dataclass(frozen=True)
 class Uninterrupted:
-    """An uninterrupted run of the command: its output and when its write began and ended (seconds after
-    the start: the first temporary beside the output appeared; the process exited)."""
+    """An uninterrupted run of the command: its output, and how long its write took (from the first
+    temporary's appearance beside the output to its rename into place), which aims the kills."""
 
     out: Path
-    write_began: float
-    seconds: float
+    write_seconds: float
     files: list[str]
 
 
+POLL = 0.002
+"""Seconds between looks for the output's temporary (a compression writes for about 0.1 s here)."""
+
+
+def write_began(process: Process, out: Path, patience: float = 600) -> float | None:
+    """Wait until a temporary appears beside ``out``; when (``time.monotonic()``), or None if the process
+    ended (or ``patience`` seconds passed) first."""
+    deadline = time.monotonic() + patience
+    while process.code is None and time.monotonic() < deadline:
+        if output_leftovers(out):
+            return time.monotonic()
+        time.sleep(POLL)
+    return None
+
+
 def uninterrupted(ctx: Context, fault: str, corpus: str) -> Uninterrupted:
-    """Made once per fault kind: the timing that aims the kills at the write, and the files a whole output
-    holds."""
+    """Made once per fault kind: the write's duration, and the files a whole output holds."""
     folder = ctx.work / fault / f"uninterrupted-{corpus}"
     folder.mkdir(parents=True, exist_ok=True)
     run_dir = copy_run(ctx.reference(corpus).run, folder / "run")
     out = folder / "out"
     process = Process(output_command(fault, run_dir, out, force=False), folder / "command")
-    began = None
-    while process.code is None and time.monotonic() - process.started < 600:
-        if began is None and output_leftovers(out):
-            began = time.monotonic() - process.started
-        time.sleep(0.01)
+    began = write_began(process, out)
+    ended = began
+    while began is not None and process.code is None and output_leftovers(out):
+        time.sleep(POLL)
+        ended = time.monotonic()
+    process.wait(600)
     process.end_group()
     result = process.finish()
     if result.code != 0:
         raise RuntimeError(f"uninterrupted {fault.split('-')[0]}: {result.describe()}")
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    return Uninterrupted(out, result.seconds if began is None else began, result.seconds, files)
+    return Uninterrupted(out, 0.0 if began is None else ended - began, files)
 
 
 def output_kill_trial(ctx: Context, fault: str, spec: dict) -> Trial:
-    """Kill the command at a random moment between the first temporary's appearance and the uninterrupted
-    run's end (a new output, or ``--force`` over the uninterrupted output's copy), wait 0.5-2 s and rerun
-    the same command (with ``--force`` when the kill came after the output was complete: without it the
-    command refuses to replace it).
+    """Kill the command at a random moment of its write: once its temporary appears beside the output, after
+    a random fraction of an uninterrupted write's duration (a new output, or ``--force`` over the
+    uninterrupted output's copy); wait 0.5-2 s and rerun the same command (with ``--force`` when the kill
+    came after the output was complete: without it the command refuses to replace it).
 
     Checks: the rerun exits 0; its output holds the files an uninterrupted run writes; nothing matching
     ``OUT.tmp-*``/``OUT.old-*`` beside the output or ``*.tmp-*`` inside it; every file of the run directory
@@ -108,18 +122,21 @@ def output_kill_trial(ctx: Context, fault: str, spec: dict) -> Trial:
         shutil.copytree(whole.out, out)
     command = output_command(fault, run_dir, out, force)
     checks = Checks()
-    at = whole.write_began + spec["at"] * (whole.seconds - whole.write_began)
+    delay = spec["at"] * whole.write_seconds
     process = Process(command, folder / "killed")
-    ended = process.wait(at)
+    began = write_began(process, out)
+    if began is not None:
+        process.wait_more(began + delay - time.monotonic())
+    ended = process.code is not None
     if not ended:
         process.kill()
     process.end_group()
     left = output_leftovers(out)
     what = "over an existing output (--force)" if force else "a new output"
-    where = f"{what}: SIGKILL at {at:.1f} s (its write: {whole.write_began:.1f}-{whole.seconds:.1f} s)"
+    where = f"{what}: SIGKILL {delay:.2f} s into its write (uninterrupted: {whole.write_seconds:.2f} s)"
     where += f"; left: {', '.join(left[:3])}" if left else "; nothing left beside the output"
     if ended:
-        where = f"{what}: not struck, the command ended (exit {process.code}) before {at:.1f} s"
+        where = f"{what}: not struck, the command ended (exit {process.code}) before its write was seen"
     time.sleep(spec["gap"])
     again = force or (out.exists() and not left)
     rerun = run(output_command(fault, run_dir, out, again), folder / "rerun", timeout=600)
