@@ -199,6 +199,7 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_both_resume(shards, t
     last = error.strip().splitlines()[-1]
     assert last.startswith("error: worker 1 of this multi-worker run was lost"), error[-3000:]
     assert "Traceback" not in error
+    assert not (run / "train.lock").exists()  # the chief released the run directory on its way out
     saved = max(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("ckpt-*.json"))
     errors = finish(start_workers(shards, run, tmp_path, "train.epochs=6", *sets[1:]))
     assert f"step {saved} from ckpt-{saved}" in errors[0], errors[0][-3000:]
