@@ -1,4 +1,4 @@
-"""Named points where a fault is injected on purpose, for the fault-injection harness (``tools/faults.py``).
+"""Named points where a fault is injected on purpose, for the fault-injection harness (``tools/faults``).
 
 A kill at a random time rarely lands inside a checkpoint write that takes milliseconds; a fail point makes
 the harness's faults land exactly where the guarantees are hardest to keep, with the same real effect

@@ -442,7 +442,7 @@ class _StepParts:
             scale = loss_scale(self.optimizer) if self.loss_scaled else 1.0
             grads = clip_gradients(grads, summed, clip_norm, scale)
         optimizer, variables, statistics = self.optimizer, self.variables, self.statistics
-        average = self.average
+        average, loss_scaled = self.average, self.loss_scaled
 
         def apply_or_skip(distribution, grads, bad, before):
             ok = tf.equal(distribution.experimental_local_results(bad)[0], 0.0)
@@ -453,8 +453,22 @@ class _StepParts:
                     lambda g: optimizer.apply_gradients(zip(g, variables, strict=False)), args=(grads,)
                 )
                 if average is not None:
-                    average.update(distribution, variables, updates_before)
+                    move_average(distribution, updates_before)
                 return tf.constant(True)
+
+            def move_average(distribution, updates_before):
+                """After an applied update only: a loss-scale optimizer skips an overflowing one itself,
+                leaving its update count (``iterations``) where it was."""
+
+                def move():
+                    average.update(distribution, variables, updates_before)
+                    return tf.constant(True)
+
+                if not loss_scaled:
+                    move()
+                    return
+                applied = tf.not_equal(tf.convert_to_tensor(optimizer.iterations), updates_before)
+                tf.cond(applied, move, lambda: tf.constant(False))
 
             def skip():
                 first = distribution.experimental_local_results(before)[0] if before else []

@@ -12,14 +12,17 @@ when every TTA target is reached (``tta.stop_at_last_target``), or on Ctrl-C/SIG
 first. Running again into the same run directory (or with ``--resume``) continues from the newest
 undamaged checkpoint with step, epoch, data position, optimizer state, TTA history and run clock intact,
 first redoing an epoch-end evaluation that was interrupted; a run that is already complete says so and
-exits 0. What is guaranteed under each fault: ``docs/reliability.md``.
+exits 0. One process owns a run directory at a time (:mod:`asr.runlock`; a multi-worker run's chief): a
+second ``asr.train`` on it stops with one line naming the holder, before writing anything. What is
+guaranteed under each fault: ``docs/reliability.md``.
 
 The pieces: :class:`Schedule` (when to sample, save, evaluate and stop), :class:`Trainer` (setup and
 restore, the step loop, the epoch-end sequence checkpoint → evaluation → TTA), :class:`RunLog` (event log,
 console, TensorBoard) and :class:`asr.session.TrainingSession` (model, optimizer, compiled step).
 
 The run directory holds ``recipe.yaml`` (fully resolved), ``events.jsonl`` (see :mod:`asr.events`),
-``checkpoints/`` and ``tensorboard/``. Errors that stop the run print one line and exit with status 2.
+``checkpoints/``, ``tensorboard/``, and while a run holds it ``train.lock`` and ``train.lock.json``. Errors
+that stop the run print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -221,14 +225,19 @@ class StopFlag:
             signal.signal(signum, handler)
 
 
-def resolve_run(args: argparse.Namespace) -> tuple[Recipe, Path, bool]:
-    """The recipe to run, the run directory and whether it resumes an existing run."""
-    from asr.checkpoint import list_checkpoints
-
-    recipe = load_recipe(args.recipe, args.set or ())
+def run_directory(args: argparse.Namespace, recipe: Recipe) -> Path:
+    """The run directory ``--run-dir`` names (default ``runs/<recipe name>``); it may not exist yet."""
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--run-dir {run_dir}: exists and is not a directory")
+    return run_dir
+
+
+def resuming_run(args: argparse.Namespace, recipe: Recipe, run_dir: Path) -> bool:
+    """Whether the run resumes from a checkpoint in ``run_dir``; a run directory of another model, batch
+    or data is refused. Read while holding the run directory, so no other process changes it meanwhile."""
+    from asr.checkpoint import list_checkpoints
+
     saved = run_dir / RECIPE_FILE
     resuming = bool(list_checkpoints(run_dir))
     if args.resume and not resuming:
@@ -247,7 +256,34 @@ def resolve_run(args: argparse.Namespace) -> tuple[Recipe, Path, bool]:
                 f"{saved}: train.global_batch or data.* differ from {args.recipe}; a resumed run must "
                 "read the same batches (choose another --run-dir)"
             )
-    return recipe, run_dir, resuming
+    return resuming
+
+
+@contextmanager
+def owning(run_dir: Path, command_line: str) -> Iterator[None]:
+    """Hold ``run_dir`` for this process (:mod:`asr.runlock`) while the block runs; a multi-worker run's
+    chief only (the other workers write to scratch). Another live holder stops the run with one line
+    naming it (:class:`asr.runlock.RunInUseError`) before anything is written."""
+    from asr.runlock import RunInUseError, RunLock
+    from asr.strategy import cluster_from_environment
+
+    if not cluster_from_environment().is_chief:
+        yield
+        return
+    try:
+        lock = RunLock(run_dir, command_line).acquire()
+    except RunInUseError as error:
+        raise TrainError(str(error)) from None
+    try:
+        if lock.unsupported:
+            print(f"asr.train: warning: {lock.unsupported}; a second asr.train in {run_dir} would not be "
+                  "stopped", file=sys.stderr, flush=True)  # fmt: skip
+        if lock.taken_over:
+            print(f"asr.train: {run_dir} was held by {lock.taken_over.describe()}, which ended without "
+                  "releasing it (killed?); taken over", file=sys.stderr, flush=True)  # fmt: skip
+        yield
+    finally:
+        lock.release()
 
 
 def completed(recipe: Recipe, run_dir: Path) -> str | None:
@@ -767,8 +803,9 @@ def lost_worker_message(error: BaseException) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ info/warning lines would drown the progress
+    command_line = shlex.join(["python", "-m", "asr.train", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return command(args)
+        return command(args, command_line)
     except (ConfigError, TrainError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -787,19 +824,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
-def command(args: argparse.Namespace) -> int:
-    """``--summary``, a run that is already complete, or training."""
+def command(args: argparse.Namespace, command_line: str = "python -m asr.train") -> int:
+    """``--summary``, a run that is already complete, or training, holding the run directory."""
+    recipe = load_recipe(args.recipe, args.set or ())
     if args.summary:
-        recipe = load_recipe(args.recipe, args.set or ())
         print(summary(recipe.model, recipe.data.max_frames))
         return 0
-    recipe, run_dir, resuming = resolve_run(args)
-    done = completed(recipe, run_dir) if resuming else None
-    if done:
-        print(f"asr.train: {run_dir} is complete ({done}); nothing to do (raise train.epochs or the "
-              "limit with --set to train further)", file=sys.stderr)  # fmt: skip
-        return 0
-    return Trainer(recipe, run_dir, resuming, strict=args.strict).run()
+    run_dir = run_directory(args, recipe)
+    with owning(run_dir, command_line):
+        resuming = resuming_run(args, recipe, run_dir)
+        done = completed(recipe, run_dir) if resuming else None
+        if done:
+            print(f"asr.train: {run_dir} is complete ({done}); nothing to do (raise train.epochs or the "
+                  "limit with --set to train further)", file=sys.stderr)  # fmt: skip
+            return 0
+        return Trainer(recipe, run_dir, resuming, strict=args.strict).run()
 
 
 def exit_after_lost_worker(message: str) -> None:

@@ -1,8 +1,10 @@
-"""``tools/faults.py --quick`` as CI runs it: the real commands under injected faults, every trial passed.
+"""``python -m tools.faults --quick`` as CI runs it: the real commands under injected faults, every trial
+passed.
 
-The harness runs ``asr.extract``, ``asr.train``, ``asr.evaluate``, ``asr.lm`` and ``asr.report`` as processes
-on ``data/tiny`` and checks what each fault must leave behind (see its docstring); here only its verdict is
-read: exit status 0, and a summary row per fault kind of the quick mode with every trial passed.
+The harness (the package ``tools/faults``) runs ``asr.extract``, ``asr.train``, ``asr.evaluate``, ``asr.lm``,
+``asr.report``, ``asr.export``, ``asr.compress`` and ``asr.transcribe`` as processes on ``data/tiny`` and
+checks what each fault must leave behind (see its docstring); here only its verdict is read: exit status 0,
+and a summary row per fault kind of the quick mode with every trial passed.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_FAULTS = ("train-kill", "extract-kill", "checkpoint-damage", "events-cut", "disk-full", "corrupt-input",
-                "nan-inject")  # fmt: skip
-"""Every fault kind but worker-kill (two multi-worker starts do not fit the quick mode's 2 minutes)."""
+                "nan-inject", "run-lock", "output-is-input")  # fmt: skip
+"""Every fault kind but worker-kill (two multi-worker starts do not fit the quick mode's budget) and
+export-kill / compress-kill (two exports per trial)."""
 SUMMARY_ROW = re.compile(r"^\| ([a-z-]+) \| (\d+) \| (\d+) \|$", re.MULTILINE)
 
 
 @pytest.mark.slow
 def test_quick_fault_injection_passes_every_trial(tmp_path):
     rows_file = tmp_path / "rows.json"
-    command = [sys.executable, "tools/faults.py", "--quick", "--work", tmp_path / "work", "--json", rows_file]
+    command = [sys.executable, "-m", "tools.faults", "--quick", "--work", tmp_path / "work",
+               "--json", rows_file]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     table = result.stdout[-8000:]
     summary = {fault: (int(n), int(passed)) for fault, n, passed in SUMMARY_ROW.findall(result.stdout)}

@@ -282,7 +282,7 @@ from pathlib import Path
 from asr.checkpoint import restore_weights
 from asr.config import load_recipe
 from asr.model import build_model
-from asr.session import TrainingSession, ema_decay_at
+from asr.session import TrainingSession
 from asr.strategy import make_strategy
 recipe = load_recipe("recipes/cpu.yaml", {overrides!r})
 strategy = make_strategy(recipe.runtime, env={{}})
@@ -298,14 +298,15 @@ def averages(session):  # every replica's copy
     return [[np.asarray(c) for c in local(a)] for a in session.average.variables]
 session = TrainingSession(strategy, recipe, Path({run_dir!r}), is_chief=True)
 expected = trainable(session)
-updates = 0
+updates, decays = 0, []
 for micro in range({steps}):
     result = session.train_step(batch())
     if result is None:
         continue
     assert result[1], "the update was skipped"
-    decay = ema_decay_at(recipe.train.ema_decay, float(updates))
+    decay = min(recipe.train.ema_decay, (1 + updates) / (10 + updates))  # written out, not the module's
     expected = [decay * e + (1 - decay) * w for e, w in zip(expected, trainable(session))]
+    decays.append(decay)
     updates += 1
 moved = max(float(np.abs(e - w).max()) for e, w in zip(expected, trainable(session)))
 error = max(float(np.abs(c - e).max()) for copies, e in zip(averages(session), expected) for c in copies)
@@ -324,32 +325,87 @@ resumed = TrainingSession(strategy, recipe, Path({run_dir!r}) / "resumed", is_ch
 resumed.restore(info)
 for a, b in zip(averages(resumed), averages(session)):
     np.testing.assert_array_equal(a[0], b[0])
-print(updates, moved, error)
+print(",".join(map(repr, decays)), updates, moved, error)
 """
 
 
+CAPPED_DECAYS = [0.1, 2 / 11, 0.25, 0.3, 0.3]
+"""``min(0.3, (1 + n) / (10 + n))`` for n = 0..4: the short start, then the cap ``train.ema_decay=0.3``
+(reached from the 4th update on; 0.99 would need 981 updates)."""
+
+
 @pytest.mark.parametrize(
-    ("replicas", "accumulate", "steps"), [(1, 1, 3), (2, 1, 3), (1, 2, 4)], ids=["one", "two-replicas", "acc"]
+    ("replicas", "accumulate", "steps"),
+    [(1, 1, 5), (2, 1, 5), (1, 2, 10)],
+    ids=["one", "two-replicas", "acc"],
 )
 def test_the_weight_average_is_exact_on_every_replica_and_is_what_checkpoints_evaluate(
     tmp_path, replicas, accumulate, steps
 ):
     """``train.ema_decay``: after each update the average equals the recursion computed here in NumPy from
-    the weights the steps left (float32 rounding: 1e-6 of the weights' move), on every replica's copy, also
-    with accumulated micro-batches (one move per update); a checkpoint restored for evaluation holds the
-    average's trainable weights and the model's batch-norm statistics, as the resident evaluator's copy
-    does; a resumed session continues from the same average. A fresh process: devices are fixed at
-    start-up."""
+    the weights the steps left, with the decay written out (float32 rounding: 1e-6 of the weights' move),
+    through the short start and at the cap, on every replica's copy, also with accumulated micro-batches
+    (one move per update); a checkpoint restored for evaluation holds the average's trainable weights and
+    the model's batch-norm statistics, as the resident evaluator's copy does; a resumed session continues
+    from the same average. A fresh process: devices are fixed at start-up."""
     import subprocess
     import sys
 
-    overrides = [*TINY_MODEL, "train.ema_decay=0.99", "train.learning_rate=0.01",
+    overrides = [*TINY_MODEL, "train.ema_decay=0.3", "train.learning_rate=0.01",
                  f"runtime.replicas={replicas}", f"train.accumulate_steps={accumulate}"]  # fmt: skip
     script = WEIGHT_AVERAGE.format(overrides=overrides, run_dir=str(tmp_path), steps=steps)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    updates, moved, error = result.stdout.split()[-3:]
-    assert int(updates) == steps // accumulate
+    decays, updates, moved, error = result.stdout.split()[-4:]
+    assert int(updates) == steps // accumulate == len(CAPPED_DECAYS)
+    np.testing.assert_allclose([float(d) for d in decays.split(",")], CAPPED_DECAYS, rtol=1e-12)
     assert float(moved) > 1e-3  # the average lags the weights: the comparison is not of equal things
     assert float(error) <= 1e-6 + 1e-5 * float(moved)
+
+
+def test_an_overflowing_float16_step_moves_neither_the_weights_nor_their_average():
+    """Under float16 the loss-scale optimizer skips an update whose scaled gradients overflow (forced here:
+    a loss scale of 2^100, with the loss itself finite) and halves the scale; the weight average must not
+    move either (docs/train.md, "Weight averaging"), and its update count (the optimizer's ``iterations``,
+    the ``n`` of its decay) stays where it was. The next update then moves it by ``min(d, 2/11)``."""
+    from asr.session import WeightAverage
+
+    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml",
+                         [*TINY_MODEL, "runtime.mixed_precision=float16", "train.ema_decay=0.5"])  # fmt: skip
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        strategy = tf.distribute.get_strategy()
+        model = build_model(recipe.model)
+        optimizer = make_optimizer(recipe)
+        optimizer.build(model.trainable_variables)
+        average = WeightAverage(strategy, model, recipe.train.ema_decay)
+        step = make_train_step(strategy, model, optimizer, recipe, average=average)
+        data = tuple(tf.constant(x) for x in batch())
+
+        def state():
+            return [w.numpy() for w in model.trainable_weights], [a.numpy() for a in average.variables]
+
+        optimizer.dynamic_scale.assign(1.0)
+        step(data)
+        assert int(optimizer.iterations) == 1
+        weights, averages = state()
+        assert any(not np.array_equal(w, a) for w, a in zip(weights, averages, strict=True))  # it lags
+        optimizer.dynamic_scale.assign(2.0**100)
+        loss_sum, bad, _, _ = step(data)
+        assert np.isfinite(float(loss_sum)) and float(bad) == 0.0  # only the scaled gradients overflowed
+        assert float(optimizer.dynamic_scale) == 2.0**99  # the scaler saw the overflow and skipped
+        assert int(optimizer.iterations) == 1
+        after_weights, after_averages = state()
+        for before, after in zip(weights + averages, after_weights + after_averages, strict=True):
+            np.testing.assert_array_equal(after, before)
+        optimizer.dynamic_scale.assign(1.0)
+        step(data)
+        assert int(optimizer.iterations) == 2
+        moved_weights, moved_averages = state()
+        decay = min(0.5, (1 + 1) / (10 + 1))  # the second update's: n = 1, the skipped one not counted
+        for old, new, weight in zip(averages, moved_averages, moved_weights, strict=True):
+            np.testing.assert_allclose(new, decay * old + (1 - decay) * weight, rtol=1e-5, atol=1e-7)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,20 +123,11 @@ def initial_weights(run_dir: Path, *sets: str) -> dict[str, np.ndarray]:
     return model_weights(session.save(0, {}).path)
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports free on localhost now (the harness's helper: one copy)."""
-    import importlib.util
-
-    if "faults" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("faults", REPO_ROOT / "tools" / "faults.py")
-        sys.modules["faults"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["faults"])
-    return sys.modules["faults"].free_ports(count)
-
-
 def start_workers(shards: Path, run: Path, tmp_path: Path, *sets: str) -> list[subprocess.Popen]:
     """Two ``asr.train`` processes on localhost forming one MultiWorkerMirroredStrategy cluster."""
-    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    from tools.faults.process import free_ports  # the harness's helper: one copy
+
+    workers = [f"localhost:{port}" for port in free_ports(2)]
     processes = []
     for index in range(2):
         scratch = tmp_path / f"tmp{index}"
@@ -154,15 +146,18 @@ def start_workers(shards: Path, run: Path, tmp_path: Path, *sets: str) -> list[s
 
 
 def finish(processes: list[subprocess.Popen], timeout: float = 300) -> list[str]:
-    """Each process's stderr once all have exited (killed if still running after ``timeout``)."""
-    errors = []
-    try:
-        for process in processes:
-            errors.append(process.communicate(timeout=timeout)[1])
-    finally:
-        for process in processes:
-            process.kill()
-    return errors
+    """Each process's stderr once all have exited (killed if still running after ``timeout``). The pipes
+    are read side by side, one thread each: read one after the other, a worker blocked on a full pipe
+    would never exit while the other's is being read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(processes)) as pool:
+        outputs = [pool.submit(process.communicate, timeout=timeout) for process in processes]
+        try:
+            return [output.result()[1] for output in outputs]
+        finally:
+            for process in processes:
+                process.kill()
 
 
 def test_two_worker_processes_equal_one_process_with_the_same_global_batch(shards, tmp_path):
@@ -204,6 +199,7 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_both_resume(shards, t
     last = error.strip().splitlines()[-1]
     assert last.startswith("error: worker 1 of this multi-worker run was lost"), error[-3000:]
     assert "Traceback" not in error
+    assert not (run / "train.lock").exists()  # the chief released the run directory on its way out
     saved = max(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("ckpt-*.json"))
     errors = finish(start_workers(shards, run, tmp_path, "train.epochs=6", *sets[1:]))
     assert f"step {saved} from ckpt-{saved}" in errors[0], errors[0][-3000:]
@@ -334,7 +330,7 @@ def test_injected_non_finite_steps_are_counted_and_stop_the_run_at_the_limit_wit
 ):
     """train.step=inf@1+2 poisons the first two batches: the real skip path runs (no update, a count), and
     two in a row stop the run with the last good weights (the initial ones) saved and exit status 2. (One
-    skipped step that the run trains past: tools/faults.py --quick, nan-inject; a kill inside a checkpoint
+    skipped step that the run trains past: tools/faults --quick, nan-inject; a kill inside a checkpoint
     write: its train-kill trials.)"""
     run = tmp_path / "run"
     sets = ("train.max_consecutive_nan_steps=2", "train.epochs=5", "eval.mode=external")
@@ -378,6 +374,85 @@ def test_rerunning_a_finished_run_says_it_is_complete_and_changes_nothing(shards
         assert again.stderr.strip().splitlines()[-1].startswith(f"asr.train: {run} is complete")
         assert (run / "events.jsonl").read_bytes() == log
         assert sorted((run / "checkpoints").iterdir()) == checkpoints
+
+
+HOLDER = """
+import sys, time
+from asr.runlock import RunLock
+with RunLock(sys.argv[1], "the holder's command"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def hold(run: Path) -> subprocess.Popen:
+    """A live process holding ``run`` through :class:`asr.runlock.RunLock`, once it says so."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_held_run_directory_refuses_a_second_run_readers_still_read_it_and_a_killed_holder_is_taken_over(
+    shards, finished_run, tmp_path
+):
+    """A second ``asr.train`` on a run directory a live process holds exits 2 with one line naming the
+    holder, before anything is written; ``asr.report`` and ``asr.evaluate --watch`` read it meanwhile (they
+    take no lock); once the holder is SIGKILLed (its lock file and holder record stay behind) the next
+    ``asr.train`` takes the lock over, says so, and releases it at its end."""
+    from asr import evaluate, report
+
+    run = copy_run(finished_run, tmp_path)
+    holder = hold(run)
+    try:
+        before = files(run)
+        assert set(before) - set(files(finished_run)) == {"train.lock", "train.lock.json"}
+        second = train(shards, run, *FINISHED)
+        assert second.returncode == 2, second.stderr[-3000:]
+        (line,) = second.stderr.strip().splitlines()
+        assert line.startswith(f"error: {run}: in use by pid {holder.pid} on {socket.gethostname()} since ")
+        assert "(the holder's command); wait for it to end" in line
+        assert files(run) == before  # nothing touched
+        assert report.main([str(run), "--out", str(tmp_path / "report"), "--no-plots"]) == 0
+        watch = ["--watch", str(run), "--beam", "1", "--lm", "", "--poll", "0.05", "--stop-after", "0.1"]
+        assert evaluate.main(watch) == 0
+        evaluated = [e["checkpoint"] for e in events(run) if e["event"] == "eval"]
+        assert evaluated == ["ckpt-4", "ckpt-8"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {"train.lock", "train.lock.json"} <= set(files(run))  # a killed holder releases nothing itself
+    again = train(shards, run, *FINISHED)
+    assert again.returncode == 0, again.stderr[-3000:]
+    took, complete = again.stderr.strip().splitlines()
+    assert took.startswith(f"asr.train: {run} was held by pid {holder.pid} ")
+    assert took.endswith("; taken over")
+    assert complete.startswith(f"asr.train: {run} is complete")
+    assert not {"train.lock", "train.lock.json"} & set(files(run))
+
+
+def test_the_run_lock_excludes_this_process_too_and_leaves_nothing_behind(tmp_path):
+    """The lock API in one process: a second holder is refused (a record lock never conflicts within its own
+    process, so the module keeps count), and a run directory the lock created is removed again when nothing
+    was written into it (a run that failed before writing leaves no trace)."""
+    from asr.runlock import RunInUseError, RunLock
+
+    run = tmp_path / "runs" / "new"
+    with RunLock(run, "first") as lock:
+        assert lock.locked and lock.taken_over is None
+        assert json.loads((run / "train.lock.json").read_text())["command"] == "first"
+        with pytest.raises(RunInUseError, match=f"{run}: in use by pid {os.getpid()} .*\\(first\\)"):
+            RunLock(run, "second").acquire()
+    assert not (tmp_path / "runs").exists()
+    run.mkdir(parents=True)
+    (run / "events.jsonl").write_text("")
+    with RunLock(run, "third"):
+        pass
+    assert sorted(p.name for p in run.iterdir()) == ["events.jsonl"]
 
 
 def test_kill_during_evaluation_redoes_it_on_resume(shards, tmp_path):
