@@ -8,9 +8,10 @@ import pytest
 from asr.config import Recipe, RigConfig, TrainConfig, TTAConfig, dump_recipe
 from asr.events import EVENT_LOG_NAME
 from asr.report import load_run, main
-from asr.report.energy import energy, integrate
+from asr.report.energy import energy, energy_by_kind, integrate
 from asr.report.grouping import aggregate
-from asr.report.measures import epoch_accuracy, windowed_throughput
+from asr.report.measures import clock_share, epoch_accuracy, windowed_throughput
+from asr.tta import active_events
 
 # Synthetic run shape, so every time below can be checked by hand: each epoch is 10 training
 # steps of STEP s (the very first step of a session takes FIRST_STEP s: graph tracing), then
@@ -280,6 +281,15 @@ def test_aggregation_of_repeated_runs(tmp_path):
     tta = sorted((eval_times(5)[4] - 50) * s + 50 for s in [1.0, 1.2, 0.8, 1.1, 1.5])
     mean = sum(tta[1:-1]) / 3 / 60
     assert f"| {mean:.1f} ({tta[0] / 60:.1f}\u2013{tta[-1] / 60:.1f}, n=5) |" in rows[0]
+    # the evaluation share: 8 x (6 s evaluate + 4 s swap) = 80 s beside 415 s of steps x scale (20 + 79 x 5)
+    share = md.split("## Evaluation share of the run clock")[1].split("##")[0]
+    clocks = sorted(80 + 415 * s for s in [1.0, 1.2, 0.8, 1.1, 1.5])  # 412, 495, 536.5, 578, 702.5
+    row = next(line for line in share.splitlines() if "aggregate of 5" in line).split(" | ")
+    assert row[0] == "| cpu @ laptop: aggregate of 5"
+    assert row[1] == f"{sum(clocks[1:-1]) / 3:.1f}"  # MLPerf: mean without the fastest and slowest run
+    shares = sorted(48 / c for c in clocks)
+    assert row[2] == f"48.0 ({100 * sum(shares[1:-1]) / 3:.1f}%)"  # the seconds alike, the share aggregated
+    assert len([line for line in share.splitlines() if line.startswith("| seed")]) == 5
 
 
 def test_runs_on_training_sets_of_different_size_are_not_repeats(tmp_path):
@@ -490,15 +500,139 @@ def test_energy_per_phase_and_epoch_add_up(runs):
     assert list(result["epochs"]) == list(range(8))
 
 
+def write_log(run_dir, events):
+    """A run directory whose event log is ``events`` (hand-written), with a recipe of one repeat group."""
+    run_dir.mkdir(parents=True)
+    rig = RigConfig(name="laptop", cpu_watts_per_core=4.0)
+    recipe = Recipe(name="cpu", rig=rig, train=TrainConfig(global_batch=4))
+    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    (run_dir / EVENT_LOG_NAME).write_text("".join(json.dumps(e) + "\n" for e in events))
+    return run_dir
+
+
+def phase(elapsed, name, seconds):
+    return {"event": "phase", "elapsed": elapsed, "phase": name, "seconds": seconds}
+
+
+# Resident evaluation, one session: two epochs of 20 s, each ending with a 1 s checkpoint and a 4 s
+# evaluation, an extra set decoded off the clock (7 s) and an external evaluation (5 s, another process).
+RESIDENT_LOG = [
+    {"event": "run_start", "elapsed": 0.0, "resumed": False},
+    {"event": "step", "elapsed": 20.0, "step_seconds": 20.0, "batch_size": 4},
+    phase(21.0, "checkpoint", 1.0),
+    phase(25.0, "evaluate", 4.0),
+    {"event": "off_clock", "elapsed": 25.0, "name": "eval:dev-seen", "seconds": 7.0},
+    {"event": "eval", "elapsed": 25.0, "split": "dev", "cer": 50.0, "seconds": 3.9, "source": "resident"},
+    {"event": "eval", "elapsed": 21.0, "split": "dev", "cer": 50.0, "seconds": 5.0, "source": "external"},
+    {"event": "step", "elapsed": 45.0, "step_seconds": 20.0, "batch_size": 4},
+    phase(46.0, "checkpoint", 1.0),
+    phase(50.0, "evaluate", 4.0),
+    {"event": "run_end", "elapsed": 50.0, "reason": "epochs"},
+]
+
+
+def util(elapsed):
+    return {"event": "util", "elapsed": elapsed, "cpu_percent": 100.0}  # one busy core: 4 W (write_log)
+
+
+# Swap evaluation, killed during the second epoch-end evaluation and resumed 600 s later from that epoch's
+# checkpoint (clock saved at 50 s, evaluation pending): its checkpoint phase (52 s) and swap_out (53 s) were
+# lost and are redone; the run ends at 90 s after a third evaluation. A utilization sample every 10 s.
+SWAP_LOG = [
+    {"event": "run_start", "elapsed": 0.0, "resumed": False, "downtime": 0.0},
+    *[util(float(t)) for t in range(0, 50, 10)],
+    phase(20.0, "checkpoint", 2.0),
+    phase(21.0, "swap_out", 1.0),
+    phase(27.0, "evaluate", 6.0),
+    phase(30.0, "swap_in", 3.0),
+    {"event": "eval", "elapsed": 30.0, "split": "dev", "cer": 50.0, "source": "swap"},
+    {"event": "step", "elapsed": 48.0, "step_seconds": 18.0, "batch_size": 4},
+    phase(52.0, "checkpoint", 2.0),  # lost: later than the clock the checkpoint saved
+    phase(53.0, "swap_out", 1.0),  # lost; then the kill (no evaluate event)
+    {"event": "run_start", "elapsed": 51.0, "resumed": True, "restart_elapsed": 50.0, "downtime": 600.0},
+    *[util(float(t)) for t in range(60, 100, 10)],
+    phase(52.0, "swap_out", 1.0),
+    phase(58.0, "evaluate", 6.0),
+    phase(61.0, "swap_in", 3.0),
+    {"event": "eval", "elapsed": 61.0, "split": "dev", "cer": 40.0, "source": "swap"},
+    {"event": "step", "elapsed": 78.0, "step_seconds": 17.0, "batch_size": 4},
+    phase(80.0, "checkpoint", 2.0),
+    phase(81.0, "swap_out", 1.0),
+    phase(87.0, "evaluate", 6.0),
+    phase(90.0, "swap_in", 3.0),
+    {"event": "eval", "elapsed": 90.0, "split": "dev", "cer": 30.0, "source": "swap"},
+    {"event": "run_end", "elapsed": 90.0, "reason": "epochs"},
+]
+
+
+def test_clock_share_of_hand_written_logs():
+    """Seconds per kind and share of the run clock, worked by hand from the logs above."""
+    resident = clock_share(active_events(RESIDENT_LOG))
+    assert resident.run_clock == 50.0
+    assert resident.seconds == {"evaluate": 8.0, "swap": 0.0, "checkpoint": 2.0, "training": 40.0}
+    assert resident.share("evaluate") == 8 / 50 and resident.share("training") == 40 / 50
+    assert resident.off_clock == {"eval:dev-seen": 7.0, "external evaluation": 5.0}  # never in the shares
+    swap = clock_share(active_events(SWAP_LOG))
+    # evaluate 3 x 6; swap: session 1: 1 + 3, session 2: (1 + 3) x 2; checkpoint 20 s and 80 s, 2 each (the
+    # one at 52 s and the swap_out at 53 s were lost); downtime is not on the clock
+    assert swap.run_clock == 90.0
+    assert swap.seconds == {"evaluate": 18.0, "swap": 12.0, "checkpoint": 4.0, "training": 56.0}
+    assert swap.share("evaluate", "swap") == 30 / 90 and swap.off_clock == {}
+    assert clock_share([{"event": "run_start", "elapsed": 0.0}]).share("evaluate") is None
+
+
+def test_evaluation_share_table_with_its_energy(tmp_path, runs):
+    """The report's table: per run, seconds and % of the run clock per kind, the evaluation share, what ran
+    off the clock, and the energy of each kind beside it."""
+    resident = write_log(tmp_path / "resident", RESIDENT_LOG)
+    swap = write_log(tmp_path / "swap", SWAP_LOG)
+    status, out = run_report(tmp_path, [resident, swap, runs["gpu"]])
+    assert status == 0
+    md = (out / "report.md").read_text()
+    table = md.split("## Evaluation share of the run clock")[1].split("##")[0]
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["resident"] == (
+        "| resident | 50.0 | 8.0 (16.0%) | 0.0 (0.0%) | 2.0 (4.0%) | 40.0 (80.0%) | 16.0% "
+        "| 12.0 (eval:dev-seen, external evaluation) | none sampled | \u2014 | \u2014 | \u2014 | \u2014 |"
+    )
+    # a constant 4 W over 0-90 s (both sessions under the cpu estimate): 4 J per second of each kind
+    assert rows["swap"] == (
+        "| swap | 90.0 | 18.0 (20.0%) | 12.0 (13.3%) | 4.0 (4.4%) | 56.0 (62.2%) | 33.3% | \u2014 | cpu "
+        "| 0.072 (20.0%) | 0.048 (13.3%) | 0.016 (4.4%) | 0.224 (62.2%) |"
+    )
+    # gpu: 8 epochs of 20 + 45 s of steps (the first 20 s) and 10 s of swap_out 2, evaluate 6, swap_in 2;
+    # 200 W sampled every second from 1 s to 495 s: 98.8 kJ, evaluate 8 x 6 x 200 J, swap 8 x 4 x 200 J
+    clock = 8 * 60 + 15
+    evaluate, swapping, whole = 9.6, 6.4, 200 * (clock - 1) / 1000
+    assert rows["gpu"] == (
+        f"| gpu | {clock:.1f} | 48.0 ({4800 / clock:.1f}%) | 32.0 ({3200 / clock:.1f}%) | 0.0 (0.0%) "
+        f"| {clock - 80:.1f} ({100 * (clock - 80) / clock:.1f}%) | {8000 / clock:.1f}% | \u2014 | gpu "
+        f"| {evaluate:.3f} ({100 * evaluate / whole:.1f}%) | {swapping:.3f} ({100 * swapping / whole:.1f}%) "
+        f"| 0.000 (0.0%) | {whole - 16:.3f} ({100 * (whole - 16) / whole:.1f}%) |"
+    )
+    # the hand-written logs are repeats of one configuration (gpu's batch differs): medians of two, energy
+    # only where every run has it
+    aggregated = "cpu @ laptop [train.global_batch=4]: aggregate of 2"
+    assert rows[aggregated] == (
+        f"| {aggregated} | 70.0 | 13.0 (18.0%) | 6.0 (6.7%) | 3.0 (4.2%) | 48.0 (71.1%) | 24.7% "
+        "| 6.0 (eval:dev-seen, external evaluation) | cpu | \u2014 | \u2014 | \u2014 | \u2014 |"
+    )
+    joules, sources = energy_by_kind(load_run(runs["gpu"]))
+    assert sources == ["gpu"] and joules["evaluate"] == pytest.approx(9600.0)
+    assert "off_clock events" in table and "swap = swap_out + swap_in" in table
+    page = (out / "report.html").read_text()
+    assert "<h2>Evaluation share of the run clock</h2>" in page and "<td>18.0 (20.0%)</td>" in page
+
+
 def test_plots_and_self_contained_html(tmp_path, runs):
     status, out = run_report(tmp_path, [runs["gpu"], runs["large"]], "--window", "60", plots=True)
     assert status == 0
     names = sorted(p.name for p in (out / "plots").iterdir())
-    assert names == ["accuracy.png", "loss.png", "throughput.png", "utilization.png"]
+    assert names == ["accuracy.png", "loss.png", "shares.png", "throughput.png", "utilization.png"]
     assert all((out / "plots" / n).read_bytes().startswith(b"\x89PNG") for n in names)
     page = (out / "report.html").read_text()
     sources = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", page)
-    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<script" not in page and "<link" not in page
     assert "window 60\u201385 s" not in page  # axis text is inside the PNG, not the page
     md = (out / "report.md").read_text()

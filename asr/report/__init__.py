@@ -10,6 +10,8 @@ and prints the tables:
 - time to accuracy (the paper's Table 4) under the median and the first-evaluation rule, in
   minutes and as % of the baseline, ``NA`` where a target was not reached;
 - final accuracy (Table 5), cost and energy to accuracy, throughput and utilization;
+- the evaluation share: seconds and % of the run clock of evaluation, swapping, checkpointing and training
+  per run, with the energy of each beside it (and a stacked bar per run);
 - per run: sessions, active run time, downtime between stop and resume, feature extraction.
 
 Runs of the same configuration (same recipe name, rig label and resolved recipe apart from the

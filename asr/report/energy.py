@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from asr.report.loading import Run, is_number
-from asr.report.measures import phase_spans
+from asr.report.measures import PHASE_KINDS, SHARE_KINDS, phase_spans
 
 POWER_SOURCES = {
     "gpu": "GPU board power, NVML (measured)",
@@ -130,6 +130,22 @@ def energy(run: Run, source: str = "gpu") -> dict[str, Any] | None:
     bounds = _epoch_bounds(run)
     per_epoch = {epoch: curve.integrate(start, end) for epoch, (start, end) in bounds.items()}
     return {"total": total, "phases": phases, "epochs": per_epoch, "curve": curve}
+
+
+def energy_by_kind(run: Run) -> tuple[dict[str, float], list[str]] | None:
+    """Joules per kind of :data:`~asr.report.measures.SHARE_KINDS` (the phases of :func:`energy` grouped as
+    :func:`~asr.report.measures.clock_share` groups their seconds: training is the rest), summed over the
+    power sources that sampled the run (each session's CPU counted once), and those sources; None if none."""
+    joules = dict.fromkeys(SHARE_KINDS, 0.0)
+    sources = []
+    for source in POWER_SOURCES:
+        result = energy(run, source)
+        if result is None:
+            continue
+        sources.append(source)
+        for phase, value in result["phases"].items():
+            joules[PHASE_KINDS.get(phase, "training")] += value
+    return (joules, sources) if sources else None
 
 
 def _epoch_bounds(run: Run) -> dict[int, tuple[float, float]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ def warn(message: str) -> None:
 def is_number(value: Any) -> bool:
     """A finite int or float (not a bool): what an event field must be to count."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def last_elapsed(events: Sequence[dict[str, Any]]) -> float:
+    """The run clock at the last event (seconds): the run's active time (0 for none)."""
+    return max((float(e["elapsed"]) for e in events if is_number(e.get("elapsed"))), default=0.0)
 
 
 @dataclasses.dataclass
@@ -62,7 +68,7 @@ class Run:
 
     @property
     def active_seconds(self) -> float:
-        return max((float(e["elapsed"]) for e in self.events if is_number(e.get("elapsed"))), default=0.0)
+        return last_elapsed(self.events)
 
     @property
     def downtime_seconds(self) -> float:

@@ -1,18 +1,25 @@
 """The numbers of one run (``docs/metrics.md`` defines each): time to accuracy, training throughput,
-phases, utilization, price per hour, epoch-end accuracy. Energy is in :mod:`asr.report.energy`."""
+phases and their share of the run clock, utilization, price per hour, epoch-end accuracy. Energy is in
+:mod:`asr.report.energy`."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from asr.report.loading import Run, is_number
+from asr.report.loading import Run, is_number, last_elapsed
 from asr.tta import RULES, reached_at
 
 NON_TRAIN_PHASES = ("evaluate", "swap_out", "swap_in", "checkpoint")
+PHASE_KINDS = {"evaluate": "evaluate", "swap_out": "swap", "swap_in": "swap", "checkpoint": "checkpoint"}
+"""``phase`` event name -> the kind :func:`clock_share` counts it under; any other time is training."""
+SHARE_KINDS = ("evaluate", "swap", "checkpoint", "training")
+EVALUATION_KINDS = ("evaluate", "swap")
+"""What an evaluation costs the run clock (the evaluation share): decoding and, in swap mode, the swap."""
 HOURS_PER_YEAR = 365 * 24
 
 
@@ -74,6 +81,50 @@ def phase_spans(run: Run) -> list[tuple[str, float, float]]:
             end = float(event["elapsed"])
             spans.append((str(event.get("phase")), max(0.0, end - float(event["seconds"])), end))
     return spans
+
+
+@dataclasses.dataclass(frozen=True)
+class ClockShare:
+    """Where a run's clock went: ``run_clock`` seconds in all, ``seconds`` per kind of :data:`SHARE_KINDS`
+    (training: the rest of the run clock), and ``off_clock`` seconds per name of work the run clock did not
+    count (never part of the shares)."""
+
+    run_clock: float
+    seconds: dict[str, float]
+    off_clock: dict[str, float]
+
+    def share(self, *kinds: str) -> float | None:
+        """The fraction (0 to 1) of the run clock the ``kinds`` took together; None for an empty clock."""
+        if self.run_clock <= 0:
+            return None
+        return sum(self.seconds[kind] for kind in kinds) / self.run_clock
+
+
+def clock_share(events: Sequence[dict[str, Any]]) -> ClockShare:
+    """The evaluation share of a run from its event log (``docs/metrics.md``, *Evaluation share*).
+
+    ``events`` are the run's surviving events (:func:`asr.tta.active_events`, as :class:`Run` holds them):
+    every session's ``phase`` events count, those of work a resume threw away do not. The run clock is the
+    last ``elapsed``; a phase's ``seconds`` were all on it (off-clock work never runs inside a phase).
+    Off the clock: ``off_clock`` events (``eval.extra_sets``) and ``external`` evaluations (another
+    process's time).
+    """
+    run_clock = last_elapsed(events)
+    seconds = dict.fromkeys(SHARE_KINDS, 0.0)
+    off_clock: dict[str, float] = {}
+    for event in events:
+        kind, spent = event.get("event"), event.get("seconds")
+        if not is_number(spent):
+            continue
+        if kind == "phase" and event.get("phase") in PHASE_KINDS:
+            seconds[PHASE_KINDS[event["phase"]]] += float(spent)
+        elif kind == "off_clock":
+            name = str(event.get("name") or "unnamed")
+            off_clock[name] = off_clock.get(name, 0.0) + float(spent)
+        elif kind == "eval" and event.get("source") == "external":
+            off_clock["external evaluation"] = off_clock.get("external evaluation", 0.0) + float(spent)
+    seconds["training"] = max(0.0, run_clock - sum(seconds.values()))
+    return ClockShare(run_clock, seconds, off_clock)
 
 
 def throughput_segments(run: Run) -> list[tuple[float, float, float]]:

@@ -1,5 +1,5 @@
 """The report's figures (matplotlib, Agg backend, PNG bytes): loss, development accuracy, throughput over
-run time, and CPU/GPU utilization over a short window."""
+run time, the shares of the run clock, and CPU/GPU utilization over a short window."""
 
 from __future__ import annotations
 
@@ -11,10 +11,22 @@ import numpy as np
 
 from asr.report.grouping import Comparison
 from asr.report.loading import Run, is_number
-from asr.report.measures import phase_spans, throughput_segments, windowed_throughput
+from asr.report.measures import (
+    SHARE_KINDS,
+    clock_share,
+    phase_spans,
+    throughput_segments,
+    windowed_throughput,
+)
 from asr.tta import METRICS
 
 UTIL_WINDOW_SECONDS = 25.0
+SHARE_COLORS = {
+    "evaluate": "tab:red",
+    "swap": "tab:orange",
+    "checkpoint": "tab:purple",
+    "training": "tab:green",
+}
 Picture = tuple[str, str, bytes]
 """(file name, title, PNG bytes)."""
 
@@ -28,7 +40,8 @@ def make_plots(comparison: Comparison, util_window_start: float | None) -> list[
 
     pictures = []
     for name, title, draw in _figures(comparison, util_window_start):
-        figure = plt.figure(figsize=(9, 4.8) if name != "accuracy.png" else (12, 4.8), dpi=100)
+        sizes = {"accuracy.png": (12, 4.8), "shares.png": (9, 1.4 + 0.45 * len(comparison.runs))}
+        figure = plt.figure(figsize=sizes.get(name, (9, 4.8)), dpi=100)
         try:
             draw(figure)
             buffer = io.BytesIO()
@@ -59,6 +72,11 @@ def _figures(
             "Training throughput over run time (thin: per step, 0 while evaluating, swapping, "
             "checkpointing; thick: mean over 60 s)",
             lambda f: _plot_throughput(comparison, f),
+        ),
+        (
+            "shares.png",
+            "Shares of the run clock: evaluation, swapping, checkpointing and training",
+            lambda f: _plot_shares(comparison, f),
         ),
         (
             "utilization.png",
@@ -180,6 +198,30 @@ def _plot_throughput(comparison: Comparison, figure: Any) -> None:
     else:
         _empty(axes, "no training steps logged")
     axes.grid(True, alpha=0.3)
+
+
+def _plot_shares(comparison: Comparison, figure: Any) -> None:
+    """One horizontal bar per run (the first at the top), stacked by kind, in % of its run clock."""
+    axes = figure.add_subplot(1, 1, 1)
+    shares = [(run.label, clock_share(run.events)) for run in comparison.runs]
+    shares = [(label, share) for label, share in shares if share.run_clock > 0]
+    rows = np.arange(len(shares))
+    left = np.zeros(len(shares))
+    for kind in SHARE_KINDS:
+        widths = np.array([100 * (share.share(kind) or 0.0) for _, share in shares])
+        bars = axes.barh(rows, widths, left=left, color=SHARE_COLORS[kind], label=kind, height=0.6)
+        labels = [f"{w:.0f}%" if w >= 4 else "" for w in widths]
+        axes.bar_label(bars, labels=labels, label_type="center", fontsize=8, color="white")
+        left += widths
+    axes.set_yticks(rows, [label for label, _ in shares])
+    axes.invert_yaxis()
+    axes.set_xlim(0, 100)
+    axes.set_xlabel("% of the run clock")
+    if shares:
+        axes.legend(ncol=len(SHARE_KINDS), loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8)
+    else:
+        _empty(axes, "no run clock logged")
+    axes.grid(True, axis="x", alpha=0.3)
 
 
 def _default_util_window(comparison: Comparison) -> float:

@@ -12,7 +12,13 @@ from asr.files import write_bytes, write_text
 from asr.report.accuracy_tables import cost_table, final_accuracy_table, tta_tables
 from asr.report.grouping import Comparison
 from asr.report.plots import Picture, make_plots
-from asr.report.resource_tables import energy_tables, runs_table, throughput_table, utilization_table
+from asr.report.resource_tables import (
+    clock_share_table,
+    energy_tables,
+    runs_table,
+    throughput_table,
+    utilization_table,
+)
 from asr.report.table import Table
 
 TTA_DEFINITION = (
@@ -43,6 +49,7 @@ def build_report(
         final_accuracy_table(comparison),
         cost_table(comparison),
         *energy_tables(comparison),
+        clock_share_table(comparison),
         throughput_table(comparison),
         utilization_table(comparison),
         runs_table(comparison),

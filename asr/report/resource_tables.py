@@ -1,14 +1,23 @@
-"""The report's resource tables: energy and CO2 to accuracy, energy per phase and epoch, training
-throughput, utilization, and the runs themselves (sessions, run time, downtime, extraction)."""
+"""The report's resource tables: energy and CO2 to accuracy, energy per phase and epoch, the evaluation
+share of the run clock (with the energy of each share), training throughput, utilization, and the runs
+themselves (sessions, run time, downtime, extraction)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from asr.report.energy import POWER_SOURCES, energy
-from asr.report.grouping import Comparison, target_label
+from asr.report.energy import POWER_SOURCES, energy, energy_by_kind
+from asr.report.grouping import Comparison, aggregate, target_label
 from asr.report.loading import Run, is_number
-from asr.report.measures import epoch_accuracy, throughput, tta_seconds, utilization
+from asr.report.measures import (
+    EVALUATION_KINDS,
+    SHARE_KINDS,
+    clock_share,
+    epoch_accuracy,
+    throughput,
+    tta_seconds,
+    utilization,
+)
 from asr.report.table import Table, fmt
 
 JOULES_PER_KWH = 3.6e6
@@ -100,6 +109,95 @@ def _energy_rows(
         epoch_text = ", ".join(f"{k}: {v / 1000:.1f}" for k, v in result["epochs"].items())
         phases.append([run.label, source, phase_text, epoch_text])
     return to_accuracy, phases, summed, whole
+
+
+def clock_share_table(comparison: Comparison) -> Table:
+    """Per run, seconds and % of the run clock of evaluation, swapping, checkpointing and training, the
+    evaluation share (evaluate + swap), the work done off the clock, and the energy of each kind; after
+    the runs of a configuration repeated, their aggregate."""
+    rows = []
+    for group, members in comparison.groups.items():
+        figures = [_share_figures(run) for run in members]
+        rows += [_share_row(run.label, f) for run, f in zip(members, figures, strict=True)]
+        if len(members) > 1:
+            rows.append(_share_row(f"{group}: aggregate of {len(members)}", _aggregate_figures(figures)))
+    return Table(
+        "Evaluation share of the run clock",
+        [
+            "run",
+            "run clock (s)",
+            *[f"{kind}, s (% of clock)" for kind in SHARE_KINDS],
+            "evaluation share (evaluate + swap)",
+            "off the clock, s",
+            "energy source",
+            *[f"{kind}, kJ (% of energy)" for kind in SHARE_KINDS],
+        ],
+        rows,
+        "From the phase events of every session (work lost at a resume left out): evaluate = decoding the "
+        "development set (swap mode: building the evaluation model too); swap = swap_out + swap_in; "
+        "checkpoint = saving; training = the rest of the run clock (steps, input pipeline, start-up). Off "
+        "the clock, never in the shares: eval.extra_sets (off_clock events) and external evaluations. "
+        "Energy: the per-phase energy (all power sources sampled, each session's CPU once) grouped the "
+        "same way. Aggregate rows: each figure aggregated over the configuration's runs as TTA is, so "
+        "their shares need not add up to 100%.",
+    )
+
+
+def _share_figures(run: Run) -> dict[str, Any]:
+    """One run's :func:`clock_share` and :func:`energy_by_kind` as flat figures (seconds, fractions, J)."""
+    share = clock_share(run.events)
+    figures: dict[str, Any] = {
+        "run_clock": share.run_clock,
+        "evaluation": share.share(*EVALUATION_KINDS),
+        "off_clock": sum(share.off_clock.values()),
+        "off_clock_names": sorted(share.off_clock),
+        "sources": [],
+    }
+    for kind in SHARE_KINDS:
+        figures[f"{kind} s"], figures[f"{kind} share"] = share.seconds[kind], share.share(kind)
+    by_kind = energy_by_kind(run)
+    if by_kind is not None:
+        joules, figures["sources"] = by_kind
+        total = sum(joules.values())
+        for kind in SHARE_KINDS:
+            figures[f"{kind} J"] = joules[kind]
+            figures[f"{kind} J share"] = joules[kind] / total if total > 0 else None
+    return figures
+
+
+def _aggregate_figures(figures: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric figure aggregated over repeated runs (:func:`aggregate`); a figure some run lacks
+    (energy not sampled) is left out."""
+    merged: dict[str, Any] = {
+        "off_clock_names": sorted({n for f in figures for n in f["off_clock_names"]}),
+        "sources": sorted({s for f in figures for s in f["sources"]}, key=list(POWER_SOURCES).index),
+    }
+    for key in figures[0]:
+        if key not in merged and all(is_number(f.get(key)) for f in figures):
+            merged[key] = aggregate([f[key] for f in figures])[0]
+    return merged
+
+
+def _share_row(label: str, figures: dict[str, Any]) -> list[str]:
+    def part(value: Any, fraction: Any, scale: float = 1.0, digits: int = 1) -> str:
+        if not is_number(value):
+            return "\u2014"
+        percent = f" ({100 * fraction:.1f}%)" if is_number(fraction) else ""
+        return f"{value * scale:.{digits}f}{percent}"
+
+    off_clock = "\u2014"
+    if figures["off_clock_names"] and is_number(figures.get("off_clock")):
+        off_clock = f"{figures['off_clock']:.1f} ({', '.join(figures['off_clock_names'])})"
+    evaluation = figures.get("evaluation")
+    return [
+        label,
+        fmt(figures.get("run_clock")),
+        *[part(figures.get(f"{k} s"), figures.get(f"{k} share")) for k in SHARE_KINDS],
+        f"{100 * evaluation:.1f}%" if is_number(evaluation) else "\u2014",
+        off_clock,
+        " + ".join(figures["sources"]) or "none sampled",
+        *[part(figures.get(f"{k} J"), figures.get(f"{k} J share"), 1 / 1000, 3) for k in SHARE_KINDS],
+    ]
 
 
 def throughput_table(comparison: Comparison) -> Table:
