@@ -196,9 +196,11 @@ def interrupts_recorded() -> Iterator[None]:
     """Ctrl-C that is never lost while the block runs: SIGINT raises ``KeyboardInterrupt`` as usual and is
     also recorded, so that an interrupt swallowed by a finalizer (Python ignores exceptions raised inside
     ``__del__``, where TensorFlow runs code) still stops the stage at its next :func:`check_interrupted`
-    (:func:`directory_in_place` checks before it moves an output into place). Outside the main thread
-    (where Python delivers no signal) it does nothing."""
+    (:func:`directory_in_place` checks before it moves an output into place). Such a swallowed interrupt is
+    not reported either (Python's "Exception ignored in ..." traceback): it is the one the stage reports in
+    one line. Outside the main thread (where Python delivers no signal) it does nothing."""
     import signal
+    import sys
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -209,12 +211,18 @@ def interrupts_recorded() -> Iterator[None]:
         _interrupted[0] = True
         raise KeyboardInterrupt
 
+    def unraisable(report) -> None:
+        if not (_interrupted[0] and issubclass(report.exc_type, KeyboardInterrupt)):
+            previous_hook(report)
+
     _interrupted[0] = False
-    previous = signal.signal(signal.SIGINT, record)
+    previous, previous_hook = signal.signal(signal.SIGINT, record), sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
         _interrupted[0] = False
 
 
