@@ -5,11 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KENLM_BIN := .cache/kenlm/bin
-# Test processes (pytest-xdist). 0 (the default, and CI's): one after another in this process. The fault and
-# multi-worker tests kill and time real processes; no parallel run has passed on the 2-core CI machine yet (the
-# last, TEST_WORKERS=2: 642 s against 882 s serial, lost one training process to a start-up SIGSEGV that 21
-# reruns did not repeat). TEST_WORKERS=auto: one process per core, locally.
-TEST_WORKERS ?= 0
+# Test processes (pytest-xdist), 2 by default (CI's 2 cores): most tests wait on processes they start, so two
+# test processes keep both cores busy; work stealing (--dist worksteal) and the longest modules first
+# (tests/conftest.py) make them finish together. TEST_WORKERS=0: one after another in this process;
+# TEST_WORKERS=auto: one per core.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install kenlm lint clean-venv
 
@@ -33,7 +33,7 @@ demo: install kenlm
 	bash tools/demo.sh
 
 test: install kenlm
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check asr tests tools

@@ -61,6 +61,7 @@ from asr.files import (
     write_json,
     write_text,
 )
+from asr.startup import import_tensorflow
 
 PROG = "asr.compress"
 COMPACT_FILE = "model.kmeans.npz"
@@ -283,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow()
     try:
         with interrupts_recorded():
             report = compress(config, log=lambda line: print(f"{PROG}: {line}", file=sys.stderr))

@@ -53,6 +53,7 @@ from asr.decoding import Decoder, PendingDecode, split_batch
 from asr.files import JsonError, WriteError, load_json, os_error_line, read_json, write_json, write_text
 from asr.inference import EXPORT_BACKENDS, LogitsFn
 from asr.metrics import SetScores, VocabularyBreakdown, by_speaker, score, vocabulary_breakdown
+from asr.startup import import_tensorflow
 
 EVAL_DIR = "eval"
 
@@ -817,6 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asr.decoding import DecoderWorkerError
 
     command = watch_command if args.watch else model_command if args.model else run_command
+    import_tensorflow()
     try:
         return command(args)
     except (EvaluateError, WriteError, DecoderWorkerError) as error:

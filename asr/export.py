@@ -66,6 +66,7 @@ from asr.files import (
 )
 from asr.inference import EXPORT_FILE, EXPORT_FORMAT_VERSION, ONNX_FILE, export_checksums
 from asr.inference import TFLITE_BACKENDS as TFLITE_FILES
+from asr.startup import import_tensorflow
 from asr.text import BLANK_ID, SEPARATOR_ID, SYMBOLS
 
 PROG = "asr.export"
@@ -330,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command: 0 when exported, 2 with one ``asr.export: error:`` line, 130 on Ctrl-C."""
     options = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow()
     try:
         started = time.perf_counter()
         with interrupts_recorded():

@@ -45,9 +45,10 @@ from typing import Any
 import numpy as np
 
 from asr import failpoints
-from asr.config import ConfigError, Recipe, dump_recipe, load_recipe, recipe_from_dict
+from asr.config import ConfigError, OneLineParser, Recipe, dump_recipe, load_recipe, recipe_from_dict
 from asr.files import WriteError, write_text
 from asr.model import summary
+from asr.startup import import_tensorflow
 
 EXIT_BAD_INPUT = 2
 RECIPE_FILE = "recipe.yaml"
@@ -757,7 +758,7 @@ def _progress_bar(enabled: bool, steps: int, progress: Progress):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m asr.train",
         description="Train the acoustic model from a recipe, evaluating every epoch (see docs/train.md).",
     )
@@ -807,7 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args, command_line)
     except (ConfigError, TrainError, WriteError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"asr.train: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("asr.train: interrupted; rerun the same command to resume from the last checkpoint",
@@ -820,7 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if lost is None:
                 raise
             exit_after_lost_worker(lost)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"asr.train: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -838,7 +839,8 @@ def command(args: argparse.Namespace, command_line: str = "python -m asr.train")
             print(f"asr.train: {run_dir} is complete ({done}); nothing to do (raise train.epochs or the "
                   "limit with --set to train further)", file=sys.stderr)  # fmt: skip
             return 0
-        return Trainer(recipe, run_dir, resuming, strict=args.strict).run()
+        import_tensorflow()
+    return Trainer(recipe, run_dir, resuming, strict=args.strict).run()
 
 
 def exit_after_lost_worker(message: str) -> None:
@@ -846,7 +848,7 @@ def exit_after_lost_worker(message: str) -> None:
     would print more errors and tracebacks while the interpreter shuts down, after the line that matters."""
     from asr.checkpoint import worker_scratch
 
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"asr.train: error: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     with open(os.devnull, "w") as devnull:
         os.dup2(devnull.fileno(), 2)

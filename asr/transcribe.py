@@ -119,6 +119,7 @@ from asr.decoding import BeamSearchDecoder, FrameWord, GreedyDecoder
 from asr.features import FRAME_SECONDS, SAMPLE_RATE, num_frames
 from asr.files import WriteError, write_text
 from asr.lm import LM_BINARY, UNIGRAMS
+from asr.startup import import_tensorflow
 from asr.text import SYMBOLS
 
 PROG = "asr.transcribe"
@@ -661,6 +662,7 @@ def open_model(args: argparse.Namespace) -> Model:
     option = "--run" if args.run is not None else "--model"
     try:
         if args.run is not None:
+            import_tensorflow()
             return inference.open_run(args.run, step=args.checkpoint, warn=warn, xla=args.xla)
         return inference.open_export(args.model, args.backend or "tflite", warn=warn)
     except (ValueError, OSError) as error:  # NoValidCheckpointError, ConfigError, JSON errors, ...

@@ -84,4 +84,4 @@ def test_main_job_end_to_end(tmp_path, tiny_corpus):
 def test_demo_rejects_bad_stage():
     result = demo("--stage", "9")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: demo.sh: --stage: expected 0-5, got '9'"
+    assert result.stderr.strip() == "demo.sh: error: --stage: expected 0-5, got '9'"

@@ -50,8 +50,8 @@ def test_checkpoint_that_does_not_fit_the_recipe_is_one_line_exit_2(tiny_run, ti
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     recipe = (run / "recipe.yaml").read_text()
-    assert "rnn_units: 8\n" in recipe
-    (run / "recipe.yaml").write_text(recipe.replace("rnn_units: 8\n", "rnn_units: 12\n"))
+    assert "rnn_units: 16\n" in recipe
+    (run / "recipe.yaml").write_text(recipe.replace("rnn_units: 16\n", "rnn_units: 12\n"))
     assert main(["--run", str(run), "--data", str(tiny_shards / "dev"), "--beam", "1"]) == 2
     (checkpoint,) = (run / "checkpoints").glob("ckpt-*.index")
     err = capsys.readouterr().err

@@ -169,7 +169,7 @@ def test_errors_are_one_line_with_status_2(tmp_path, exported, tiny_run, capsys)
     (no_normalization / "normalization.json").unlink()
     bad_recipe = Path(shutil.copytree(tiny_run, tmp_path / "bad-recipe"))
     text = (bad_recipe / "recipe.yaml").read_text()
-    (bad_recipe / "recipe.yaml").write_text(text.replace("rnn_units: 8", "rnn_units: eight"))
+    (bad_recipe / "recipe.yaml").write_text(text.replace("rnn_units: 16", "rnn_units: eight"))
     out = tmp_path / "x"
     cases = [
         (["--run", tmp_path / "nowhere", "--out", out], "no recipe.yaml"),

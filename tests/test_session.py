@@ -14,8 +14,9 @@ from asr.model import build_model
 from asr.session import clip_gradients, learning_rate_at, make_optimizer, make_train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = ["model.conv_filters=16", "model.rnn_layers=1", "model.rnn_units=16", "model.dropout=0",
-              "data.spec_augment=false", "train.global_batch=4"]  # fmt: skip
+TINY = REPO_ROOT / "recipes" / "tiny.yaml"
+ONE_LAYER = ["model.rnn_layers=1", "model.dropout=0", "data.spec_augment=false"]
+"""The tiny recipe with one recurrent layer and nothing random but the initialization."""
 
 
 def test_clipping_measures_the_norm_of_the_unscaled_gradients():
@@ -51,9 +52,7 @@ def batch(seed: int = 0):
 
 
 def losses_after_steps(precision: str, steps: int = 3, overrides: tuple[str, ...] = ()) -> list[float]:
-    recipe = load_recipe(
-        REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, f"runtime.mixed_precision={precision}", *overrides]
-    )
+    recipe = load_recipe(TINY, [*ONE_LAYER, f"runtime.mixed_precision={precision}", *overrides])
     keras.mixed_precision.set_global_policy("float32" if precision == "float32" else f"mixed_{precision}")
     try:
         keras.utils.set_random_seed(0)
@@ -109,7 +108,7 @@ def test_accumulated_micro_batches_update_like_one_batch_of_their_union():
 
     linear = ["train.optimizer=adadelta", "train.epsilon=1.0", "train.learning_rate=1.0",
               "train.clip_norm=0"]  # fmt: skip
-    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, *linear])
+    recipe = load_recipe(TINY, [*ONE_LAYER, *linear])
     features, frames, labels, lengths = (np.repeat(x[:1], 4, axis=0) for x in batch())
     strategy = tf.distribute.get_strategy()
 
@@ -149,7 +148,7 @@ tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConf
 from asr.config import load_recipe
 from asr.model import build_model
 from asr.session import make_optimizer, make_train_step, make_accumulation_steps
-recipe = load_recipe("recipes/cpu.yaml", {overrides!r})
+recipe = load_recipe("recipes/tiny.yaml", {overrides!r})
 rng = np.random.default_rng(0)
 f = np.repeat(rng.normal(size=(1, 120, 93)).astype(np.float32), 4, 0)
 n, ll = np.full(4, 110, np.int32), np.full(4, 12, np.int32)
@@ -184,7 +183,7 @@ def test_accumulation_over_two_replicas_updates_like_one_batch_of_the_union():
     import subprocess
     import sys
 
-    overrides = [*TINY_MODEL, "train.optimizer=adadelta", "train.epsilon=1.0", "train.learning_rate=1.0"]
+    overrides = [*ONE_LAYER, "train.optimizer=adadelta", "train.epsilon=1.0", "train.learning_rate=1.0"]
     result = subprocess.run([sys.executable, "-c", TWO_REPLICAS.format(overrides=overrides)], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -196,7 +195,7 @@ def clustered_model(tmp_path, clusters: int, scope: str, overrides: tuple[str, .
     """A tiny model whose weight matrices are k-means clustered, its compact file, recipe and tables."""
     from asr import clustering
 
-    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, *overrides])
+    recipe = load_recipe(TINY, [*ONE_LAYER, *overrides])
     keras.utils.set_random_seed(0)
     model = build_model(recipe.model)
     matrices = {v.path: v.numpy() for v in model.trainable_variables if len(v.shape) >= 2}
@@ -214,7 +213,7 @@ def test_fine_tuning_moves_the_centroids_and_keeps_every_cluster_tied(tmp_path, 
 
     overrides = ("train.learning_rate=0.01", "train.clip_norm=5.0")
     model, path, tables = clustered_model(tmp_path, 4, scope, overrides)
-    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, *overrides])
+    recipe = load_recipe(TINY, [*ONE_LAYER, *overrides])
     ties = ClusterTies(str(path), model)
     ties.assign_weights(model)
     step = make_train_step(tf.distribute.get_strategy(), model, make_optimizer(recipe), recipe, ties=ties)
@@ -259,7 +258,7 @@ def test_a_compact_file_of_another_model_is_refused(tmp_path):
     from asr.session import ClusterTies
 
     _, path, _ = clustered_model(tmp_path, 4, "layer")
-    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, "model.rnn_units=24"])
+    recipe = load_recipe(TINY, [*ONE_LAYER, "model.rnn_units=24"])
     with pytest.raises(ClusteredFileError, match=r"clustered_weights: .*another model"):
         ClusterTies(str(path), build_model(recipe.model))
     with pytest.raises(ClusteredFileError, match="No such file"):
@@ -284,7 +283,7 @@ from asr.config import load_recipe
 from asr.model import build_model
 from asr.session import TrainingSession
 from asr.strategy import make_strategy
-recipe = load_recipe("recipes/cpu.yaml", {overrides!r})
+recipe = load_recipe("recipes/tiny.yaml", {overrides!r})
 strategy = make_strategy(recipe.runtime, env={{}})
 rng = np.random.default_rng(0)
 def batch():
@@ -351,7 +350,7 @@ def test_the_weight_average_is_exact_on_every_replica_and_is_what_checkpoints_ev
     import subprocess
     import sys
 
-    overrides = [*TINY_MODEL, "train.ema_decay=0.3", "train.learning_rate=0.01",
+    overrides = [*ONE_LAYER, "train.ema_decay=0.3", "train.learning_rate=0.01",
                  f"runtime.replicas={replicas}", f"train.accumulate_steps={accumulate}"]  # fmt: skip
     script = WEIGHT_AVERAGE.format(overrides=overrides, run_dir=str(tmp_path), steps=steps)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -371,8 +370,8 @@ def test_an_overflowing_float16_step_moves_neither_the_weights_nor_their_average
     the ``n`` of its decay) stays where it was. The next update then moves it by ``min(d, 2/11)``."""
     from asr.session import WeightAverage
 
-    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml",
-                         [*TINY_MODEL, "runtime.mixed_precision=float16", "train.ema_decay=0.5"])  # fmt: skip
+    recipe = load_recipe(TINY,
+                         [*ONE_LAYER, "runtime.mixed_precision=float16", "train.ema_decay=0.5"])  # fmt: skip
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         keras.utils.set_random_seed(0)

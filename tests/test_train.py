@@ -21,10 +21,8 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = [
-    "model.conv_filters=16", "model.rnn_layers=2", "model.rnn_units=16", "train.global_batch=4",
-    "eval.lm=", "eval.beam_width=4", "eval.decode_workers=1", "train.sample_every_steps=3",
-]  # fmt: skip
+TINY = REPO_ROOT / "recipes" / "tiny.yaml"
+"""The tests' recipe (the tiny model); each test states what it changes."""
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +31,8 @@ def shards(tiny_shards):
 
 
 def train_command(shards: Path, run_dir: Path, *sets: str) -> list[str]:
-    command = [sys.executable, "-m", "asr.train", "recipes/cpu.yaml", "--run-dir", str(run_dir)]
-    for item in (f"data.train={shards / 'train'}", f"data.dev={shards / 'dev'}", *TINY_MODEL, *sets):
+    command = [sys.executable, "-m", "asr.train", "recipes/tiny.yaml", "--run-dir", str(run_dir)]
+    for item in (f"data.train={shards / 'train'}", f"data.dev={shards / 'dev'}", *sets):
         command += ["--set", item]
     return command
 
@@ -117,8 +115,7 @@ def initial_weights(run_dir: Path, *sets: str) -> dict[str, np.ndarray]:
     from asr.session import TrainingSession
     from asr.strategy import make_strategy
 
-    overrides = [*TINY_MODEL, *sets, "runtime.strategy=one_device", "runtime.replicas=1"]
-    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", overrides)
+    recipe = load_recipe(TINY, [*sets, "runtime.strategy=one_device", "runtime.replicas=1"])
     session = TrainingSession(make_strategy(recipe.runtime, env={}), recipe, run_dir, is_chief=True)
     return model_weights(session.save(0, {}).path)
 
@@ -197,7 +194,7 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_both_resume(shards, t
     assert time.monotonic() - killed_at < 90
     assert processes[0].returncode == 2
     last = error.strip().splitlines()[-1]
-    assert last.startswith("error: worker 1 of this multi-worker run was lost"), error[-3000:]
+    assert last.startswith("asr.train: error: worker 1 of this multi-worker run was lost"), error[-3000:]
     assert "Traceback" not in error
     assert not (run / "train.lock").exists()  # the chief released the run directory on its way out
     saved = max(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("ckpt-*.json"))
@@ -301,7 +298,7 @@ def test_non_finite_loss_step_is_skipped_and_weights_untouched(shards, tmp_path)
     from asr.session import TrainingSession
     from asr.strategy import make_strategy
 
-    recipe = load_recipe(REPO_ROOT / "recipes" / "cpu.yaml", [*TINY_MODEL, "runtime.strategy=one_device"])
+    recipe = load_recipe(TINY, ["runtime.strategy=one_device"])
     strategy = make_strategy(recipe.runtime, env={})
     session = TrainingSession(strategy, recipe, tmp_path, is_chief=True)
     before = [np.array(w) for w in session.model.get_weights()]
@@ -337,7 +334,7 @@ def test_injected_non_finite_steps_are_counted_and_stop_the_run_at_the_limit_wit
     result = train(shards, run, *sets, env=with_faults("train.step=inf@1+2"))
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: 2 non-finite steps in a row"), result.stderr[-3000:]
+    assert last.startswith("asr.train: error: 2 non-finite steps in a row"), result.stderr[-3000:]
     skipped = [e for e in events(run) if e["event"] == "skipped_step"]
     assert [(e["step"], e["consecutive"]) for e in skipped] == [(0, 1), (0, 2)]
     assert events(run)[-1]["reason"] == "nan" and events(run)[-1]["skipped_steps"] == 2
@@ -414,7 +411,9 @@ def test_a_held_run_directory_refuses_a_second_run_readers_still_read_it_and_a_k
         second = train(shards, run, *FINISHED)
         assert second.returncode == 2, second.stderr[-3000:]
         (line,) = second.stderr.strip().splitlines()
-        assert line.startswith(f"error: {run}: in use by pid {holder.pid} on {socket.gethostname()} since ")
+        assert line.startswith(
+            f"asr.train: error: {run}: in use by pid {holder.pid} on {socket.gethostname()} since "
+        )
         assert "(the holder's command); wait for it to end" in line
         assert files(run) == before  # nothing touched
         assert report.main([str(run), "--out", str(tmp_path / "report"), "--no-plots"]) == 0
@@ -544,8 +543,8 @@ def test_a_write_limit_during_checkpointing_is_one_line_and_a_rerun_completes(sh
                                                                                 (limit, limit)))  # fmt: skip
     lines = limited.stderr.strip().splitlines()
     assert limited.returncode == 2, limited.stderr[-3000:]
-    assert lines[-1] == (f"error: {run / 'checkpoints' / 'ckpt-4'}: cannot write (File too large); what was "
-                         "written before is intact, rerun when fixed")  # fmt: skip
+    assert lines[-1] == (f"asr.train: error: {run / 'checkpoints' / 'ckpt-4'}: cannot write (File too "
+                         "large); what was written before is intact, rerun when fixed")  # fmt: skip
     assert "Traceback" not in limited.stderr and list((run / "checkpoints").iterdir()) == []
     assert events(run)[-1]["event"] == "run_end"
     assert train(shards, run, *sets).returncode == 0
@@ -616,7 +615,9 @@ def test_run_dir_that_is_a_file_is_one_line(shards, tmp_path):
     path.write_text("")
     result = train(shards, path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: --run-dir {path}: exists and is not a directory"]
+    assert result.stderr.strip().splitlines() == [
+        f"asr.train: error: --run-dir {path}: exists and is not a directory"
+    ]
 
 
 def test_summary_prints_the_paper_model():

@@ -29,7 +29,7 @@ LM_TEXT=data/lm-text/minilibri-books.txt.gz
 SETS=()
 
 usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-fail() { echo "error: demo.sh: $*" >&2; exit 2; }
+fail() { echo "demo.sh: error: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
     case $1 in

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from asr.config import Bound, OneLineParser, option_type
 from tools.faults.checks import Trial
 from tools.faults.damage import MOUNTS, disk_full_method, unmount
 from tools.faults.fixtures import MINILIBRI, Context
@@ -69,16 +70,20 @@ def summary_table(rows: Sequence[Trial]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     import tools.faults
 
-    parser = argparse.ArgumentParser(prog="tools/faults", description=tools.faults.__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="tools/faults", description=tools.faults.__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few trials on data/tiny (CI, ~2.5 min)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument(
+        "--seed", type=option_type(int, Bound(0)), default=0, help="seed of every random choice (default 0)"
+    )
     parser.add_argument("--only", metavar="FAULT[,FAULT]", help=f"run these faults only: {', '.join(FAULTS)}")
     parser.add_argument(
         "--work", type=Path, help="work directory, kept (default: a temporary one, removed at the end)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON")
-    parser.add_argument("--jobs", type=int, default=2, help="trials run side by side (default 2)")
+    parser.add_argument(
+        "--jobs", type=option_type(int, Bound(1)), default=2, help="trials run side by side (default 2)"
+    )
     parser.add_argument(
         "--disk-full",
         choices=("auto", "tmpfs", "rlimit"),
@@ -93,8 +98,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [f for f in only if f not in FAULTS]
     if unknown:
         parser.error(f"--only: unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
-    if args.jobs < 1:
-        parser.error("--jobs: must be at least 1")
     if args.work and args.work.exists() and any(args.work.iterdir()):
         parser.error(f"--work {args.work}: not empty (the trials need fresh directories)")
     args.only = only or list(FAULTS)

@@ -22,11 +22,11 @@ from tools.faults.process import REPO_ROOT, module, run, shorten
 TINY_CORPUS = REPO_ROOT / "data" / "tiny"
 MINILIBRI = REPO_ROOT.parent / "shared" / "minilibri"
 
-TINY_MODEL = ("model.conv_filters=16", "model.rnn_layers=2", "model.rnn_units=16", "train.global_batch=4",
-              "eval.lm=", "eval.beam_width=4", "eval.decode_workers=1", "train.sample_every_steps=3",
-              "train.checkpoint_every_steps=3")  # fmt: skip
-"""tests/test_train.py's tiny model, with a checkpoint every 3 steps (an epoch has 4-5): mid-epoch
-checkpoints, so that resuming from one must also restore the data position."""
+TINY_RECIPE = "recipes/tiny.yaml"
+"""The tests' recipe (tests/test_train.py's tiny model)."""
+TINY_SETS = ("train.checkpoint_every_steps=3",)
+"""A checkpoint every 3 steps (an epoch has 4-5): mid-epoch checkpoints, so that resuming from one must
+also restore the data position."""
 MINILIBRI_MODEL = ("model.rnn_units=64", "model.rnn_layers=2", "train.global_batch=16", "eval.lm=",
                    "eval.beam_width=4", "eval.decode_workers=1", "train.checkpoint_every_steps=20",
                    "train.epochs=2", "eval.mode=resident")  # fmt: skip
@@ -67,12 +67,13 @@ class Shards:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A training configuration: ``recipes/cpu.yaml`` with ``--set`` overrides, on one corpus's shards."""
+    """A training configuration: a recipe with ``--set`` overrides, on one corpus's shards."""
 
     sets: tuple[str, ...]
+    recipe: str = "recipes/cpu.yaml"
 
     def command(self, shards: Shards, run_dir: Path, *extra: str) -> list[str]:
-        command = module("asr.train", "recipes/cpu.yaml", "--run-dir", run_dir)
+        command = module("asr.train", self.recipe, "--run-dir", run_dir)
         for item in (f"data.train={shards.train}", f"data.dev={shards.dev}", *self.sets, *extra):
             command += ["--set", item]
         return command
@@ -142,7 +143,7 @@ class Context:
             ("train.epochs=2", "eval.mode=resident") if quick else ("train.epochs=3", "eval.mode=swap")
         )
         self.configs = {
-            "tiny": TrainConfig(TINY_MODEL + tiny_sets),
+            "tiny": TrainConfig(TINY_SETS + tiny_sets, TINY_RECIPE),
             "minilibri": TrainConfig(MINILIBRI_MODEL),
         }
         self._shared: dict[str, Once] = {}

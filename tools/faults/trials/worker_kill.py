@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tools.faults.checks import Checks, Trial
-from tools.faults.fixtures import TINY_MODEL, WORKER_SETS, Context, Shards, TrainConfig
+from tools.faults.fixtures import TINY_RECIPE, TINY_SETS, WORKER_SETS, Context, Shards, TrainConfig
 from tools.faults.outputs import checkpoints
 from tools.faults.process import Process, free_ports, shorten
 
@@ -41,7 +41,7 @@ def start_workers(ctx: Context, shards: Shards, run_dir: Path, folder: Path, nam
         scratch = folder / f"tmp{index}"
         scratch.mkdir(exist_ok=True)
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        command = TrainConfig(TINY_MODEL + WORKER_SETS).command(shards, run_dir)
+        command = TrainConfig(TINY_SETS + WORKER_SETS, TINY_RECIPE).command(shards, run_dir)
         processes.append(
             Process(
                 command,
