@@ -284,9 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import_tensorflow()
     try:
         with interrupts_recorded():
+            import_tensorflow()
             report = compress(config, log=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
     except (CompressError, OverlapError, ConfigError, NormalizationError, NoValidCheckpointError,
             CheckpointMismatchError, CheckpointDamagedError, OSError) as error:  # fmt: skip

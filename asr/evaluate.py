@@ -818,8 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asr.decoding import DecoderWorkerError
 
     command = watch_command if args.watch else model_command if args.model else run_command
-    import_tensorflow()
     try:
+        import_tensorflow()
         return command(args)
     except (EvaluateError, WriteError, DecoderWorkerError) as error:
         print(f"asr.evaluate: error: {error}", file=sys.stderr)

@@ -331,10 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command: 0 when exported, 2 with one ``asr.export: error:`` line, 130 on Ctrl-C."""
     options = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import_tensorflow()
     try:
         started = time.perf_counter()
         with interrupts_recorded():
+            import_tensorflow()
             metadata = write_export(options, log=lambda line: print(line, file=sys.stderr))
     except stopping_errors() as error:
         print(f"{PROG}: error: {error_line(error, options.out)}", file=sys.stderr)

@@ -840,7 +840,7 @@ def command(args: argparse.Namespace, command_line: str = "python -m asr.train")
                   "limit with --set to train further)", file=sys.stderr)  # fmt: skip
             return 0
         import_tensorflow()
-    return Trainer(recipe, run_dir, resuming, strict=args.strict).run()
+        return Trainer(recipe, run_dir, resuming, strict=args.strict).run()
 
 
 def exit_after_lost_worker(message: str) -> None:
