@@ -166,6 +166,18 @@ def test_pool_decoding_matches_single_process_and_overlaps(lm_dir):
         assert first.result() + second.result() == expected
 
 
+def wait_until_dead(process: psutil.Process, seconds: float = 10) -> None:
+    """Until ``process`` (a child) has ended, without reaping it: its pool's own ``waitpid`` must see its
+    exit, or the pool counts it as alive for ever (psutil's ``wait()`` would reap it)."""
+    deadline = time.monotonic() + seconds
+    try:
+        while process.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the killed worker did not end"
+            time.sleep(0.01)
+    except psutil.NoSuchProcess:  # reaped already, by the pool
+        pass
+
+
 def test_workers_ignore_ctrl_c_and_a_killed_worker_fails_the_batch_instead_of_hanging(lm_dir):
     utterances = [peaked(COOL)] * 8
     others = set(psutil.Process().children())  # what earlier tests of this process left running
@@ -177,7 +189,7 @@ def test_workers_ignore_ctrl_c_and_a_killed_worker_fails_the_batch_instead_of_ha
             worker.send_signal(signal.SIGINT)
         assert pooled.decode(utterances) == expected
         workers[0].kill()
-        workers[0].wait(10)
+        wait_until_dead(workers[0])
         with pytest.raises(DecoderWorkerError, match="decoding process died"):
             pending = pooled.submit(utterances)
             deadline = time.monotonic() + 60
