@@ -582,9 +582,9 @@ def test_the_process_start_is_known_to_a_clock_tick():
     """A child reports when it started (CLOCK_BOOTTIME minus :func:`asr.clock.process_seconds`): between
     the parent's clock just before starting it and just after, less the one tick the start is truncated
     to. (psutil's create_time is off by the boot time's fraction of a second.)"""
-    code = (
-        "import time; from asr.clock import process_seconds; "
-        "print(repr(time.clock_gettime(time.CLOCK_BOOTTIME) - process_seconds()))"
+    code = (  # the clock read after process_seconds' own: a pause between the two reads cannot make it early
+        "import time; from asr.clock import process_seconds; elapsed = process_seconds(); "
+        "print(repr(time.clock_gettime(time.CLOCK_BOOTTIME) - elapsed))"
     )
     for _ in range(3):
         before = time.clock_gettime(time.CLOCK_BOOTTIME)
