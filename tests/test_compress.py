@@ -1,6 +1,5 @@
 """asr.compress on a real (tiny) trained run: clustered checkpoint, compact file, evaluation, errors."""
 
-import hashlib
 import json
 import os
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import beside, run_main, snapshot
 
 from asr import clustering
 from asr import compress as command
@@ -34,24 +34,6 @@ def restored_weights(run_dir):
 
     model, _ = restore_model(load_recipe(run_dir / "recipe.yaml"), latest_checkpoint(run_dir))
     return {v.path: v.numpy() for v in model.weights}
-
-
-def run_main(args, capsys) -> tuple[int, list[str]]:
-    """``asr.compress`` in this process: exit status (usage errors exit in argparse) and stderr lines."""
-    try:
-        status = command.main([str(a) for a in args])
-    except SystemExit as stop:
-        status = stop.code
-    return status, capsys.readouterr().err.strip().splitlines()
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}  # fmt: skip
-
-
-def beside(path: Path) -> list[str]:
-    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name))
 
 
 def check_kmeans_table(original: np.ndarray, centroids: np.ndarray, index: np.ndarray, clustered: np.ndarray):
@@ -226,7 +208,7 @@ def test_errors_are_one_line_with_status_2_and_come_before_k_means(tmp_path, tin
          "--clusters: 25009: more than the 25008 weights clustered"),
     ]  # fmt: skip
     for args, message in cases:
-        status, lines = run_main(args, capsys)
+        status, lines = run_main(command.main, args, capsys)
         assert status == 2, lines
         errors = [line for line in lines if "error" in line]
         assert len(errors) == 1 and errors[0].startswith("asr.compress: error: "), lines
@@ -237,7 +219,7 @@ def test_errors_are_one_line_with_status_2_and_come_before_k_means(tmp_path, tin
 
 def test_the_largest_k_the_smallest_matrix_holds_is_accepted(tiny_run, tmp_path, capsys):
     args = ["--run", tiny_run, "--out", tmp_path / "k192", "--clusters", "192", "--cluster-biases"]
-    status, lines = run_main(args, capsys)
+    status, lines = run_main(command.main, args, capsys)
     assert status == 0, lines
     notes = [line for line in lines if line.startswith("asr.compress: note: ")]
     assert len(notes) == 1 and "vector(s) of at most 192 values (biases, batch-norm) keep every" in notes[0]
@@ -250,7 +232,9 @@ def test_an_output_that_is_or_lies_inside_the_run_is_refused_even_with_force(tin
     before = snapshot(tiny_run)
     (tmp_path / "link").symlink_to(tiny_run)
     for out, relation in ((tiny_run, "is"), (tmp_path / "link", "is"), (tiny_run / "k8", "lies inside")):
-        status, lines = run_main(["--run", tiny_run, "--out", out, "--clusters", "8", "--force"], capsys)
+        status, lines = run_main(
+            command.main, ["--run", tiny_run, "--out", out, "--clusters", "8", "--force"], capsys
+        )
         assert status == 2 and len(lines) == 1, lines
         assert lines[0].startswith(f"asr.compress: error: --out {out}: {relation} the input --run "), lines
     assert snapshot(tiny_run) == before and beside(tiny_run) == [tiny_run.name]
@@ -273,7 +257,9 @@ def test_a_kill_9_mid_write_loses_nothing_and_the_rerun_leaves_no_leftovers(tiny
     leftovers = [name for name in beside(out) if name != "k8"]
     assert len(leftovers) == 1 and leftovers[0].startswith("k8.tmp-"), beside(out)
     assert snapshot(out) == before
-    status, lines = run_main(["--run", tiny_run, "--out", out, "--clusters", "4", "--force"], capsys)
+    status, lines = run_main(
+        command.main, ["--run", tiny_run, "--out", out, "--clusters", "4", "--force"], capsys
+    )
     assert status == 0, lines
     assert beside(out) == ["k8"]
     assert json.loads((out / REPORT_FILE).read_text())["clusters"] == 4
@@ -288,6 +274,6 @@ def test_ctrl_c_is_one_line_status_130_and_leaves_nothing(tiny_run, tmp_path, ca
 
     monkeypatch.setattr(command, "write_json", interrupted)
     out = tmp_path / "k8"
-    status, lines = run_main(["--run", tiny_run, "--out", out, "--clusters", "8"], capsys)
+    status, lines = run_main(command.main, ["--run", tiny_run, "--out", out, "--clusters", "8"], capsys)
     assert status == 130 and lines[-1] == "asr.compress: interrupted", lines
     assert beside(out) == []

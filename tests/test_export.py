@@ -3,7 +3,6 @@ checksum checked when the export is opened; errors are one line; a kill or Ctrl-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -18,6 +17,7 @@ import jiwer
 import numpy as np
 import pytest
 import soundfile
+from helpers import beside, run_main, snapshot
 
 from asr import export, transcribe
 from asr.decoding import greedy_text
@@ -50,26 +50,6 @@ INT8_CER_MARGIN = 0.10
 """int8 weights and per-call int8 inputs move logits by ~1 % of their range; greedy text changes only
 where two symbols were within that of each other: measured 0-4 % CER against float32's text on these
 sentences (tiny barely trained model: many near ties); the cpu model's WER gap is in RESULTS.md."""
-
-
-def run_main(main, args, capsys) -> tuple[int, list[str]]:
-    """``main(args)`` in this process: its exit status (usage errors exit in argparse) and stderr lines."""
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as stop:
-        status = stop.code
-    return status, capsys.readouterr().err.strip().splitlines()
-
-
-def snapshot(directory: Path) -> dict[str, str]:
-    """Every file under ``directory`` and a hash of its bytes: a run left untouched has the same snapshot."""
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}  # fmt: skip
-
-
-def beside(path: Path) -> list[str]:
-    """Names in ``path``'s directory that start with its name (the output and any temporary of it)."""
-    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name))
 
 
 @pytest.fixture(scope="module")
